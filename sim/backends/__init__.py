@@ -1,0 +1,22 @@
+"""Backends run local training for many clients; the loops never train clients themselves."""
+
+from sim.errors import ConfigError
+
+from .base import Backend, ClientBatch, TrainingSetup
+from .sequential import SequentialBackend
+
+BACKENDS = {"sequential": SequentialBackend}
+
+
+def build_backend(backend_cfg) -> Backend:
+    cfg = dict(backend_cfg)
+    name = cfg.pop("name", None)
+    if name not in BACKENDS:
+        raise ConfigError("backend.name", name, f"one of {', '.join(sorted(BACKENDS))}")
+    try:
+        return BACKENDS[name](**cfg)
+    except TypeError as exc:
+        raise ConfigError("backend", name, "options that this backend accepts", str(exc)) from None
+
+
+__all__ = ["Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "BACKENDS", "build_backend"]

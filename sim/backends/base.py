@@ -1,0 +1,60 @@
+"""What a backend is: something that runs local training for many clients at once.
+
+The loops (FL and gossip) never train a client themselves; they ask a backend for a
+:class:`ClientBatch` and hand it to the strategy. Backends differ in where the work runs
+(one process, vmap over stacked parameters, Ray actors) but draw every client's batches from the
+same seeded generator, ``torch_generator(seed, "train", round, client)``, so all of them give the
+same numbers for one seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from sim.data import FederatedData
+from sim.layout import Layout
+from sim.seeding import torch_generator
+from sim.training import TrainConfig
+
+
+@dataclass
+class ClientBatch:
+    """The results of one round of local training, stacked in the order of ``client_ids``."""
+
+    client_ids: torch.Tensor  # [K] int64
+    params: torch.Tensor  # [K, P] models after local training
+    num_samples: torch.Tensor  # [K] int64
+    train_loss: torch.Tensor  # [K] mean local loss (NaN for a client with no steps)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "fisher": [K, P]
+
+
+@dataclass
+class TrainingSetup:
+    """What every backend needs once per run, before the first round."""
+
+    model: nn.Module
+    layout: Layout
+    data: FederatedData
+    train: TrainConfig
+    seed: int
+
+    def generator(self, round_: int, client: int) -> torch.Generator:
+        return torch_generator(self.seed, "train", round_, client)
+
+
+class Backend(Protocol):
+    name: str
+
+    def setup(self, setup: TrainingSetup) -> None:
+        """Receive the model, data and training config once per run (e.g. ship data to workers)."""
+
+    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
+              needs: frozenset[str] = frozenset()) -> ClientBatch:
+        """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client)."""
+
+    def close(self) -> None:
+        """Release workers; called once at the end of the run, also after an error."""

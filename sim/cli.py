@@ -1,0 +1,140 @@
+"""``python -m sim``: Hydra's command line, with every config value checked before any job starts.
+
+Hydra alone would report an unknown option (``strategy=fedavx``) as a composition error with exit
+code 1, and would find a bad value (``rounds=0``) only inside the job, after creating its output
+folder. A preflight therefore composes the config for every value that a sweep names (each value
+once, not the full product) and validates it; any problem is one paragraph on stderr, exit code 2,
+and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .errors import ConfigError, GossipsoupError
+
+CONFIG_MODULE = "configs"
+CONFIG_NAME = "config"
+# flags of Hydra that ask for information or pick other config files: no preflight then
+_SKIP_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--config-path", "-cp",
+               "--config-dir", "-cd", "--shell-completion", "-sc", "--version"}
+
+
+def _config_groups() -> dict[str, list[str]]:
+    root = Path(__file__).resolve().parent.parent / CONFIG_MODULE
+    try:
+        import configs
+
+        root = Path(configs.__file__).parent
+    except ImportError:
+        pass
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in root.iterdir() if d.is_dir()
+            and not d.name.startswith("_")}
+
+
+def _override_variants(args: list[str]) -> list[list[str]]:
+    """Override lists to compose: the plain ones plus, for each sweep, each of its values in turn."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    groups = _config_groups()
+    base, sweeps = [], []
+    for ov in parsed:
+        key = ov.key_or_group
+        if key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        if ov.is_sweep_override():
+            try:
+                values = list(ov.sweep_string_iterator())
+            except Exception:  # interval sweeps have no finite list of values
+                values = []
+            sweeps.append((ov, values))
+        else:
+            base.append(ov.input_line)
+        for value in (values if ov.is_sweep_override() else [ov.value()]):
+            if key in groups and isinstance(value, str) and value not in groups[key]:
+                raise ConfigError(key, value, f"one of {', '.join(groups[key])}",
+                                  f"(The {key} options are the files in configs/{key}/.)")
+    variants = [base]
+    for ov, values in sweeps:
+        prefix = "+" if ov.is_add() else ("++" if ov.is_force_add() else "")
+        for value in values:
+            variants.append(base + [f"{prefix}{ov.key_or_group}={value}"])
+    return variants
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate the config of every value a command line names; ConfigError if any fails."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .experiment import validate_config
+
+    config_name, args, skip = CONFIG_NAME, [], False
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--config-name", "-cn"):
+            config_name = next(it, CONFIG_NAME)
+        elif arg.startswith("--config-name="):
+            config_name = arg.split("=", 1)[1]
+        elif arg.split("=", 1)[0] in _SKIP_FLAGS:
+            skip = True
+        elif arg in ("--multirun", "-m"):
+            continue
+        elif arg.startswith("-"):
+            skip = True
+        else:
+            args.append(arg)
+    if skip:
+        return
+    try:
+        variants = _override_variants(args)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            for overrides in variants:
+                validate_config(compose(config_name=config_name, overrides=overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = str(exc).strip().replace("\n\n", " ").replace("\n", " ")
+        raise ConfigError("command line", " ".join(args), "overrides of existing config keys and options",
+                          message) from None
+
+
+def _discard_output_dir(out_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's bookkeeping (the run never started)."""
+    if not out_dir.is_dir():
+        return
+    leftovers = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not leftovers:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://configs", config_name=CONFIG_NAME)
+def hydra_main(cfg: DictConfig) -> float:
+    from .run import run_experiment
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run_experiment(cfg, out_dir)
+    except GossipsoupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, ConfigError):
+            _discard_output_dir(out_dir)
+        raise SystemExit(exc.exit_code) from None
+    return float(summary["final"]["test_accuracy"])
+
+
+def main() -> None:
+    logging.getLogger("sim").setLevel(logging.INFO)
+    try:
+        preflight(sys.argv[1:])
+    except GossipsoupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    hydra_main()

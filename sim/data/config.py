@@ -1,0 +1,153 @@
+"""Reading and checking the ``dataset`` and ``partition`` config groups before any data is touched.
+
+The configs arrive as OmegaConf DictConfigs (from Hydra) or plain dicts (from tests and scripts).
+Both become plain dicts filled with the same defaults as the YAML files, so a script can pass
+``{"name": "dirichlet"}`` and get the documented behaviour. Every check that needs no data lives
+here, so a typo fails in milliseconds instead of after a dataset has been generated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {"test_fraction": 0.2, "val_fraction": 0.1},
+    "synthetic": {
+        "alpha": 1.0, "beta": 1.0, "num_features": 60, "num_classes": 10,
+        "size_lognormal_mean": 4.0, "size_lognormal_sigma": 2.0, "size_offset": 50, "size_cap": None,
+        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None,
+    },
+    "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None},
+}
+PARTITION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "iid": {},
+    "dirichlet": {"alpha": 0.5, "min_partition_size": 2, "self_balancing": False},
+    "shards": {"shards_per_client": 2},
+    "natural": {},
+}
+# Sources that know which client owns each row (npz only when the file has client_train).
+NATURAL_SOURCES = ("synthetic", "npz")
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict from a DictConfig or mapping; OmegaConf's ``???`` is kept as the string."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        DictConfig = ()  # type: ignore[assignment]
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError("dataset/partition", cfg, "a mapping of settings")
+    return dict(cfg)
+
+
+def _with_defaults(cfg: Any, group: str, defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    values = as_dict(cfg)
+    name = values.get("name")
+    if name not in defaults:
+        raise ConfigError(f"{group}.name", name, "one of " + ", ".join(defaults))
+    return {**defaults[name], **values}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_number(cfg: dict, group: str, key: str, lo: float, allowed: str, *, strict: bool = False,
+                  integer: bool = False) -> None:
+    v = cfg.get(key)
+    ok = (_is_int(v) if integer else _is_number(v)) and (v > lo if strict else v >= lo)
+    if not ok:
+        raise ConfigError(f"{group}.{key}", v, allowed)
+
+
+def _check_fractions(ds: dict) -> None:
+    for key in ("test_fraction", "val_fraction"):
+        v = ds.get(key)
+        if not (_is_number(v) and 0 <= v < 1):
+            raise ConfigError(f"dataset.{key}", v, "a number in [0, 1)")
+    total = ds["test_fraction"] + ds["val_fraction"]
+    if total >= 1:
+        raise ConfigError("dataset.test_fraction + dataset.val_fraction", total, "a sum below 1",
+                          "Some rows must be left for the clients to train on.")
+
+
+def _check_synthetic(ds: dict) -> None:
+    _check_number(ds, "dataset", "alpha", 0, "a number >= 0")
+    _check_number(ds, "dataset", "beta", 0, "a number >= 0")
+    _check_number(ds, "dataset", "num_features", 1, "an integer >= 1", integer=True)
+    _check_number(ds, "dataset", "num_classes", 2, "an integer >= 2", integer=True)
+    _check_number(ds, "dataset", "size_lognormal_mean", -math.inf, "a number")
+    _check_number(ds, "dataset", "size_lognormal_sigma", 0, "a number >= 0")
+    _check_number(ds, "dataset", "size_offset", 1, "an integer >= 1 (every user needs a row)",
+                  integer=True)
+    if ds.get("size_cap") is not None:
+        _check_number(ds, "dataset", "size_cap", 1, "null or an integer >= 1", integer=True)
+    if ds.get("data_seed") is not None:
+        _check_number(ds, "dataset", "data_seed", 0, "null or an integer >= 0", integer=True)
+
+
+def _check_npz(ds: dict) -> None:
+    path = ds.get("path")
+    if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "???"):
+        raise ConfigError("dataset.path", path, "the path of an existing .npz file",
+                          "Set it on the command line, e.g. dataset.path=/data/mine.npz.")
+    if not os.path.isfile(path):
+        raise ConfigError("dataset.path", str(path), "the path of an existing .npz file",
+                          f"No file exists at {os.path.abspath(path)}.")
+    shape = ds.get("input_shape")
+    if shape is not None and not (isinstance(shape, (list, tuple)) and shape
+                                  and all(_is_int(d) and d >= 1 for d in shape)):
+        raise ConfigError("dataset.input_shape", shape, "null or a list of positive integers, e.g. [1, 28, 28]")
+
+
+def _check_partition(part: dict, dataset_name: str) -> None:
+    name = part["name"]
+    if name == "dirichlet":
+        _check_number(part, "partition", "alpha", 0, "a number > 0 (smaller: more label skew)", strict=True)
+        _check_number(part, "partition", "min_partition_size", 0, "an integer >= 0", integer=True)
+        if not isinstance(part.get("self_balancing"), bool):
+            raise ConfigError("partition.self_balancing", part.get("self_balancing"), "true or false")
+    elif name == "shards":
+        _check_number(part, "partition", "shards_per_client", 1, "an integer >= 1", integer=True)
+    elif name == "natural" and dataset_name not in NATURAL_SOURCES:
+        others = ", ".join(p for p in PARTITION_DEFAULTS if p != "natural")
+        raise ConfigError("partition.name", name, f"one of {others} for dataset {dataset_name}",
+                          f"Dataset {dataset_name} has no client ids; natural works with "
+                          f"{' and '.join(NATURAL_SOURCES)} (npz with a client_train array).")
+
+
+def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> tuple[dict, dict]:
+    """The two configs as plain dicts with defaults filled in, after every data-free check."""
+    if not _is_int(num_clients) or num_clients <= 0:
+        raise ConfigError("num_clients", num_clients, "an integer >= 1")
+    ds = _with_defaults(dataset_cfg, "dataset", DATASET_DEFAULTS)
+    part = _with_defaults(partition_cfg, "partition", PARTITION_DEFAULTS)
+    _check_fractions(ds)
+    if ds["name"] == "synthetic":
+        _check_synthetic(ds)
+    elif ds["name"] == "npz":
+        _check_npz(ds)
+    _check_partition(part, ds["name"])
+    return ds, part
+
+
+def validate_data_config(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> None:
+    """Raise :class:`ConfigError` for any setting that is wrong whatever the data turn out to be.
+
+    Cheap: it reads no data (for npz it only checks that the file exists), so entry points call
+    it before starting anything. :func:`load_federated_data` calls it again and then checks what
+    only the data can tell (e.g. more clients than training rows).
+    """
+    checked_configs(dataset_cfg, partition_cfg, num_clients)

@@ -1,0 +1,44 @@
+"""The one container that every loop and backend reads client data from.
+
+All clients' training rows live in one tensor, client after client, with ``offsets`` marking where
+each client starts. A client's data is then a pair of views (no copy), a vectorized backend can
+gather many clients' batches with one index tensor, and a Ray backend can ship each client's slice
+to the object store once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FederatedData:
+    x: torch.Tensor  # [M, D] float32, features flattened; client k owns rows offsets[k]:offsets[k+1]
+    y: torch.Tensor  # [M] int64 labels
+    offsets: torch.Tensor  # [N + 1] int64, offsets[0] == 0, offsets[-1] == M
+    x_val: torch.Tensor  # [V, D] server-held validation split (V may be 0)
+    y_val: torch.Tensor  # [V]
+    x_test: torch.Tensor  # [T, D]
+    y_test: torch.Tensor  # [T]
+    num_classes: int
+    input_shape: tuple[int, ...]  # shape of one example before flattening, e.g. (1, 8, 8)
+    name: str
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.offsets.numel() - 1)
+
+    @property
+    def client_sizes(self) -> torch.Tensor:
+        """``[N]`` int64 number of training rows per client."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def client(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return self.x[lo:hi], self.y[lo:hi]

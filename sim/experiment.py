@@ -1,0 +1,112 @@
+"""From a resolved config to the parts of one run, checking every value before any work starts.
+
+``validate_config`` runs the checks that need no data (it is also what the command line runs on
+every job of a sweep before Hydra launches the first one); ``build_experiment`` then loads the data
+(whose own checks need the data, e.g. more clients than rows) and assembles model, backend, strategy
+and participation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backends import Backend, TrainingSetup, build_backend
+from .data import FederatedData, load_federated_data, validate_data_config
+from .errors import ConfigError
+from .layout import Layout
+from .models import build_model, validate_model_config
+from .participation import build_participation
+from .training import TrainConfig
+from strategies import Strategy, build_strategy
+
+MODES = ("federated",)
+
+
+def _int_at_least(cfg: DictConfig, field: str, minimum: int) -> int:
+    value = cfg.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, value, f"an integer >= {minimum}")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check that needs no data; raises ConfigError on the first bad value."""
+    mode = cfg.get("mode")
+    if mode not in MODES:
+        raise ConfigError("mode", mode, f"one of {', '.join(MODES)}")
+    topology = cfg.get("topology", {}).get("name")
+    if mode == "federated" and topology != "star":
+        raise ConfigError("topology.name", topology, "star in mode=federated (FL is gossip on a star)")
+    num_clients = _int_at_least(cfg, "num_clients", 1)
+    _int_at_least(cfg, "rounds", 1)
+    _int_at_least(cfg, "eval_every", 1)
+    _int_at_least(cfg, "seed", 0)
+    if not isinstance(cfg.get("save_model"), bool):
+        raise ConfigError("save_model", cfg.get("save_model"), "true or false")
+    validate_data_config(cfg.dataset, cfg.partition, num_clients)
+    validate_model_config(cfg.model)
+    TrainConfig.from_config(cfg.train)
+    build_strategy(cfg.strategy)
+    build_participation(cfg.participation, num_clients, cfg.seed)
+    build_backend(cfg.backend)
+
+
+@dataclass
+class Experiment:
+    """The assembled parts of one run."""
+
+    cfg: DictConfig
+    data: FederatedData
+    model: torch.nn.Module
+    layout: Layout
+    initial_params: torch.Tensor
+    train: TrainConfig
+    strategy: Strategy
+    participation: Any
+    backend: Backend
+
+    @property
+    def setup(self) -> TrainingSetup:
+        return TrainingSetup(self.model, self.layout, self.data, self.train, int(self.cfg.seed))
+
+    def validation_fn(self):
+        """Held-out accuracy of a flat model on the server's validation split, if there is one."""
+        if len(self.data.y_val) == 0:
+            return None
+        from .training import evaluate
+
+        def validate(params: torch.Tensor) -> float:
+            return evaluate(self.model, self.layout, params, self.data.x_val, self.data.y_val)[0]
+
+        return validate
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    validate_config(cfg)
+    seed = int(cfg.seed)
+    strategy = build_strategy(cfg.strategy)
+    data = load_federated_data(cfg.dataset, cfg.partition, int(cfg.num_clients), seed)
+    if strategy.needs_validation and len(data.y_val) == 0:
+        raise ConfigError("dataset.val_fraction", cfg.dataset.get("val_fraction"), "a fraction > 0",
+                          f"Strategy {strategy.name} scores models on the server-held validation split.")
+    model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
+    layout = Layout.from_module(model)
+    return Experiment(
+        cfg=cfg,
+        data=data,
+        model=model,
+        layout=layout,
+        initial_params=layout.flatten(model),
+        train=TrainConfig.from_config(cfg.train),
+        strategy=strategy,
+        participation=build_participation(cfg.participation, int(cfg.num_clients), seed),
+        backend=build_backend(cfg.backend),
+    )
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,85 @@
+"""The federated loop: sample participants, train them on a backend, aggregate, evaluate.
+
+It is the star-topology case of the engine: the same data, local training, backends, strategies
+and results writer serve the gossip loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+from strategies import AggregationInfo
+
+from .errors import RunError
+from .experiment import Experiment
+from .results import MetricsLog
+from .training import evaluate
+
+EvalHook = Callable[[int, dict], None]
+
+
+def check_finite(params: torch.Tensor, client_ids: torch.Tensor, round_: int, what: str) -> None:
+    bad = ~torch.isfinite(params).all(dim=-1)
+    if bool(bad.any()):
+        ids = client_ids[bad].tolist() if params.dim() == 2 else []
+        who = f"client(s) {ids[:10]}" if ids else "the aggregate"
+        raise RunError(
+            f"round {round_}: {what} from {who} contain NaN or Inf. Local training or the server step "
+            f"diverged; lower train.lr (or the strategy's server_lr) and run again."
+        )
+
+
+def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
+    acc, loss = evaluate(exp.model, exp.layout, params, exp.data.x_test, exp.data.y_test)
+    row = {"test_accuracy": acc, "test_loss": loss}
+    if len(exp.data.y_val):
+        row["val_accuracy"] = evaluate(exp.model, exp.layout, params, exp.data.x_val, exp.data.y_val)[0]
+    return row
+
+
+def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], None] = lambda row: None) -> torch.Tensor:
+    """Run ``cfg.rounds`` rounds from ``exp.initial_params``; returns the final global model."""
+    cfg = exp.cfg
+    rounds, eval_every = int(cfg.rounds), int(cfg.eval_every)
+    bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+    validate = exp.validation_fn() if exp.strategy.needs_validation else None
+    known_p = getattr(exp.participation, "probabilities", None)
+
+    params = exp.initial_params.clone()
+    state = exp.strategy.init_state(params, exp.data.num_clients)
+    start = time.perf_counter()
+    log.append({"round": 0, **evaluation_row(exp, params), "num_participants": 0, "bytes_up": 0, "bytes_down": 0,
+                "wall_s": 0.0})
+    for round_ in range(1, rounds + 1):
+        ids = exp.participation.sample(round_)
+        row: dict = {"round": round_, "num_participants": int(len(ids))}
+        if len(ids) == 0:
+            row.update(train_loss=math.nan, bytes_up=0, bytes_down=0)
+        else:
+            batch = exp.backend.train(ids, params, round_, exp.strategy.requires)
+            check_finite(batch.params, batch.client_ids, round_, "models")
+            info = AggregationInfo(
+                client_ids=batch.client_ids, num_samples=batch.num_samples, round=round_,
+                num_clients=exp.data.num_clients, layout=exp.layout, reference=params, validate=validate,
+                extras=batch.extras,
+                participation_prob=None if known_p is None else known_p[batch.client_ids],
+            )
+            params, state = exp.strategy.aggregate(batch.params, info, state)
+            check_finite(params, batch.client_ids, round_, "the aggregated parameters")
+            weights = batch.num_samples.to(torch.float64)
+            losses = batch.train_loss.to(torch.float64)
+            ok = ~torch.isnan(losses)
+            row["train_loss"] = float((weights[ok] * losses[ok]).sum() / weights[ok].sum()) if ok.any() else math.nan
+            extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
+            row["bytes_up"] = len(ids) * bytes_per_model + extra_bytes
+            row["bytes_down"] = len(ids) * bytes_per_model
+        if round_ % eval_every == 0 or round_ == rounds:
+            row.update(evaluation_row(exp, params))
+        row["wall_s"] = time.perf_counter() - start
+        log.append(row)
+        on_round(row)
+    return params

@@ -1,0 +1,1 @@
+"""Helpers behind ``python -m sim.report``: find runs, label them, tabulate, plot, write files."""

@@ -1,0 +1,110 @@
+"""Result files a person and pandas can read, written so a crash never leaves half a file.
+
+Every write goes to a temporary file in the same folder and is renamed over the target, so a reader
+(or a later report) sees either the previous complete file or the new complete file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+BASE_COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "num_participants",
+                "bytes_up", "bytes_down", "wall_s")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # full precision: two runs with one seed compare bit for bit
+    return value
+
+
+class MetricsLog:
+    """Rows of per-round metrics, rewritten atomically as ``metrics.csv`` on each flush."""
+
+    def __init__(self, path: Path, columns: Iterable[str] = BASE_COLUMNS):
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        for key in row:
+            if key not in self.columns:
+                self.columns.append(key)
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.columns)
+        for row in self.rows:
+            writer.writerow([_cell(row.get(c)) for c in self.columns])
+        atomic_write_text(self.path, buf.getvalue())
+
+    def column(self, name: str) -> list[Any]:
+        return [r.get(name) for r in self.rows]
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str, x_key: str = "round") -> None:
+    """Test accuracy (and mean local training loss) against rounds, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if r.get("test_accuracy") is not None and not math.isnan(r["test_accuracy"])]
+    trains = [r for r in rows if r.get("train_loss") is not None and not math.isnan(r["train_loss"])]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_acc.plot([r[x_key] for r in evals], [r["test_accuracy"] for r in evals], marker=".")
+    ax_acc.set_xlabel(x_key)
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.grid(alpha=0.3)
+    ax_loss.plot([r[x_key] for r in trains], [r["train_loss"] for r in trains], color="tab:orange")
+    ax_loss.set_xlabel(x_key)
+    ax_loss.set_ylabel("mean local training loss")
+    ax_loss.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

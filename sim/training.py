@@ -1,0 +1,135 @@
+"""Local training as a pure function of (params, client data, training config, RNG).
+
+The update is written out by hand on the flat parameter vector instead of going through
+``torch.optim``: the same three pieces (batch schedule, loss, SGD step) then serve the sequential
+reference, a vectorized backend that ``vmap``s the loss over ``[K, P]`` and a Ray actor, and all of
+them give the same numbers for the same seed. The SGD step follows ``torch.optim.SGD`` exactly
+(weight decay added to the gradient, momentum buffer initialised with the first gradient, no
+dampening, no Nesterov).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .errors import ConfigError
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    local_steps: int | None = None  # when set: exactly this many minibatch steps instead of epochs
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainConfig":
+        """Validate a ``train`` config group and turn it into a TrainConfig."""
+        get = cfg.get
+        checks = [
+            ("epochs", get("epochs", 1), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            ("batch_size", get("batch_size", 10), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            ("lr", get("lr", 0.05), lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+            ("momentum", get("momentum", 0.0), lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+            ("weight_decay", get("weight_decay", 0.0), lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0"),
+            ("local_steps", get("local_steps"), lambda v: v is None or (isinstance(v, int) and v >= 1), "null or an integer >= 1"),
+            ("label_smoothing", get("label_smoothing", 0.0), lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+        ]
+        values = {}
+        for field, value, ok, allowed in checks:
+            if isinstance(value, bool) or not ok(value):
+                raise ConfigError(f"train.{field}", value, allowed)
+            values[field] = value
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    params: torch.Tensor  # [P] the model after local training
+    num_samples: int
+    loss: float  # mean loss over the steps taken (NaN when no step was taken)
+    steps: int
+
+
+def batch_schedule(num_samples: int, cfg: TrainConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of every minibatch, in order.
+
+    Each epoch is a fresh permutation cut into batches of ``batch_size`` (the last one may be
+    smaller). With ``local_steps`` the permutations run back to back until that many batches exist.
+    Every backend draws the schedule through this function, so batch order is identical everywhere.
+    """
+    if num_samples == 0:
+        return []
+    batches: list[torch.Tensor] = []
+    epochs = cfg.epochs if cfg.local_steps is None else None
+    while True:
+        perm = torch.randperm(num_samples, generator=generator)
+        batches.extend(perm.split(cfg.batch_size))
+        if epochs is not None:
+            epochs -= 1
+            if epochs == 0:
+                return batches
+        elif len(batches) >= cfg.local_steps:
+            return batches[: cfg.local_steps]
+
+
+def batch_loss(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of the model with flat ``params`` on one batch (vmap-able)."""
+    logits = functional_call(model, layout.to_state_dict(params), (x,))
+    return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None,
+             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One ``torch.optim.SGD`` step; elementwise, so it serves ``[P]`` and ``[K, P]`` alike."""
+    d = grad if cfg.weight_decay == 0 else grad + cfg.weight_decay * params
+    if cfg.momentum:
+        momentum_buf = d.clone() if momentum_buf is None else momentum_buf.mul(cfg.momentum).add_(d)
+        d = momentum_buf
+    return params - cfg.lr * d, momentum_buf
+
+
+def local_train(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                cfg: TrainConfig, generator: torch.Generator) -> TrainResult:
+    """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``."""
+    trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
+    p = params.detach().clone()
+    buf = None
+    losses = []
+    for idx in batch_schedule(len(y), cfg, generator):
+        p.requires_grad_(True)
+        loss = batch_loss(model, layout, p, x[idx], y[idx], cfg.label_smoothing)
+        (grad,) = torch.autograd.grad(loss, p)
+        if trainable is not None:
+            grad = grad * trainable
+        with torch.no_grad():
+            p, buf = sgd_step(p.detach(), grad, buf, cfg)
+        losses.append(loss.detach())
+    mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+    return TrainResult(p.detach(), int(len(y)), mean_loss, len(losses))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 4096) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of one flat model on a labelled set."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    state = layout.to_state_dict(params)
+    correct, loss_sum = 0, 0.0
+    for lo in range(0, len(y), batch_size):
+        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        logits = functional_call(model, state, (xb,))
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return correct / len(y), loss_sum / len(y)

@@ -1,0 +1,12 @@
+"""Aggregation rules: given K models, which single model to keep.
+
+Every rule is a small class with ``init_state`` and ``aggregate`` (state as data, in the manner of
+FedJAX's aggregators). The same object serves as an FL server rule and as a gossip merge rule.
+Hydra's ``_target_`` in ``configs/strategy/*.yaml`` is the registry.
+"""
+
+from .base import AggregationInfo, Strategy, build_strategy, weighted_average
+from .fedavg import FedAvg
+from .fedopt import ServerOptimizer
+
+__all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer"]

@@ -1,0 +1,102 @@
+"""The strategy interface shared by FL servers, gossip nodes and checkpoint merging.
+
+A strategy turns ``models [K, P]`` plus an :class:`AggregationInfo` into one model ``[P]``. Memory
+it keeps across rounds (server-optimizer moments, FedAU's participation intervals) lives in a
+``state`` dict of tensors that the engine holds and passes back, so state can be saved, reloaded and
+kept per gossip node without the strategy knowing where it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from sim.errors import ConfigError
+from sim.layout import Layout
+
+State = dict[str, Any]
+
+
+@dataclass
+class AggregationInfo:
+    """Everything a rule may look at besides the models themselves."""
+
+    client_ids: torch.Tensor  # [K] int64 ids of the models' senders
+    num_samples: torch.Tensor  # [K] training rows behind each model
+    round: int
+    num_clients: int  # N, all clients that exist (FedAU and fedavg_all divide by it)
+    layout: Layout
+    reference: torch.Tensor  # [P] FL: the current global model; gossip: the receiving node's own model
+    self_index: int | None = None  # gossip: row of ``models`` that is the receiver's own model
+    validate: Callable[[torch.Tensor], float] | None = None  # held-out score of a flat model (higher is better)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client extras, e.g. "fisher": [K, P]
+    participation_prob: torch.Tensor | None = None  # [K] known p_n when the participation model knows it
+
+
+class Strategy:
+    """Base class: override ``aggregate`` (and ``init_state`` when the rule keeps memory)."""
+
+    name: ClassVar[str] = "strategy"
+    #: per-client extras the engine must compute and pass in ``info.extras`` (e.g. {"fisher"})
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: True when the rule cannot work without ``info.validate`` (greedy soups)
+    needs_validation: ClassVar[bool] = False
+
+    def init_state(self, params: torch.Tensor, num_clients: int) -> State:
+        return {}
+
+    def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+
+def weighted_average(models: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k x_k / sum_k w_k`` as one matrix-vector product."""
+    w = weights.to(models.dtype)
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("aggregation weights sum to zero")
+    return (w / total) @ models
+
+
+def check_positive(strategy: str, field: str, value: Any, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"strategy.{field}", value, f"a number {'>=' if allow_zero else '>'} 0 for {strategy}")
+    return float(value)
+
+
+def check_unit_interval(strategy: str, field: str, value: Any, closed_right: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (
+        value <= 1 if closed_right else value < 1)
+    if not ok:
+        raise ConfigError(f"strategy.{field}", value, f"a number in [0, 1{']' if closed_right else ')'} for {strategy}")
+    return float(value)
+
+
+def build_strategy(strategy_cfg) -> Strategy:
+    """Instantiate ``strategy._target_`` with the group's other keys as arguments.
+
+    Done by hand rather than with ``hydra.utils.instantiate`` so that a ConfigError raised by the
+    strategy's own checks reaches the user as it is, not wrapped in an InstantiationException.
+    """
+    from hydra.utils import get_class
+
+    cfg = dict(strategy_cfg)
+    name = cfg.pop("name", None)
+    target = cfg.pop("_target_", None)
+    if not target:
+        raise ConfigError("strategy._target_", target, "the dotted path of a Strategy class",
+                          f"The strategy config {name!r} has no _target_.")
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError("strategy._target_", target, "an importable Strategy class, e.g. strategies.fedavg.FedAvg") from None
+    try:
+        strategy = cls(**cfg)
+    except TypeError as exc:
+        raise ConfigError("strategy", name, f"options that {cls.__name__} accepts", str(exc)) from None
+    if not isinstance(strategy, Strategy):
+        raise ConfigError("strategy._target_", target, "a subclass of strategies.base.Strategy")
+    return strategy

@@ -1,0 +1,84 @@
+"""Bad input: one clear paragraph, exit code 2, no traceback, no result files (one test per case)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return f"dataset.path={path}"
+
+
+def _arrays(n=40, d=5):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.normal(size=(n, d)), "y_train": rng.integers(0, 3, n),
+            "x_test": rng.normal(size=(10, d)), "y_test": rng.integers(0, 3, 10)}
+
+
+CASES = {
+    "unknown strategy": (["strategy=fedavx"], "strategy"),
+    "unknown dataset": (["dataset=mnist"], "dataset"),
+    "unknown model": (["model=resnet"], "model"),
+    "unknown partition": (["partition=zipf"], "partition"),
+    "rounds zero": (["rounds=0"], "rounds"),
+    "rounds negative": (["rounds=-3"], "rounds"),
+    "num_clients zero": (["num_clients=0"], "num_clients"),
+    "lr zero": (["train.lr=0"], "train.lr"),
+    "lr negative": (["train.lr=-0.1"], "train.lr"),
+    "batch size zero": (["train.batch_size=0"], "train.batch_size"),
+    "clients per round above num_clients": (["participation.clients_per_round=50"], "participation.clients_per_round"),
+    "dirichlet alpha zero": (["partition.alpha=0"], "partition.alpha"),
+    "more clients than training samples": (["num_clients=5000", "participation.clients_per_round=5"], "num_clients"),
+    "unknown config key": (["learning_rate=0.1"], "learning_rate"),
+    "a sweep with one bad value": (["--multirun", "strategy=fedavg,fedavx"], "strategy"),
+    "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
+}
+
+
+def _check_clean_failure(proc, field, tmp_path):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: ") and field in proc.stderr
+    written = [p.name for p in tmp_path.rglob("*") if p.name in ("metrics.csv", "summary.json", "accuracy.png")]
+    assert written == []
+
+
+def _run(tmp_path, args):
+    return subprocess.run([sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_config_value(case, tmp_path):
+    args, field = CASES[case]
+    _check_clean_failure(_run(tmp_path, args), field, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["keys missing", "mismatched lengths"])
+def test_bad_npz_file(case, tmp_path):
+    arrays = _arrays()
+    if case == "keys missing":
+        del arrays["y_train"]
+        expect = "y_train"
+    else:
+        arrays["y_train"] = arrays["y_train"][:-5]
+        expect = "x_train"
+    args = ["dataset=npz", _npz(tmp_path, **arrays), "partition=iid", "num_clients=4",
+            "participation.clients_per_round=2", "model=logreg"]
+    proc = _run(tmp_path, args)
+    _check_clean_failure(proc, "dataset", tmp_path)
+    assert expect in proc.stderr
+
+
+def test_good_npz_file_runs(tmp_path):
+    args = ["dataset=npz", _npz(tmp_path, **_arrays()), "partition=iid", "num_clients=4",
+            "participation.clients_per_round=2", "model=logreg", "rounds=2", "hydra.run.dir=run"]
+    proc = _run(tmp_path, args)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "summary.json").exists()

@@ -1,0 +1,76 @@
+"""Whole runs: a short FL run end to end, reproducibility, and Hydra's command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sim.run import run_experiment
+
+SMALL = ("num_clients=6", "participation.clients_per_round=3", "rounds=3", "model.hidden=[16]")
+
+
+def test_three_round_run_writes_every_result_file(make_cfg, tmp_path):
+    summary = run_experiment(make_cfg(*SMALL), tmp_path)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    for column in ("round", "test_accuracy", "test_loss", "train_loss", "num_participants", "bytes_up",
+                   "bytes_down", "wall_s"):
+        assert column in metrics.columns
+    assert metrics["round"].tolist() == [0, 1, 2, 3]
+    assert metrics["num_participants"].tolist() == [0, 3, 3, 3]
+    num_bytes = summary["num_parameters"] * 4
+    assert metrics["bytes_up"].tolist()[1:] == [3 * num_bytes] * 3
+    assert metrics["test_accuracy"].iloc[-1] > metrics["test_accuracy"].iloc[0]  # it learns
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "completed"
+    assert on_disk["final"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"].iloc[-1])
+    assert on_disk["config"]["strategy"]["name"] == "fedavg" and "torch" in on_disk["versions"]
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_eval_every_skips_rounds_but_always_evaluates_the_last(make_cfg, tmp_path):
+    run_experiment(make_cfg("num_clients=6", "participation.clients_per_round=3", "rounds=5", "eval_every=2"), tmp_path)
+    acc = pd.read_csv(tmp_path / "metrics.csv")["test_accuracy"]
+    assert acc.notna().tolist() == [True, False, True, False, True, True]
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs(make_cfg, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_experiment(make_cfg(*SMALL, f"seed={seed}", "strategy=fedadam"), tmp_path / name)
+    read = lambda n: pd.read_csv(tmp_path / n / "metrics.csv").drop(columns=["wall_s"])  # noqa: E731
+    pd.testing.assert_frame_equal(read("a"), read("b"), check_exact=True)
+    assert not read("a").equals(read("c"))
+
+
+def test_save_model_writes_a_checkpoint_that_reproduces_the_final_accuracy(make_cfg, tmp_path):
+    from sim.checkpoint import load_checkpoint
+    from sim.experiment import build_experiment
+    from sim.training import evaluate
+
+    cfg = make_cfg(*SMALL, "save_model=true")
+    summary = run_experiment(cfg, tmp_path)
+    layout, params, meta = load_checkpoint(tmp_path / "model.safetensors")
+    exp = build_experiment(cfg)
+    assert layout == exp.layout and meta["strategy"] == "fedavg"
+    acc, _ = evaluate(exp.model, layout, params, exp.data.x_test, exp.data.y_test)
+    assert acc == summary["final"]["test_accuracy"]
+
+
+def _sim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_command_line_multirun_sweep(tmp_path):
+    proc = _sim(tmp_path, "--multirun", "strategy=fedavg,fedadam", "seed=0,1", *SMALL, "rounds=2",
+                "hydra.sweep.dir=sweep")
+    assert proc.returncode == 0, proc.stderr
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(summaries) == 4
+    names = sorted(json.loads(p.read_text())["strategy"] for p in summaries)
+    assert names == ["fedadam", "fedadam", "fedavg", "fedavg"]

@@ -1,0 +1,210 @@
+"""sim.report on scripted run folders: exact numbers, labels, files, and the error cases."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sim.report import main
+
+NAN = math.nan
+# test_accuracy per round 0..5 (NaN: not evaluated that round). Target 0.9.
+FEDAVG = {  # final 0.88/0.90/0.95, best 0.88/0.91/0.95, reaches 0.9 at -/4/2
+    0: [0.10, 0.50, 0.70, NAN, 0.86, 0.88],
+    1: [0.10, 0.55, 0.80, NAN, 0.91, 0.90],
+    2: [0.10, 0.60, 0.92, NAN, 0.93, 0.95],
+}
+FEDADAM = {  # final 0.96/0.93/0.94, best 0.96/0.97/0.94, reaches 0.9 at 1/2/3
+    0: [0.10, 0.90, 0.93, NAN, 0.94, 0.96],
+    1: [0.10, 0.85, 0.95, NAN, 0.97, 0.93],
+    2: [0.10, 0.80, 0.89, 0.91, 0.92, 0.94],
+}
+SLOW = [0.10, 0.30, 0.50, NAN, 0.60, 0.70]  # never reaches 0.9
+
+
+def config(strategy: dict, seed: int, alpha: float = 1.0) -> dict:
+    return {
+        "mode": "federated", "seed": seed, "rounds": 5, "num_clients": 20,
+        "strategy": strategy,
+        "dataset": {"name": "digits", "val_fraction": 0.1},
+        "partition": {"name": "dirichlet", "alpha": alpha, "seed": seed},  # derived seed: ignored
+        "model": {"name": "mlp", "hidden": [64, 32]},
+        "train": {"lr": 0.05, "local_epochs": 1},
+        "hydra": {"run": {"dir": f"outputs/{seed}-{strategy['name']}"}},  # differs: ignored
+        "progress": seed % 2 == 0, "save_model": False,
+    }
+
+
+FEDAVG_CFG = {"name": "fedavg", "_target_": "strategies.fedavg.FedAvg", "server_lr": 1.0}
+
+
+def fedadam_cfg(lr: float) -> dict:
+    return {"name": "fedadam", "_target_": "strategies.fedopt.FedAdam", "server_lr": lr,
+            "beta1": 0.9}
+
+
+def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", wall: float = 10.0,
+              x: str = "round") -> Path:
+    d.mkdir(parents=True)
+    n = len(acc)
+    metrics = pd.DataFrame({
+        x: range(n) if x == "round" else [0.5 * i for i in range(n)],
+        "test_accuracy": acc,
+        "test_loss": [NAN if math.isnan(a) else 1 - a for a in acc],
+        "train_loss": [1.0] * n, "num_participants": [5] * n,
+        "bytes_up": [100] * n, "bytes_down": [100] * n,
+        "wall_s": [wall * i / (n - 1) for i in range(n)],
+    })
+    metrics.to_csv(d / "metrics.csv", index=False)
+    last = max(i for i, a in enumerate(acc) if not math.isnan(a))
+    summary = {
+        "status": status,
+        "final": {"round": n - 1, "test_accuracy": acc[last], "test_loss": 1 - acc[last]},
+        "best": {"test_accuracy": max(a for a in acc if not math.isnan(a)), "round": 0},
+        "wall_s": wall, "config": cfg, "versions": {"python": "3.11"},
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+@pytest.fixture
+def multirun(tmp_path: Path) -> Path:
+    """Hydra-like multirun: fedavg and fedadam × seeds 0..2, plus one failed job (6/)."""
+    root = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
+    jobs = [(FEDAVG_CFG, s, FEDAVG[s]) for s in range(3)] + [
+        (fedadam_cfg(0.1), s, FEDADAM[s]) for s in range(3)
+    ]
+    for i, (strategy, seed, acc) in enumerate(jobs):
+        write_run(root / str(i), config(strategy, seed), acc, wall=10.0 + i)
+    write_run(root / "6", config(FEDAVG_CFG, 3), SLOW, status="failed")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Path:
+    """A single run elsewhere: fedadam with another server_lr, on another partition.alpha."""
+    cfg = config(fedadam_cfg(0.01), 0, alpha=0.1)
+    return write_run(tmp_path / "outputs" / "one", cfg, SLOW, wall=7.0)
+
+
+def test_multirun_groups_numbers_and_files(multirun: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "rep"
+    assert main([str(multirun), "--out", str(out)]) == 0
+    printed, err = capsys.readouterr()
+    assert "skipped 1 run" in err and "status 'failed'" in err and str(multirun / "6") in err
+
+    groups = pd.read_parquet(out / "report.parquet")
+    assert list(groups["strategy"]) == ["fedadam", "fedavg"]  # no option differs within fedadam
+    assert list(groups["setting"]) == ["default", "default"]  # seeds, hydra, progress ignored
+    assert list(groups["runs"]) == [3, 3]
+    g = groups.set_index("strategy")
+    finals = {"fedavg": [0.88, 0.90, 0.95], "fedadam": [0.96, 0.93, 0.94]}
+    bests = {"fedavg": [0.88, 0.91, 0.95], "fedadam": [0.96, 0.97, 0.94]}
+    for s in finals:
+        assert g.loc[s, "final_acc_mean"] == pytest.approx(statistics.mean(finals[s]))
+        assert g.loc[s, "final_acc_std"] == pytest.approx(statistics.stdev(finals[s]))
+        assert g.loc[s, "best_acc_mean"] == pytest.approx(statistics.mean(bests[s]))
+        assert g.loc[s, "best_acc_std"] == pytest.approx(statistics.stdev(bests[s]))
+    assert g.loc["fedavg", "final_acc_std"] == pytest.approx(math.sqrt(0.0013))
+    assert g.loc["fedavg", "rounds_to_target_mean"] == 3.0  # (4 + 2) / 2, seed 0 never reaches
+    assert g.loc["fedadam", "rounds_to_target_mean"] == 2.0  # (1 + 2 + 3) / 3
+    assert list(g["reached"]) == ["3/3", "2/3"]
+    assert g.loc["fedavg", "wall_s_mean"] == pytest.approx(11.0)
+    assert g.loc["fedadam", "wall_s_mean"] == pytest.approx(14.0)
+
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 6
+    assert list(runs["seed"]) == [0, 1, 2, 0, 1, 2]
+    fedavg = runs[runs["strategy"] == "fedavg"]
+    assert list(fedavg["final_acc"]) == pytest.approx([0.88, 0.90, 0.95])
+    assert fedavg["rounds_to_target"].isna().tolist() == [True, False, False]
+    assert list(fedavg["rounds_to_target"].dropna()) == [4.0, 2.0]
+    assert list(runs[runs["strategy"] == "fedadam"]["rounds_to_target"]) == [1.0, 2.0, 3.0]
+    assert set(runs["run_dir"]) == {str(multirun / str(i)) for i in range(6)}
+
+    md = (out / "report.md").read_text()
+    assert md in printed
+    assert "| fedavg " in md and "0.9100 ± 0.0361" in md and "2/3" in md
+    png = (out / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.png", "report.md", "report.parquet", "runs.parquet"
+    ]  # no temporary files left behind
+
+
+def test_labels_when_settings_and_options_differ(multirun: Path, single: Path, tmp_path) -> None:
+    out = tmp_path / "rep2"
+    assert main([str(multirun), str(single.parent), "--out", str(out)]) == 0
+    groups = pd.read_parquet(out / "report.parquet")
+    assert list(zip(groups["strategy"], groups["setting"])) == [
+        ("fedadam(server_lr=0.01)", "partition.alpha=0.1"),
+        ("fedadam(server_lr=0.1)", "partition.alpha=1"),
+        ("fedavg", "partition.alpha=1"),
+    ]
+    one = groups.iloc[0]
+    assert one["runs"] == 1 and one["reached"] == "0/1"
+    assert one["final_acc_mean"] == pytest.approx(0.70)
+    assert one["best_acc_mean"] == pytest.approx(0.70)
+    assert math.isnan(one["final_acc_std"]) and math.isnan(one["rounds_to_target_mean"])
+    md = (out / "report.md").read_text()
+    assert "0.7000 ± —" in md and "partition.alpha=0.1" in md
+    assert len(pd.read_parquet(out / "runs.parquet")) == 7
+
+
+def test_target_metric_default_out_and_time_axis(multirun: Path, tmp_path: Path) -> None:
+    assert main([str(multirun), "--target", "0.95"]) == 0  # default OUT is DIR/report
+    groups = pd.read_parquet(multirun / "report" / "report.parquet").set_index("strategy")
+    assert list(groups["reached"]) == ["2/3", "1/3"]
+    assert groups.loc["fedadam", "rounds_to_target_mean"] == 3.5  # seeds 0, 1 at rounds 5, 2
+    assert groups.loc["fedavg", "rounds_to_target_mean"] == 5.0  # only seed 2, at round 5
+
+    gossip = write_run(tmp_path / "gossip" / "0", config({"name": "gossip_avg"}, 0),
+                       [0.2, 0.6, 0.91, 0.93], x="time")
+    out = tmp_path / "g"
+    assert main([str(gossip), "--out", str(out), "--target", "0.92"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs.loc[0, "rounds_to_target"] == 1.5  # x axis is `time` (0, 0.5, 1.0, 1.5)
+    assert "time to ≥ 0.92" in (out / "report.md").read_text()
+    assert main([str(gossip), "--out", str(out), "--metric", "test_loss"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs.loc[0, "final_acc"] == pytest.approx(0.07)  # the last test_loss, 1 - 0.93
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["{missing}"], "does not exist"),
+        (["{failed}"], "completed run"),
+        (["{multi}", "--target", "1.5"], "--target=1.5"),
+        (["{multi}", "--target", "-0.1"], "--target=-0.1"),
+        (["{multi}", "--target", "nan"], "--target=nan"),
+        (["{multi}", "--metric", "nope"], "--metric='nope'"),
+    ],
+)
+def test_errors_exit_2_and_write_nothing(args, fragment, multirun, tmp_path, capsys) -> None:
+    failed = tmp_path / "onlyfailed"
+    write_run(failed / "0", config(FEDAVG_CFG, 0), SLOW, status="failed")
+    paths = {"missing": tmp_path / "nowhere", "failed": failed, "multi": multirun}
+    argv = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(argv) == 2  # default OUT (DIR/report) is not created either
+    assert not (multirun / "report").exists() and not (failed / "report").exists()
+
+
+def test_module_entry_point(multirun: Path, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("error: DIR=") and res.stdout == ""
