@@ -10,6 +10,7 @@ and nothing is written.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -102,7 +103,11 @@ def preflight(argv: list[str]) -> None:
                 validate_config(compose(config_name=config_name, overrides=overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         message = str(exc).strip().replace("\n\n", " ").replace("\n", " ")
-        raise ConfigError("command line", " ".join(args), "overrides of existing config keys and options",
+        named = re.search(r"(?:override|Key) '([^']+)'", message)
+        field = named.group(1) if named else "command line"
+        value = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a),
+                     " ".join(args))
+        raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)",
                           message) from None
 
 
