@@ -61,7 +61,8 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
         )
     check_metric(runs, metric)
 
-    from sim.reporting.files import write_atomic, write_text_atomic
+    from sim.results import atomic_write_text as write_text_atomic
+    from sim.results import write_atomic
     from sim.reporting.plot import plot_comparison
     from sim.reporting.tables import group_table, runs_table, to_markdown, x_axis_name
 

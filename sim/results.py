@@ -12,25 +12,35 @@ import json
 import math
 import os
 import tempfile
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 BASE_COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "num_participants",
                 "bytes_up", "bytes_down", "wall_s")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    Takes a callback so that writers that want a path (parquet, savefig) are atomic too.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

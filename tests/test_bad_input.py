@@ -82,3 +82,11 @@ def test_good_npz_file_runs(tmp_path):
     proc = _run(tmp_path, args)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_nan_from_a_client_exits_3_without_traceback(tmp_path):
+    proc = _run(tmp_path, ["num_clients=6", "participation.clients_per_round=3", "rounds=4", "strategy=fedadam",
+                           "strategy.server_lr=1e30", "hydra.run.dir=run"])
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: round ") and "NaN or Inf" in proc.stderr
+    assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()

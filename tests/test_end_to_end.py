@@ -74,3 +74,15 @@ def test_command_line_multirun_sweep(tmp_path):
     assert len(summaries) == 4
     names = sorted(json.loads(p.read_text())["strategy"] for p in summaries)
     assert names == ["fedadam", "fedadam", "fedavg", "fedavg"]
+
+
+def test_divergence_stops_with_a_clear_error_and_a_failed_summary(make_cfg, tmp_path):
+    from sim.errors import RunError
+
+    cfg = make_cfg(*SMALL, "rounds=5", "strategy=fedadam", "strategy.server_lr=1e30")
+    with pytest.raises(RunError, match="NaN or Inf"):
+        run_experiment(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "lower" in summary["error"]
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert rows["round"].iloc[0] == 0 and len(rows) < 6
