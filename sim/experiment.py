@@ -85,6 +85,16 @@ class Experiment:
         return validate
 
 
+def label_counts(data: FederatedData) -> "np.ndarray":
+    """``[N, C]`` rows of each label per client (participation may be correlated with it)."""
+    import numpy as np
+
+    client_of_row = torch.repeat_interleave(torch.arange(data.num_clients), data.client_sizes)
+    flat = client_of_row * data.num_classes + data.y
+    return np.asarray(torch.bincount(flat, minlength=data.num_clients * data.num_classes)
+                      .reshape(data.num_clients, data.num_classes))
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     validate_config(cfg)
     seed = int(cfg.seed)
@@ -103,7 +113,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         initial_params=layout.flatten(model),
         train=TrainConfig.from_config(cfg.train),
         strategy=strategy,
-        participation=build_participation(cfg.participation, int(cfg.num_clients), seed),
+        participation=build_participation(cfg.participation, int(cfg.num_clients), seed, label_counts(data)),
         backend=build_backend(cfg.backend),
     )
 

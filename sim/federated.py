@@ -58,6 +58,9 @@ def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], N
         ids = exp.participation.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
         if len(ids) == 0:
+            info = AggregationInfo(client_ids=ids, num_samples=ids.clone(), round=round_,
+                                   num_clients=exp.data.num_clients, layout=exp.layout, reference=params)
+            params, state = exp.strategy.on_empty_round(info, state)
             row.update(train_loss=math.nan, bytes_up=0, bytes_down=0)
         else:
             batch = exp.backend.train(ids, params, round_, exp.strategy.requires)
@@ -77,6 +80,7 @@ def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], N
             extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
             row["bytes_up"] = len(ids) * bytes_per_model + extra_bytes
             row["bytes_down"] = len(ids) * bytes_per_model
+        row.update(exp.strategy.round_metrics(state, known_p))
         if round_ % eval_every == 0 or round_ == rounds:
             row.update(evaluation_row(exp, params))
         row["wall_s"] = time.perf_counter() - start

@@ -1,8 +1,15 @@
 """Who takes part in each FL round.
 
-A participation model answers ``sample(round) -> client ids`` from its own seeded stream (drawn per
-round, so round r's participants do not depend on how many rounds came before). Where it knows each
-client's participation probability it exposes ``probabilities`` so oracle strategies can use them.
+A participation model answers ``sample(round) -> client ids``. Every round's draw comes from its
+own seeded stream ``("participation", round)``; stateful patterns (Markov, cyclic) replay from round
+1 when asked for a round out of order, so the answer for a round never depends on call history.
+
+``uniform`` picks a fixed number of clients. The heterogeneous patterns follow the FedAU paper's
+experiments (Wang & Ji 2024, ``WorkerSampler`` in IBM/fedau): each client n has its own probability
+p_n, either one constant or drawn correlated with the client's labels,
+``p_n = max(floor, mean * C * <label proportions of n, m>)`` with one ``m ~ Dirichlet(alpha 1_C)``
+shared by all clients (capped at 1 here; the authors' code has no cap and cannot exceed it for C=10).
+``probabilities`` exposes each client's long-run participation rate to oracle strategies.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import torch
 
 from .errors import ConfigError
 from .seeding import numpy_rng
+from .patterns import PATTERNS, check_probability_config, client_probabilities
+
+__all__ = ["UniformParticipation", "HeterogeneousParticipation", "build_participation", "PARTICIPATION_NAMES"]
 
 
 class UniformParticipation:
@@ -40,15 +50,53 @@ class UniformParticipation:
         return torch.from_numpy(np.sort(chosen).astype(np.int64))
 
 
-PARTICIPATION = {"uniform": UniformParticipation}
+class HeterogeneousParticipation:
+    """Each client takes part on its own: Bernoulli, Markov or cyclic, around its own p_n."""
+
+    def __init__(self, name: str, num_clients: int, seed: int, p: np.ndarray, pattern_options: dict):
+        self.name = name
+        self.num_clients = num_clients
+        self.seed = seed
+        self.p = p
+        self.pattern = PATTERNS[name](p, seed, **pattern_options)
+        self._last_round = 0
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Each client's long-run participation rate (what the known-probability oracle uses)."""
+        return torch.from_numpy(self.pattern.long_run_rate())
+
+    def sample(self, round_: int) -> torch.Tensor:
+        if round_ != self._last_round + 1:
+            self.pattern.reset()
+            for r in range(1, round_):
+                self.pattern.step(r)
+        active = self.pattern.step(round_)
+        self._last_round = round_
+        return torch.from_numpy(np.flatnonzero(active).astype(np.int64))
 
 
-def build_participation(participation_cfg, num_clients: int, seed: int):
+PARTICIPATION_NAMES = ("uniform", *PATTERNS)
+
+
+def build_participation(participation_cfg, num_clients: int, seed: int, label_counts: np.ndarray | None = None):
+    """Build the participation model; without ``label_counts`` only the config is checked."""
     cfg = dict(participation_cfg)
     name = cfg.pop("name", None)
-    if name not in PARTICIPATION:
-        raise ConfigError("participation.name", name, f"one of {', '.join(sorted(PARTICIPATION))}")
-    try:
-        return PARTICIPATION[name](num_clients=num_clients, seed=seed, **cfg)
-    except TypeError as exc:
-        raise ConfigError("participation", name, "options that this participation model accepts", str(exc)) from None
+    if name not in PARTICIPATION_NAMES:
+        raise ConfigError("participation.name", name, f"one of {', '.join(PARTICIPATION_NAMES)}")
+    if name == "uniform":
+        try:
+            return UniformParticipation(num_clients=num_clients, seed=seed, **cfg)
+        except TypeError as exc:
+            raise ConfigError("participation", name, "options that uniform accepts (clients_per_round)",
+                              str(exc)) from None
+    prob_keys = ("probability", "p", "mean", "alpha", "floor")
+    prob_cfg = {k: cfg.pop(k) for k in prob_keys if k in cfg}
+    check_probability_config(prob_cfg)
+    pattern_cls = PATTERNS[name]
+    pattern_cls.check_options(cfg)
+    if label_counts is None and prob_cfg.get("probability", "correlated") == "correlated":
+        return None  # the config is fine; p_n needs the clients' labels
+    p = client_probabilities(prob_cfg, num_clients, seed, label_counts)
+    return HeterogeneousParticipation(name, num_clients, seed, p, cfg)

@@ -6,7 +6,10 @@ Hydra's ``_target_`` in ``configs/strategy/*.yaml`` is the registry.
 """
 
 from .base import AggregationInfo, Strategy, build_strategy, weighted_average
+from .all_clients import MIFA, FedAvgAll, KnownProbability
+from .fedau import FedAU
 from .fedavg import FedAvg
 from .fedopt import ServerOptimizer
 
-__all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer"]
+__all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer", "FedAU",
+           "FedAvgAll", "KnownProbability", "MIFA"]

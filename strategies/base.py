@@ -50,6 +50,17 @@ class Strategy:
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def on_empty_round(self, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
+        """A round in which nobody took part (``info.client_ids`` is empty): keep the model.
+
+        Rules that count rounds (FedAU) or step from memory (MIFA) override this.
+        """
+        return info.reference, state
+
+    def round_metrics(self, state: State, probabilities: torch.Tensor | None) -> dict[str, float]:
+        """Extra columns for metrics.csv (e.g. FedAU's weight error); ``probabilities`` is p_n of all clients."""
+        return {}
+
 
 def weighted_average(models: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_k w_k x_k / sum_k w_k`` as one matrix-vector product."""

@@ -37,6 +37,16 @@ CASES = {
     "more clients than training samples": (["num_clients=5000", "participation.clients_per_round=5"], "num_clients"),
     "unknown config key": (["learning_rate=0.1"], "learning_rate"),
     "a sweep with one bad value": (["--multirun", "strategy=fedavg,fedavx"], "strategy"),
+    "participation probability above 1": (["participation=bernoulli", "participation.probability=constant",
+                                           "participation.p=1.5"], "participation.p"),
+    "participation probability zero": (["participation=markov", "participation.probability=constant",
+                                        "participation.p=0"], "participation.p"),
+    "participation floor zero": (["participation=bernoulli", "participation.floor=0"], "participation.floor"),
+    "a constant pattern without p": (["participation=cyclic", "participation.probability=constant"],
+                                     "participation.p"),
+    "fedau cutoff below 1": (["strategy=fedau", "strategy.cutoff=0"], "strategy.cutoff"),
+    "cyclic period below 1": (["participation=cyclic", "participation.period=0"], "participation.period"),
+    "unknown participation": (["participation=poisson"], "participation"),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
 }
 

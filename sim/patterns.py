@@ -1,0 +1,135 @@
+"""Per-client participation patterns around probabilities p_n, as in the FedAU paper's experiments.
+
+Each pattern is a small state machine over all N clients at once: ``reset()``, then ``step(round)``
+for rounds 1, 2, ... returns a boolean ``[N]`` of who is active. Draws come from the round's own
+stream, so a replay gives the same answer.
+
+- bernoulli: active with probability p_n, independently each round.
+- markov: two states; inactive -> active with probability q, active -> inactive with q (1/p_n - 1)
+  (both divided by the latter when it exceeds 1, as the authors do), so the stationary rate is p_n.
+  The initial state is drawn Bernoulli(p_n); the transition happens before the state is read.
+- cyclic: within each period the client is active for ``max(1, round(T p_n))`` rounds and inactive
+  for ``max(1, T - active)``; it starts inactive at a random point of its inactive phase.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+from .seeding import numpy_rng
+
+PROBABILITY_KINDS = ("correlated", "constant")
+
+
+def _number(field: str, value, ok, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ConfigError(f"participation.{field}", value, allowed)
+    return float(value)
+
+
+def check_probability_config(cfg: dict) -> None:
+    kind = cfg.get("probability", "correlated")
+    if kind not in PROBABILITY_KINDS:
+        raise ConfigError("participation.probability", kind, f"one of {', '.join(PROBABILITY_KINDS)}")
+    if kind == "constant":
+        if cfg.get("p") is None:
+            raise ConfigError("participation.p", None, "a probability in (0, 1]",
+                              "probability=constant needs p, the participation probability of every client.")
+        _number("p", cfg["p"], lambda v: 0 < v <= 1, "a probability in (0, 1]")
+    else:
+        _number("mean", cfg.get("mean", 0.1), lambda v: 0 < v <= 1, "a number in (0, 1]")
+        _number("alpha", cfg.get("alpha", 0.1), lambda v: v > 0, "a number > 0")
+        _number("floor", cfg.get("floor", 0.02), lambda v: 0 < v <= 1, "a probability in (0, 1]")
+
+
+def client_probabilities(cfg: dict, num_clients: int, seed: int, label_counts: np.ndarray | None) -> np.ndarray:
+    """p_n for every client: one constant, or correlated with the client's label mix."""
+    if cfg.get("probability", "correlated") == "constant":
+        return np.full(num_clients, float(cfg["p"]))
+    counts = np.asarray(label_counts, dtype=np.float64)
+    num_classes = counts.shape[1]
+    proportions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    m = numpy_rng(seed, "participation", "probabilities").dirichlet(np.full(num_classes, float(cfg.get("alpha", 0.1))))
+    p = float(cfg.get("mean", 0.1)) * num_classes * proportions @ m
+    return np.clip(p, float(cfg.get("floor", 0.02)), 1.0)
+
+
+class Bernoulli:
+    def __init__(self, p: np.ndarray, seed: int):
+        self.p, self.seed = p, seed
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        if options:
+            raise ConfigError("participation", sorted(options), "no further options for bernoulli")
+
+    def long_run_rate(self) -> np.ndarray:
+        return self.p.copy()
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, round_: int) -> np.ndarray:
+        return numpy_rng(self.seed, "participation", round_).random(len(self.p)) < self.p
+
+
+class Markov:
+    def __init__(self, p: np.ndarray, seed: int, q: float = 0.05):
+        self.p, self.seed = p, seed
+        to_inactive = q * (1.0 / p - 1.0)
+        scale = np.maximum(to_inactive, 1.0)
+        self.to_active, self.to_inactive = q / scale, to_inactive / scale
+        self.reset()
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        unknown = set(options) - {"q"}
+        if unknown:
+            raise ConfigError("participation", sorted(unknown), "only q for markov")
+        _number("q", options.get("q", 0.05), lambda v: 0 < v <= 1, "a probability in (0, 1]")
+
+    def long_run_rate(self) -> np.ndarray:
+        return self.to_active / (self.to_active + self.to_inactive)
+
+    def reset(self) -> None:
+        self.active = numpy_rng(self.seed, "participation", "initial").random(len(self.p)) < self.p
+
+    def step(self, round_: int) -> np.ndarray:
+        u = numpy_rng(self.seed, "participation", round_).random(len(self.p))
+        self.active = np.where(self.active, u >= self.to_inactive, u < self.to_active)
+        return self.active.copy()
+
+
+class Cyclic:
+    def __init__(self, p: np.ndarray, seed: int, period: int = 100):
+        self.p, self.seed = p, seed
+        self.active_len = np.maximum(1, np.rint(period * p)).astype(np.int64)
+        self.inactive_len = np.maximum(1, period - self.active_len)
+        self.reset()
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        unknown = set(options) - {"period"}
+        if unknown:
+            raise ConfigError("participation", sorted(unknown), "only period for cyclic")
+        period = options.get("period", 100)
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ConfigError("participation.period", period, "an integer >= 1")
+
+    def long_run_rate(self) -> np.ndarray:
+        return self.active_len / (self.active_len + self.inactive_len)
+
+    def reset(self) -> None:
+        rng = numpy_rng(self.seed, "participation", "phase")
+        self.active = np.zeros(len(self.p), dtype=bool)
+        self.countdown = np.floor(rng.random(len(self.p)) * self.inactive_len).astype(np.int64)
+
+    def step(self, round_: int) -> np.ndarray:
+        flip = self.countdown == 0
+        self.active = np.where(flip, ~self.active, self.active)
+        self.countdown = np.where(flip, np.where(self.active, self.active_len, self.inactive_len), self.countdown) - 1
+        return self.active.copy()
+
+
+PATTERNS = {"bernoulli": Bernoulli, "markov": Markov, "cyclic": Cyclic}
