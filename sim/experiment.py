@@ -22,8 +22,11 @@ from .models import build_model, validate_model_config
 from .participation import build_participation
 from .training import TrainConfig
 from strategies import Strategy, build_strategy
+from topologies import build_topology, validate_topology_config
 
-MODES = ("federated",)
+from .gossip.config import GossipConfig
+
+MODES = ("federated", "gossip")
 
 
 def _int_at_least(cfg: DictConfig, field: str, minimum: int) -> int:
@@ -40,8 +43,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("mode", mode, f"one of {', '.join(MODES)}")
     topology = cfg.get("topology", {}).get("name")
     if mode == "federated" and topology != "star":
-        raise ConfigError("topology.name", topology, "star in mode=federated (FL is gossip on a star)")
+        raise ConfigError("topology.name", topology, "star in mode=federated (FL is gossip on a star); "
+                          "for other graphs set mode=gossip")
     num_clients = _int_at_least(cfg, "num_clients", 1)
+    if mode == "gossip":
+        validate_topology_config(cfg.topology, num_clients)
+        GossipConfig.from_config(cfg.get("gossip"))
     _int_at_least(cfg, "rounds", 1)
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "seed", 0)
@@ -51,7 +58,8 @@ def validate_config(cfg: DictConfig) -> None:
     validate_model_config(cfg.model)
     TrainConfig.from_config(cfg.train)
     build_strategy(cfg.strategy)
-    build_participation(cfg.participation, num_clients, cfg.seed)
+    if mode == "federated":
+        build_participation(cfg.participation, num_clients, cfg.seed)
     build_backend(cfg.backend)
 
 
@@ -68,6 +76,8 @@ class Experiment:
     strategy: Strategy
     participation: Any
     backend: Backend
+    topology: Any = None  # mode=gossip: the communication graph
+    gossip: Any = None  # mode=gossip: the GossipConfig
 
     @property
     def setup(self) -> TrainingSetup:
@@ -103,6 +113,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if strategy.needs_validation and len(data.y_val) == 0:
         raise ConfigError("dataset.val_fraction", cfg.dataset.get("val_fraction"), "a fraction > 0",
                           f"Strategy {strategy.name} scores models on the server-held validation split.")
+    gossip = cfg.mode == "gossip"
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
     layout = Layout.from_module(model)
     return Experiment(
@@ -113,8 +124,11 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         initial_params=layout.flatten(model),
         train=TrainConfig.from_config(cfg.train),
         strategy=strategy,
-        participation=build_participation(cfg.participation, int(cfg.num_clients), seed, label_counts(data)),
+        participation=None if gossip else build_participation(cfg.participation, int(cfg.num_clients), seed,
+                                                               label_counts(data)),
         backend=build_backend(cfg.backend),
+        topology=build_topology(cfg.topology, int(cfg.num_clients), seed) if gossip else None,
+        gossip=GossipConfig.from_config(cfg.get("gossip")) if gossip else None,
     )
 
 

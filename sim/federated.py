@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from strategies import AggregationInfo
 
 from .errors import RunError
-from .experiment import Experiment
 from .results import MetricsLog
 from .training import evaluate
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 EvalHook = Callable[[int, dict], None]
 

@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint
 from .errors import GossipsoupError
 from .experiment import build_experiment, resolved_config
 from .federated import run_federated
+from .gossip import run_gossip
 from .results import MetricsLog, plot_accuracy, write_json
 
 log = logging.getLogger("sim")
@@ -54,12 +55,18 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     setup_s = time.perf_counter() - t0
     show = bool(cfg.get("progress", True)) if progress is None else progress
     label = f"{exp.strategy.name} seed={cfg.seed}"
+    gossip = exp.gossip is not None
+    bar_total = int(cfg.rounds)
+    if gossip and exp.gossip.schedule == "async":
+        bar_total = int(cfg.rounds * exp.gossip.wake_interval / exp.gossip.eval_interval + 1e-9)
     metrics = MetricsLog(out / "metrics.csv")
     summary: dict[str, Any] = {
         "status": "running", "strategy": exp.strategy.name, "seed": int(cfg.seed),
         "num_parameters": exp.layout.size, "config": resolved_config(cfg), "versions": package_versions(),
     }
-    bar = tqdm(total=int(cfg.rounds), desc=label, disable=not show, leave=True, dynamic_ncols=True)
+    if gossip:
+        summary["topology"] = exp.topology.summary()
+    bar = tqdm(total=bar_total, desc=label, disable=not show, leave=True, dynamic_ncols=True)
 
     def on_round(row: dict[str, Any]) -> None:
         bar.update(1)
@@ -69,7 +76,11 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
 
     exp.backend.setup(exp.setup)
     try:
-        final_params = run_federated(exp, metrics, on_round)
+        if gossip:
+            node_params = run_gossip(exp, metrics, on_round)
+            final_params = node_params.mean(0)  # the nodes' average model is what gets saved
+        else:
+            final_params = run_federated(exp, metrics, on_round)
     except GossipsoupError as exc:
         metrics.flush()
         summary.update(status="failed", error=str(exc), wall_s=time.perf_counter() - t0)
@@ -82,7 +93,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     last = metrics.rows[-1]
     summary.update(
         status="completed",
-        final={k: last[k] for k in ("round", "test_accuracy", "test_loss", "val_accuracy", "train_loss") if k in last},
+        final={k: last[k] for k in ("round", "time", "test_accuracy", "test_loss", "val_accuracy", "train_loss",
+                                    "test_accuracy_min", "test_accuracy_max", "consensus_distance") if k in last},
         best=_best(metrics.rows),
         wall_s=time.perf_counter() - t0,
         setup_s=setup_s,
@@ -90,9 +102,11 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     )
     if cfg.save_model:
         save_checkpoint(out / "model.safetensors", exp.layout, final_params,
-                        {"strategy": exp.strategy.name, "seed": str(cfg.seed), "round": str(last["round"])})
+                        {"strategy": exp.strategy.name, "seed": str(cfg.seed), "round": str(last["round"]),
+                         "model": "average of the node models" if gossip else "global model"})
+    where = f"{exp.topology.name} gossip ({exp.gossip.schedule})" if gossip else "FL"
     plot_accuracy(out / "accuracy.png", metrics.rows,
-                  f"{exp.strategy.name} on {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}")
+                  f"{exp.strategy.name}, {where}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}")
     write_json(out / "summary.json", summary)
     log.info("final test accuracy %.4f after %d rounds in %.1f s; results in %s",
              last["test_accuracy"], last["round"], summary["wall_s"], out)

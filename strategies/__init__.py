@@ -10,6 +10,8 @@ from .all_clients import MIFA, FedAvgAll, KnownProbability
 from .fedau import FedAU
 from .fedavg import FedAvg
 from .fedopt import ServerOptimizer
+from .gossip import GossipAvg
+from .variance import VarianceCorrected
 
 __all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer", "FedAU",
-           "FedAvgAll", "KnownProbability", "MIFA"]
+           "FedAvgAll", "KnownProbability", "MIFA", "GossipAvg", "VarianceCorrected"]

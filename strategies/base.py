@@ -33,6 +33,7 @@ class AggregationInfo:
     validate: Callable[[torch.Tensor], float] | None = None  # held-out score of a flat model (higher is better)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client extras, e.g. "fisher": [K, P]
     participation_prob: torch.Tensor | None = None  # [K] known p_n when the participation model knows it
+    mixing_weights: torch.Tensor | None = None  # gossip: [K] the topology's mixing weights for these models
 
 
 class Strategy:

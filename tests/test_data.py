@@ -407,3 +407,31 @@ def test_npz_input_shape_must_hold_a_row(tmp_path):
     path = write_npz(tmp_path / "d.npz", x_train=np.zeros((30, 6)), y_train=np.arange(30) % 2)
     with pytest.raises(ConfigError, match="dataset.input_shape.*6 values"):
         load_federated_data(npz_cfg(path, input_shape=[1, 2, 2]), {"name": "iid"}, 3, seed=0)
+
+
+def test_synthetic_iid_is_one_task_that_label_partitions_can_skew():
+    from sim.data import load_federated_data
+
+    ds = {"name": "synthetic", "iid": True, "size_offset": 10, "size_lognormal_mean": 3.0,
+          "size_lognormal_sigma": 1.0}
+    a = load_federated_data(ds, {"name": "dirichlet", "alpha": 0.1}, 20, seed=0)
+    b = load_federated_data(ds, {"name": "dirichlet", "alpha": 0.1}, 20, seed=0)
+    assert torch.equal(a.x, b.x) and torch.equal(a.offsets, b.offsets)
+    # one shared softmax-regression task: a linear model fit on train rows transfers to the test rows
+    w = torch.linalg.lstsq(a.x, torch.nn.functional.one_hot(a.y, 10).float()).solution
+    assert ((a.x_test @ w).argmax(1) == a.y_test).float().mean() > 0.5
+
+
+def test_label_mix_gives_every_client_a_skewed_share():
+    from sim.data import load_federated_data
+
+    ds = {"name": "synthetic", "iid": True, "size_offset": 50, "size_lognormal_mean": 4.0,
+          "size_lognormal_sigma": 1.0, "size_cap": 1000}
+    data = load_federated_data(ds, {"name": "label_mix", "alpha": 0.1}, 100, seed=1)
+    sizes = data.client_sizes
+    assert int(sizes.sum()) == len(data.y) and int(sizes.min()) > 0
+    # skew: a typical client's most common label holds most of its rows
+    top_share = [float(torch.bincount(data.client(k)[1], minlength=10).max()) / int(sizes[k]) for k in range(100)]
+    assert np.median(top_share) > 0.5
+    again = load_federated_data(ds, {"name": "label_mix", "alpha": 0.1}, 100, seed=1)
+    assert torch.equal(again.offsets, data.offsets) and torch.equal(again.y, data.y)

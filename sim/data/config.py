@@ -19,7 +19,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": {
         "alpha": 1.0, "beta": 1.0, "num_features": 60, "num_classes": 10,
         "size_lognormal_mean": 4.0, "size_lognormal_sigma": 2.0, "size_offset": 50, "size_cap": None,
-        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None,
+        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "iid": False,
     },
     "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None},
 }
@@ -27,6 +27,7 @@ PARTITION_DEFAULTS: dict[str, dict[str, Any]] = {
     "iid": {},
     "dirichlet": {"alpha": 0.5, "min_partition_size": 2, "self_balancing": False},
     "shards": {"shards_per_client": 2},
+    "label_mix": {"alpha": 0.1},
     "natural": {},
 }
 # Sources that know which client owns each row (npz only when the file has client_train).
@@ -94,6 +95,8 @@ def _check_synthetic(ds: dict) -> None:
                   integer=True)
     if ds.get("size_cap") is not None:
         _check_number(ds, "dataset", "size_cap", 1, "null or an integer >= 1", integer=True)
+    if not isinstance(ds.get("iid", False), bool):
+        raise ConfigError("dataset.iid", ds.get("iid"), "true or false")
     if ds.get("data_seed") is not None:
         _check_number(ds, "dataset", "data_seed", 0, "null or an integer >= 0", integer=True)
 
@@ -119,6 +122,8 @@ def _check_partition(part: dict, dataset_name: str) -> None:
         _check_number(part, "partition", "min_partition_size", 0, "an integer >= 0", integer=True)
         if not isinstance(part.get("self_balancing"), bool):
             raise ConfigError("partition.self_balancing", part.get("self_balancing"), "true or false")
+    elif name == "label_mix":
+        _check_number(part, "partition", "alpha", 0, "a number > 0 (smaller: more label skew)", strict=True)
     elif name == "shards":
         _check_number(part, "partition", "shards_per_client", 1, "an integer >= 1", integer=True)
     elif name == "natural" and dataset_name not in NATURAL_SOURCES:

@@ -95,6 +95,27 @@ def dirichlet_assignment(labels: np.ndarray, part: dict, num_clients: int, seed:
             "partition.alpha, or use fewer clients.") from None
 
 
+def label_mix_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Client-centric Dirichlet skew, as in the FedAU paper's code (IBM/fedau, ``partition``).
+
+    Each client draws its own label mix ``q_n ~ Dirichlet(alpha 1_C)``; the (shuffled) rows of each
+    label are cut among all clients in proportion to ``q_n[label]``. Unlike flwr's
+    DirichletPartitioner (a Dirichlet over clients per label), every client gets a share of about
+    M / N rows, so many clients and a small alpha still leave no client empty.
+    """
+    rng = np.random.default_rng(derived_seed(seed, "partition"))
+    classes = np.unique(labels)
+    mix = rng.dirichlet(np.full(len(classes), float(part["alpha"])), size=num_clients)  # [N, C]
+    pieces: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for j, label in enumerate(classes):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        share = mix[:, j] / mix[:, j].sum()
+        cuts = np.floor(np.cumsum(share)[:-1] * len(rows)).astype(np.int64)
+        for k, chunk in enumerate(np.split(rows, cuts)):
+            pieces[k].append(chunk)
+    return [np.sort(np.concatenate(p)).astype(np.int64) for p in pieces]
+
+
 def shards_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: int) -> list[np.ndarray]:
     """McMahan et al.'s shards via flwr-datasets' ``ShardPartitioner``.
 
@@ -144,6 +165,8 @@ def partition_rows(labels: np.ndarray, groups: np.ndarray | None, part: dict, nu
             assignment = iid_assignment(len(labels), num_clients, seed)
         elif name == "dirichlet":
             assignment = dirichlet_assignment(labels, part, num_clients, seed)
+        elif name == "label_mix":
+            assignment = label_mix_assignment(labels, part, num_clients, seed)
         else:
             assignment = shards_assignment(labels, part, num_clients, seed)
     _check_no_empty_client(assignment, part)

@@ -10,6 +10,9 @@ code):
     n_k = min(size_offset + floor(lognormal(mean, sigma)), size_cap)
 
 alpha controls how different the users' models are, beta how different their inputs are.
+With ``iid: true`` it is FedProx's Synthetic-IID instead (``generate_iid``): one W ~ N(0, 1) and
+b ~ N(0, 1) for all users and x ~ N(0, diag(j^-1.2)), i.e. one task spread over users, which the
+label partitioners (dirichlet, shards) can then skew.
 
 The covariance is diagonal, so x is drawn as ``v_k + j^-0.6 * z`` instead of with
 ``multivariate_normal`` (same distribution, orders of magnitude faster), in float32, the dtype the
@@ -63,12 +66,18 @@ def _labels_by_size(x: np.ndarray, starts: np.ndarray, sizes: np.ndarray, w: np.
 
 
 def _generate_block(ds: dict, u: np.ndarray, big_b: np.ndarray, sizes: np.ndarray,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and labels of one block of users, user after user."""
+                    rng: np.random.Generator, shared: tuple[np.ndarray, np.ndarray] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and labels of one block of users, user after user (``shared``: Synthetic-IID's W, b)."""
     n, f, c = len(u), ds["num_features"], ds["num_classes"]
-    w = (u[:, None, None] + rng.standard_normal((n, f, c))).astype(np.float32)
-    b = (u[:, None] + rng.standard_normal((n, c))).astype(np.float32)
-    v = (big_b[:, None] + rng.standard_normal((n, f))).astype(np.float32)
+    if shared is None:
+        w = (u[:, None, None] + rng.standard_normal((n, f, c))).astype(np.float32)
+        b = (u[:, None] + rng.standard_normal((n, c))).astype(np.float32)
+        v = (big_b[:, None] + rng.standard_normal((n, f))).astype(np.float32)
+    else:
+        w = np.broadcast_to(shared[0], (n, f, c))
+        b = np.broadcast_to(shared[1], (n, c))
+        v = np.zeros((n, f), dtype=np.float32)
     sd = np.power(np.arange(1, f + 1, dtype=np.float64), -0.6).astype(np.float32)  # sqrt(j^-1.2)
     owner = np.repeat(np.arange(n), sizes)
     x = rng.standard_normal((len(owner), f), dtype=np.float32)
@@ -89,12 +98,16 @@ def synthetic_blocks(ds: dict, num_users: int, seed: int) -> tuple[np.ndarray, I
     sizes = user_sizes(ds, num_users, rng)
     u = rng.normal(0.0, ds["alpha"], num_users)
     big_b = rng.normal(0.0, ds["beta"], num_users)
+    shared = None
+    if ds.get("iid"):
+        shared = (rng.standard_normal((ds["num_features"], ds["num_classes"])).astype(np.float32),
+                  rng.standard_normal(ds["num_classes"]).astype(np.float32))
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for block, lo in enumerate(range(0, num_users, BLOCK_USERS)):
             hi = min(lo + BLOCK_USERS, num_users)
             brng = numpy_rng(data_seed, "data", "synthetic", "block", block)
-            yield _generate_block(ds, u[lo:hi], big_b[lo:hi], sizes[lo:hi], brng)
+            yield _generate_block(ds, u[lo:hi], big_b[lo:hi], sizes[lo:hi], brng, shared)
 
     return sizes, blocks()
 

@@ -1,0 +1,18 @@
+"""Gossip learning: nodes train on their own data and merge with graph neighbours, no server.
+
+``mode=gossip`` runs :class:`SyncGossip` (rounds) or :class:`AsyncGossip` (continuous time, events)
+on the same data, local training, backends, strategies and results writer as the FL loop.
+"""
+
+from .config import GossipConfig
+from .events import AsyncGossip
+from .sync import SyncGossip
+
+
+def run_gossip(exp, log, on_row):
+    """Run the gossip schedule the config asks for; returns the final ``[N, P]`` node models."""
+    runner = SyncGossip if exp.gossip.schedule == "sync" else AsyncGossip
+    return runner(exp, exp.topology, exp.gossip).run(log, on_row)
+
+
+__all__ = ["GossipConfig", "SyncGossip", "AsyncGossip", "run_gossip"]

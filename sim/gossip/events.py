@@ -1,0 +1,190 @@
+"""Asynchronous gossip as an event-driven simulation in continuous time (Ormandi et al. 2013).
+
+Each node wakes on its own clock (exponential with mean ``wake_interval``, or periodic with a random
+phase) and contacts one random neighbour of the graph of the current period: ``push`` sends its
+model, ``pull`` asks for the neighbour's model, ``push_pull`` does both. A message arrives after the
+configured delay, unless it is dropped (probability ``drop_prob``) or its receiver is offline when
+it arrives. A receiver merges the model with its own through the strategy, then trains the result
+(``merge_update``), or trains the received model first and then merges (``update_merge``).
+Churn: ``probability`` draws each node online with ``online_prob`` anew for every ``wake_interval``
+of time; ``sessions`` alternates exponential online / offline sessions. Offline nodes neither send
+nor receive. Evaluation events run every ``eval_interval``; the run lasts ``rounds * wake_interval``.
+
+Determinism: all random choices come from one stream consumed in event order, events are ordered by
+(time, sequence number), and node k's n-th training uses ``torch_generator(seed, "train", n, k)``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sim.federated import check_finite
+from sim.results import MetricsLog
+from sim.seeding import numpy_rng
+from strategies import AggregationInfo
+
+from .config import GossipConfig
+from .nodes import initial_node_params, node_metrics
+
+WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE = 0, 1, 2, 3, 4
+
+
+class AsyncGossip:
+    def __init__(self, exp, topology, cfg: GossipConfig):
+        self.exp, self.topology, self.cfg = exp, topology, cfg
+        self.n = exp.data.num_clients
+        self.rng = numpy_rng(exp.cfg.seed, "gossip", "async")
+        self.seq = itertools.count()
+        self.queue: list = []
+        self.trained = np.zeros(self.n, dtype=np.int64)
+        self.states = [exp.strategy.init_state(exp.initial_params, self.n) for _ in range(self.n)]
+        self.online = np.ones(self.n, dtype=bool)
+        self.online_slot = -1
+        self.counts = {"sent": 0, "lost": 0, "merges": 0, "trainings": 0, "bytes": 0}
+        self.last_counts: dict[str, int] = {}
+        self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+
+    # ---- scheduling ------------------------------------------------------------------------------
+    def push(self, t: float, kind: int, *data) -> None:
+        heapq.heappush(self.queue, (t, next(self.seq), kind, data))
+
+    def next_wake(self, t: float) -> float:
+        if self.cfg.clock == "exponential":
+            return t + self.rng.exponential(self.cfg.wake_interval)
+        return t + self.cfg.wake_interval
+
+    def delay(self) -> float:
+        c = self.cfg
+        if c.delay == "constant":
+            return c.delay_value
+        if c.delay == "uniform":
+            return self.rng.uniform(c.delay_low, c.delay_value)
+        return self.rng.exponential(c.delay_value) if c.delay_value > 0 else 0.0
+
+    def is_online(self, node: int, t: float) -> bool:
+        if self.cfg.churn == "probability":
+            slot = int(t // self.cfg.wake_interval)
+            if slot != self.online_slot:
+                self.online = numpy_rng(self.exp.cfg.seed, "churn", slot).random(self.n) < self.cfg.online_prob
+                self.online_slot = slot
+        return bool(self.online[node])
+
+    # ---- node actions ----------------------------------------------------------------------------
+    def send(self, t: float, sender: int, receiver: int, model: torch.Tensor | None) -> None:
+        """A model message, or (``model=None``) a pull request, which carries no model bytes."""
+        self.counts["sent"] += 1
+        if model is not None:
+            self.counts["bytes"] += self.bytes_per_model
+        if self.rng.random() < self.cfg.drop_prob:
+            self.counts["lost"] += 1
+            return
+        if model is None:
+            self.push(t + self.delay(), REQUEST, sender, receiver)
+        else:
+            self.push(t + self.delay(), DELIVER, sender, receiver, model)
+
+    def train_node(self, node: int, start: torch.Tensor) -> torch.Tensor:
+        batch = self.exp.backend.train(torch.tensor([node]), start, int(self.trained[node]),
+                                       self.exp.strategy.requires)
+        self.trained[node] += 1
+        self.counts["trainings"] += 1
+        check_finite(batch.params, batch.client_ids, int(self.trained[node]), "models")
+        return batch.params[0]
+
+    def merge(self, node: int, own: torch.Tensor, received: torch.Tensor, sender: int) -> torch.Tensor:
+        members = torch.tensor([node, sender])
+        info = AggregationInfo(client_ids=members, num_samples=self.exp.data.client_sizes[members],
+                               round=int(self.trained[node]), num_clients=self.n, layout=self.exp.layout,
+                               reference=own, self_index=0)
+        merged, self.states[node] = self.exp.strategy.aggregate(torch.stack([own, received]), info, self.states[node])
+        self.counts["merges"] += 1
+        return merged
+
+    def receive(self, node: int, sender: int, model: torch.Tensor) -> None:
+        if self.cfg.order == "merge_update":
+            self.params[node] = self.train_node(node, self.merge(node, self.params[node], model, sender))
+        else:
+            self.params[node] = self.merge(node, self.params[node], self.train_node(node, model), sender)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, log: MetricsLog, on_eval: Callable[[dict], None]) -> torch.Tensor:
+        exp, cfg = self.exp, self.cfg
+        horizon = int(exp.cfg.rounds) * cfg.wake_interval
+        self.params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
+        for node in range(self.n):
+            first = self.rng.exponential(cfg.wake_interval) if cfg.clock == "exponential" \
+                else self.rng.uniform(0, cfg.wake_interval)
+            self.push(first, WAKE, node)
+        if cfg.churn == "sessions":
+            p_online = cfg.mean_online / (cfg.mean_online + cfg.mean_offline)
+            self.online = self.rng.random(self.n) < p_online
+            for node in range(self.n):
+                mean = cfg.mean_online if self.online[node] else cfg.mean_offline
+                self.push(self.rng.exponential(mean), TOGGLE, node)
+        num_evals = int(np.floor(horizon / cfg.eval_interval + 1e-9))
+        for k in range(1, num_evals + 1):
+            self.push(k * cfg.eval_interval, EVALUATE, k)
+        start = time.perf_counter()
+        log.append({"round": 0.0, "time": 0.0, **self.evaluate(), **self.count_row(), "wall_s": 0.0})
+        while self.queue:
+            t, _, kind, data = heapq.heappop(self.queue)
+            if t > horizon:
+                break
+            if kind == WAKE:
+                self.wake(t, data[0])
+            elif kind == DELIVER:
+                sender, receiver, model = data
+                if self.is_online(receiver, t):
+                    self.receive(receiver, sender, model)
+                else:
+                    self.counts["lost"] += 1
+            elif kind == REQUEST:
+                asker, asked = data
+                if self.is_online(asked, t):
+                    self.send(t, asked, asker, self.params[asked].clone())
+                else:
+                    self.counts["lost"] += 1
+            elif kind == TOGGLE:
+                node = data[0]
+                self.online[node] = not self.online[node]
+                mean = cfg.mean_online if self.online[node] else cfg.mean_offline
+                self.push(t + self.rng.exponential(mean), TOGGLE, node)
+            else:
+                row = {"round": t / cfg.wake_interval, "time": t, **self.evaluate(), **self.count_row(),
+                       "wall_s": time.perf_counter() - start}
+                log.append(row)
+                on_eval(row)
+        return self.params
+
+    def wake(self, t: float, node: int) -> None:
+        self.push(self.next_wake(t), WAKE, node)
+        if not self.is_online(node, t):
+            return
+        period = int(t // self.cfg.wake_interval)
+        neighbours = self.topology.neighbors(node, period)
+        if not neighbours:
+            return
+        peer = neighbours[int(self.rng.integers(len(neighbours)))]
+        if self.cfg.protocol in ("push", "push_pull"):
+            self.send(t, node, peer, self.params[node].clone())
+        if self.cfg.protocol in ("pull", "push_pull"):
+            self.send(t, node, peer, None)
+
+    def count_row(self) -> dict[str, float]:
+        """Counts since the previous evaluation (like the per-round figures of synchronous runs)."""
+        c, last = self.counts, self.last_counts
+        self.last_counts = dict(c)
+        delta = {k: c[k] - last.get(k, 0) for k in c}
+        return {"num_participants": delta["trainings"], "messages_sent": delta["sent"],
+                "messages_lost": delta["lost"], "merges": delta["merges"], "bytes_up": delta["bytes"],
+                "bytes_down": delta["bytes"]}
+
+    def evaluate(self) -> dict[str, float]:
+        data = self.exp.data
+        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test)
