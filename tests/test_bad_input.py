@@ -47,6 +47,13 @@ CASES = {
     "fedau cutoff below 1": (["strategy=fedau", "strategy.cutoff=0"], "strategy.cutoff"),
     "cyclic period below 1": (["participation=cyclic", "participation.period=0"], "participation.period"),
     "unknown participation": (["participation=poisson"], "participation"),
+    "degree at least num_clients": (["mode=gossip", "topology=random_regular", "topology.degree=20"],
+                                    "topology.degree"),
+    "drop probability above 1": (["mode=gossip", "topology=ring", "gossip.drop_prob=1.5"], "gossip.drop_prob"),
+    "negative delay": (["mode=gossip", "topology=ring", "gossip.schedule=async", "gossip.delay_value=-1"],
+                       "gossip.delay_value"),
+    "unknown topology": (["mode=gossip", "topology=hypercube"], "topology"),
+    "federated mode on a ring": (["topology=ring"], "topology.name"),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
 }
 
@@ -84,6 +91,22 @@ def test_bad_npz_file(case, tmp_path):
     proc = _run(tmp_path, args)
     _check_clean_failure(proc, "dataset", tmp_path)
     assert expect in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["disconnected", "node count"])
+def test_bad_graph_file(case, tmp_path):
+    edges = tmp_path / "graph.txt"
+    if case == "disconnected":  # two triangles: 6 nodes, 2 components
+        edges.write_text("0 1\n1 2\n2 0\n3 4\n4 5\n5 3\n")
+    else:  # a ring of 5 nodes for 6 clients
+        edges.write_text("0 1\n1 2\n2 3\n3 4\n4 0\n")
+    args = ["mode=gossip", "topology=file", f"topology.path={edges}", "num_clients=6", "model=logreg"]
+    proc = _run(tmp_path, args)
+    _check_clean_failure(proc, "topology", tmp_path)
+    assert ("component" in proc.stderr) if case == "disconnected" else ("5" in proc.stderr and "6" in proc.stderr)
+    if case == "disconnected":
+        ok = _run(tmp_path, args + ["topology.allow_disconnected=true", "rounds=1", "hydra.run.dir=run"])
+        assert ok.returncode == 0, ok.stderr
 
 
 def test_good_npz_file_runs(tmp_path):
