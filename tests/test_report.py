@@ -208,3 +208,19 @@ def test_module_entry_point(multirun: Path, tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
                          cwd=root, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("error: DIR=") and res.stdout == ""
+
+
+def test_option_only_keys_are_not_repeated_in_setting_labels():
+    from sim.reporting.labels import setting_labels
+
+    configs = [
+        {"participation": {"name": "bernoulli", "mean": 0.1}},
+        {"participation": {"name": "markov", "q": 0.05, "mean": 0.1}},
+        {"participation": {"name": "markov", "q": 0.2, "mean": 0.1}},
+    ]
+    labels = [label for label, _ in setting_labels(configs[:2])]
+    assert labels == ["participation.name=bernoulli", "participation.name=markov"]
+    # q varies within markov, so it must stay in the labels
+    labels = [label for label, _ in setting_labels(configs)]
+    assert labels[1:] == ["participation.name=markov, participation.q=0.05",
+                          "participation.name=markov, participation.q=0.2"]

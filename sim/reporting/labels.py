@@ -71,8 +71,26 @@ def _sort_value(v: object) -> tuple:
 
 
 def differing_keys(flats: list[dict[str, object]]) -> list[str]:
+    """Keys whose values differ, less those a differing ``<group>.name`` already explains.
+
+    A key that exists only for some options of a group (``participation.q`` for markov) differs
+    whenever the option does; naming it again ("q=unset") would only repeat ``participation.name``.
+    """
     keys = sorted({k for f in flats for k in f})
-    return [k for k in keys if len({_canonical(f.get(k, MISSING)) for f in flats}) > 1]
+    differ = [k for k in keys if len({_canonical(f.get(k, MISSING)) for f in flats}) > 1]
+    named = {k.rsplit(".", 1)[0] for k in differ if k.endswith(".name")}
+
+    def explained(key: str) -> bool:
+        group = key.rsplit(".", 1)[0] if "." in key else ""
+        if key.endswith(".name") or group not in named:
+            return False
+        # explained when, within each option of the group, the key takes one value
+        per_option: dict[str, set[str]] = defaultdict(set)
+        for f in flats:
+            per_option[_canonical(f.get(f"{group}.name", MISSING))].add(_canonical(f.get(key, MISSING)))
+        return all(len(v) == 1 for v in per_option.values())
+
+    return [k for k in differ if not explained(k)]
 
 
 def _label(flat: dict[str, object], keys: list[str]) -> tuple[str, tuple]:
