@@ -14,7 +14,8 @@ import torch
 
 from strategies import AggregationInfo
 
-from .errors import RunError
+from .checks import check_finite
+from .gossip.nodes import weight_variance_columns
 from .results import MetricsLog
 from .training import evaluate
 
@@ -24,20 +25,10 @@ if TYPE_CHECKING:
 EvalHook = Callable[[int, dict], None]
 
 
-def check_finite(params: torch.Tensor, client_ids: torch.Tensor, round_: int, what: str) -> None:
-    bad = ~torch.isfinite(params).all(dim=-1)
-    if bool(bad.any()):
-        ids = client_ids[bad].tolist() if params.dim() == 2 else []
-        who = f"client(s) {ids[:10]}" if ids else "the aggregate"
-        raise RunError(
-            f"round {round_}: {what} from {who} contain NaN or Inf. Local training or the server step "
-            f"diverged; lower train.lr (or the strategy's server_lr) and run again."
-        )
-
-
 def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
     acc, loss = evaluate(exp.model, exp.layout, params, exp.data.x_test, exp.data.y_test)
     row = {"test_accuracy": acc, "test_loss": loss}
+    row.update(weight_variance_columns(exp.layout, params))
     if len(exp.data.y_val):
         row["val_accuracy"] = evaluate(exp.model, exp.layout, params, exp.data.x_val, exp.data.y_val)[0]
     return row

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sim.federated import check_finite
+from sim.checks import check_finite
 from sim.results import MetricsLog
 from sim.seeding import numpy_rng
 from strategies import AggregationInfo

@@ -7,6 +7,7 @@ import torch
 from sim.layout import Layout
 from sim.seeding import torch_generator
 from sim.training import evaluate_many
+from strategies.variance import layer_variances
 
 from .config import GossipConfig
 
@@ -47,7 +48,15 @@ def node_metrics(model, layout: Layout, params: torch.Tensor, x_test: torch.Tens
         "test_accuracy_std": float(acc.std()) if len(acc) > 1 else 0.0,
         "consensus_distance": float((params - mean_model).norm(dim=1).mean()),
     }
-    for spec in layout.of_kind("weight"):
-        if spec.numel > 1:
-            row[f"weight_var/{spec.name}"] = float(params[:, spec.slice].var(dim=1).mean())
+    row.update(weight_variance_columns(layout, params))
     return row
+
+
+def weight_variance_columns(layout: Layout, params: torch.Tensor) -> dict[str, float]:
+    """``weight_var/<layer>``: each weight tensor's variance, averaged over the models in ``params``.
+
+    This is the quantity that averaging uncorrelated models shrinks (the vanishing variance).
+    """
+    variances = layer_variances(params.reshape(-1, layout.size), layout, ("weight",)).mean(0)
+    return {f"weight_var/{spec.name}": float(v) for spec, v in zip(layout.of_kind("weight"), variances)
+            if spec.numel > 1}
