@@ -114,6 +114,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise ConfigError("dataset.val_fraction", cfg.dataset.get("val_fraction"), "a fraction > 0",
                           f"Strategy {strategy.name} scores models on the server-held validation split.")
     gossip = cfg.mode == "gossip"
+    if gossip and strategy.requires and cfg.get("gossip", {}).get("schedule") == "async":
+        raise ConfigError("gossip.schedule", "async", "sync for a strategy that needs per-client extras",
+                          f"Strategy {strategy.name} needs {sorted(strategy.requires)} from every model it "
+                          "merges; asynchronous gossip does not compute them.")
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
     layout = Layout.from_module(model)
     return Experiment(

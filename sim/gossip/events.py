@@ -44,6 +44,7 @@ class AsyncGossip:
         self.queue: list = []
         self.trained = np.zeros(self.n, dtype=np.int64)
         self.states = [exp.strategy.init_state(exp.initial_params, self.n) for _ in range(self.n)]
+        self.validate = exp.validation_fn() if exp.strategy.needs_validation else None
         self.online = np.ones(self.n, dtype=bool)
         self.online_slot = -1
         self.counts = {"sent": 0, "lost": 0, "merges": 0, "trainings": 0, "bytes": 0}
@@ -101,7 +102,7 @@ class AsyncGossip:
         members = torch.tensor([node, sender])
         info = AggregationInfo(client_ids=members, num_samples=self.exp.data.client_sizes[members],
                                round=int(self.trained[node]), num_clients=self.n, layout=self.exp.layout,
-                               reference=own, self_index=0)
+                               reference=own, self_index=0, validate=self.validate)
         merged, self.states[node] = self.exp.strategy.aggregate(torch.stack([own, received]), info, self.states[node])
         self.counts["merges"] += 1
         return merged

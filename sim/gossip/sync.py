@@ -34,12 +34,15 @@ class SyncGossip:
         self.ids = torch.arange(self.n)
         self.sizes = exp.data.client_sizes
         self.states = [exp.strategy.init_state(exp.initial_params, self.n) for _ in range(self.n)]
+        self.validate = exp.validation_fn() if exp.strategy.needs_validation else None
+        self.extras: dict[str, torch.Tensor] = {}  # per-node extras of the last training (e.g. Fisher)
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
         self.fast_path = True  # one sparse W @ X for linear stateless rules; tests turn it off to compare
 
     def train(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.exp.backend.train(self.ids, params, round_, self.exp.strategy.requires)
         check_finite(batch.params, batch.client_ids, round_, "models")
+        self.extras = batch.extras
         return batch.params, batch.train_loss
 
     def mix(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, int, int]:
@@ -73,6 +76,7 @@ class SyncGossip:
                 client_ids=members, num_samples=self.sizes[members], round=round_, num_clients=self.n,
                 layout=self.exp.layout, reference=params[i], self_index=0,
                 mixing_weights=torch.cat([torch.tensor([self_weight]), r_vals[others]]),
+                validate=self.validate, extras={k: v[members] for k, v in self.extras.items()},
             )
             new[i], self.states[i] = strategy.aggregate(params[members], info, self.states[i])
         check_finite(new, self.ids, round_, "the merged parameters")
