@@ -11,7 +11,10 @@ from .fedau import FedAU
 from .fedavg import FedAvg
 from .fedopt import ServerOptimizer
 from .gossip import GossipAvg
+from .soups import FisherMerge, GreedySoup, Interpolate, SparseSoup, UniformSoup
+from .task_merging import TaskArithmetic
 from .variance import VarianceCorrected
 
 __all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer", "FedAU",
-           "FedAvgAll", "KnownProbability", "MIFA", "GossipAvg", "VarianceCorrected"]
+           "FedAvgAll", "KnownProbability", "MIFA", "GossipAvg", "VarianceCorrected",
+           "UniformSoup", "GreedySoup", "FisherMerge", "Interpolate", "SparseSoup", "TaskArithmetic"]

@@ -16,7 +16,8 @@ global model; in gossip the node's own model, whose own delta is then 0). The re
   its L1 norm), then combine as task arithmetic, or, with ``sign_consensus=true``, with the TIES
   election and disjoint mean (mergekit's ``dare_ties`` sums the agreeing deltas without dividing
   by default; the disjoint mean is TIES-Merging's own rule). The drop mask is drawn from
-  ``torch_generator(seed, "dare", round)``.
+  ``torch_generator(seed, "dare", round, node)`` (node -1 on an FL server), so gossip nodes draw
+  different masks; the YAML sets ``seed: ${seed}``, the run's seed.
 
 Weights ``w_i`` are ``1/K`` (``weighting=uniform``) or ``n_i / sum n`` (``samples``). mergekit asks
 for a weight per model and has no default; weights summing to one make ``scaling`` (mergekit's
@@ -110,7 +111,8 @@ class TaskArithmetic(Strategy):
         if self.method == "ties":
             tau = trim_by_magnitude(tau, self.density, info.layout)
         elif self.method == "dare":
-            tau = dare_drop(tau, self.density, torch_generator(self.seed, "dare", info.round))
+            node = -1 if info.self_index is None else int(info.client_ids[info.self_index])
+            tau = dare_drop(tau, self.density, torch_generator(self.seed, "dare", info.round, node))
         delta = disjoint_merge(tau, w) if self.sign_consensus else w @ tau
         out = base + self.scaling * delta
         for spec in info.layout.of_kind("buffer"):

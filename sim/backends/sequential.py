@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import torch
 
+from sim.fisher import diagonal_fisher
 from sim.training import local_train
 
 from .base import ClientBatch, TrainingSetup
+
+
+SUPPORTED_EXTRAS = frozenset({"fisher"})
 
 
 class SequentialBackend:
@@ -28,19 +32,26 @@ class SequentialBackend:
               needs: frozenset[str] = frozenset()) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
-        if needs:
-            raise NotImplementedError(f"the sequential backend cannot compute {sorted(needs)} yet")
+        unknown = set(needs) - SUPPORTED_EXTRAS
+        if unknown:
+            raise NotImplementedError(f"the sequential backend cannot compute {sorted(unknown)}")
         ids = client_ids.tolist()
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
         results = []
         for k, client in enumerate(ids):
             x, y = s.data.client(client)
             results.append(local_train(s.model, s.layout, starts[k], x, y, s.train, s.generator(round_, client)))
+        params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))
+        extras = {}
+        if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
+            extras["fisher"] = torch.stack([diagonal_fisher(s.model, s.layout, params[k], s.data.client(c)[0])
+                                            for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
         return ClientBatch(
             client_ids=torch.as_tensor(ids, dtype=torch.long),
-            params=torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size)),
+            params=params,
             num_samples=torch.tensor([r.num_samples for r in results], dtype=torch.long),
             train_loss=torch.tensor([r.loss for r in results], dtype=torch.float32),
+            extras=extras,
         )
 
     def close(self) -> None:
