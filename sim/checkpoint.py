@@ -24,7 +24,8 @@ def load_checkpoint(path: Path) -> tuple[Layout, torch.Tensor, dict[str, str]]:
     """(layout, flat params, metadata) of a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("checkpoint", str(path), "the path of an existing .safetensors file")
+        raise ConfigError("checkpoint", str(path), "the path of an existing .safetensors file",
+                          "No file exists there.")
     data = path.read_bytes()
     try:
         tensors = st_load(data)

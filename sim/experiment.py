@@ -105,6 +105,21 @@ def label_counts(data: FederatedData) -> "np.ndarray":
                       .reshape(data.num_clients, data.num_classes))
 
 
+def initial_from_checkpoint(path: str, layout: Layout) -> torch.Tensor:
+    """Start from a saved model (fine-tuning a pre-trained one); its layout must match the model's."""
+    from .checkpoint import load_checkpoint
+
+    saved_layout, params, _ = load_checkpoint(path)
+    if saved_layout != layout:
+        pairs = list(zip(layout.specs, saved_layout.specs))
+        first = next(((a, b) for a, b in pairs if a.name != b.name or a.shape != b.shape), None)
+        detail = (f"The first mismatched tensor is {first[0].name} {list(first[0].shape)} (model) against "
+                  f"{first[1].name} {list(first[1].shape)} (checkpoint)." if first else
+                  f"The model has {len(layout)} tensors, the checkpoint {len(saved_layout)}.")
+        raise ConfigError("model.init_checkpoint", path, "a checkpoint of the same model", detail)
+    return params
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     validate_config(cfg)
     seed = int(cfg.seed)
@@ -120,12 +135,15 @@ def build_experiment(cfg: DictConfig) -> Experiment:
                           "merges; asynchronous gossip does not compute them.")
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
     layout = Layout.from_module(model)
+    initial_params = layout.flatten(model)
+    if cfg.model.get("init_checkpoint"):
+        initial_params = initial_from_checkpoint(cfg.model.init_checkpoint, layout)
     return Experiment(
         cfg=cfg,
         data=data,
         model=model,
         layout=layout,
-        initial_params=layout.flatten(model),
+        initial_params=initial_params,
         train=TrainConfig.from_config(cfg.train),
         strategy=strategy,
         participation=None if gossip else build_participation(cfg.participation, int(cfg.num_clients), seed,

@@ -83,9 +83,29 @@ def load_run(checkpoint: Path):
     return build_experiment(cfg)
 
 
+def shifted_test(data, noise: float, pixels: int) -> torch.Tensor:
+    """The test inputs under a distribution shift: images moved ``pixels`` to the right (zeros
+    enter on the left) plus Gaussian noise of std ``noise`` (a fixed stream), clipped to the
+    training range."""
+    x = data.x_test.reshape(-1, *data.input_shape).clone()
+    if pixels:
+        if len(data.input_shape) != 3:
+            raise ConfigError("--shift-pixels", pixels, "0 for data that are not images")
+        x = torch.roll(x, shifts=pixels, dims=-1)
+        x[..., :pixels] = 0.0
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    lo, hi = float(data.x.min()), float(data.x.max())
+    return x.reshape(len(x), -1).clamp(lo, hi)
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | validation accuracy | test accuracy |", "| --- | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |" for r in rows]
+    shifted = "shifted_test_accuracy" in rows[0]
+    lines = ["| model | validation accuracy | test accuracy |" + (" shifted test accuracy |" if shifted else ""),
+             "| --- | ---: | ---: |" + (" ---: |" if shifted else "")]
+    for r in rows:
+        line = f"| {r['model']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |"
+        lines.append(line + (f" {r['shifted_test_accuracy']:.4f} |" if shifted else ""))
     return "\n".join(lines)
 
 
@@ -120,22 +140,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     if strategy.needs_validation and info.validate is None:
         raise ConfigError("--method", args.method, "a method that needs no validation split",
                           "The run these checkpoints come from has no validation split (dataset.val_fraction=0).")
-    merged, _ = strategy.aggregate(stacked, info, strategy.init_state(reference, len(models)))
+    merged, state = strategy.aggregate(stacked, info, strategy.init_state(reference, len(models)))
+    if "kept" in state:  # greedy soup: say which ingredients made it in
+        print(f"{strategy.name} kept {len(state['kept'])} of {len(models)}: "
+              + ", ".join(str(paths[int(k)]) for k in state["kept"]), file=sys.stderr)
 
-    def score(params: torch.Tensor) -> tuple[float, float]:
-        val = evaluate(exp.model, layout, params, data.x_val, data.y_val)[0]
-        return val, evaluate(exp.model, layout, params, data.x_test, data.y_test)[0]
-
+    sets = {"val_accuracy": (data.x_val, data.y_val), "test_accuracy": (data.x_test, data.y_test)}
+    if args.shift_noise or args.shift_pixels:
+        sets["shifted_test_accuracy"] = (shifted_test(data, args.shift_noise, args.shift_pixels), data.y_test)
     named = [(str(p), m) for p, m in zip(paths, models)] + [(f"merge: {strategy.name}", merged)]
-    table = [dict(zip(("model", "val_accuracy", "test_accuracy"), (name, *score(m)))) for name, m in named]
-    table.append({"model": f"logit ensemble of {len(models)}", **ensemble_scores(exp, layout, stacked)})
+    table = [{"model": name, **{k: evaluate(exp.model, layout, m, x, y)[0] for k, (x, y) in sets.items()}}
+             for name, m in named]
+    table.append({"model": f"logit ensemble of {len(models)}", **ensemble_scores(exp, layout, stacked, sets)})
     save_checkpoint(Path(args.out), layout, merged, {"merge_method": strategy.name,
                                                      "ingredients": json.dumps([str(p) for p in paths])})
     return table
 
 
 @torch.no_grad()
-def ensemble_scores(exp, layout, stacked: torch.Tensor) -> dict[str, float]:
+def ensemble_scores(exp, layout, stacked: torch.Tensor, sets: dict) -> dict[str, float]:
+    """Accuracy of the average of the K models' predicted probabilities (K forward passes)."""
     from torch.func import functional_call
 
     def acc(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -144,7 +168,7 @@ def ensemble_scores(exp, layout, stacked: torch.Tensor) -> dict[str, float]:
         probs = sum(torch.softmax(functional_call(exp.model, layout.to_state_dict(m), (x,)), -1) for m in stacked)
         return float((probs.argmax(-1) == y).float().mean())
 
-    return {"val_accuracy": acc(exp.data.x_val, exp.data.y_val), "test_accuracy": acc(exp.data.x_test, exp.data.y_test)}
+    return {k: acc(x, y) for k, (x, y) in sets.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,12 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help="base checkpoint for interpolate / task_arithmetic / ties / dare")
     parser.add_argument("--out", default="merged.safetensors", help="where to write the merged checkpoint")
     parser.add_argument("--fisher-rows", type=int, default=1000, help="training rows for Fisher diagonals")
+    parser.add_argument("--shift-noise", type=float, default=0.0, help="std of Gaussian noise for a shifted test set")
+    parser.add_argument("--shift-pixels", type=int, default=0, help="pixels to move test images for a shifted test set")
+    parser.add_argument("--csv", help="also write the table as CSV here")
+    args = parser.parse_args(argv)
     try:
-        table = run(parser.parse_args(argv))
+        table = run(args)
     except GossipsoupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(markdown(table))
+    if args.csv:
+        import pandas as pd
+
+        from .results import atomic_write_text
+
+        atomic_write_text(Path(args.csv), pd.DataFrame(table).to_csv(index=False))
     return 0
 
 

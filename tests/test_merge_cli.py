@@ -72,3 +72,28 @@ def test_mismatched_layouts_name_the_first_tensor(sweep, tmp_path):
                           text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "net.0.weight [16, 64] against net.0.weight [8, 64]" in proc.stderr
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_source_split_keeps_listed_classes(sweep, make_cfg, tmp_path):
+    from sim.errors import ConfigError
+    from sim.experiment import build_experiment
+
+    ckpt = sweep / "0" / "model.safetensors"
+    exp = build_experiment(make_cfg("model.hidden=[16]", f"model.init_checkpoint={ckpt}",
+                                    "dataset.train_classes=[0,1,2]"))
+    assert torch.equal(exp.initial_params, load_checkpoint(ckpt)[1])
+    assert set(exp.data.y.unique().tolist()) == {0, 1, 2} and len(exp.data.y_test.unique()) == 10
+    with pytest.raises(ConfigError, match="model.init_checkpoint") as err:
+        build_experiment(make_cfg("model.hidden=[32]", f"model.init_checkpoint={ckpt}"))
+    assert "net.0.weight [32, 64]" in str(err.value)
+
+
+def test_shifted_test_set_and_csv(sweep, tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    assert main([str(sweep), "--shift-noise", "0.2", "--shift-pixels", "1", "--out", str(tmp_path / "m.safetensors"),
+                 "--csv", str(csv)]) == 0
+    assert "shifted test accuracy" in capsys.readouterr().out
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert len(table) == 5 and (table["shifted_test_accuracy"] <= table["test_accuracy"] + 0.2).all()

@@ -15,13 +15,13 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {"test_fraction": 0.2, "val_fraction": 0.1},
+    "digits": {"test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "train_classes": None},
     "synthetic": {
         "alpha": 1.0, "beta": 1.0, "num_features": 60, "num_classes": 10,
         "size_lognormal_mean": 4.0, "size_lognormal_sigma": 2.0, "size_offset": 50, "size_cap": None,
-        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "iid": False,
+        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "iid": False, "train_classes": None,
     },
-    "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None},
+    "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None, "train_classes": None},
 }
 PARTITION_DEFAULTS: dict[str, dict[str, Any]] = {
     "iid": {},
@@ -140,6 +140,12 @@ def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> t
     ds = _with_defaults(dataset_cfg, "dataset", DATASET_DEFAULTS)
     part = _with_defaults(partition_cfg, "partition", PARTITION_DEFAULTS)
     _check_fractions(ds)
+    classes = ds.get("train_classes")
+    if classes is not None and not (isinstance(classes, (list, tuple)) and classes
+                                    and all(_is_int(c) and c >= 0 for c in classes)):
+        raise ConfigError("dataset.train_classes", classes, "null (all) or a non-empty list of labels, e.g. [0,1,2,3,4]")
+    if ds["name"] == "digits" and ds.get("data_seed") is not None:
+        _check_number(ds, "dataset", "data_seed", 0, "null or an integer >= 0", integer=True)
     if ds["name"] == "synthetic":
         _check_synthetic(ds)
     elif ds["name"] == "npz":

@@ -17,6 +17,16 @@ def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
+def keep_classes(pool, classes) -> "Pool":
+    """Training rows of the listed labels only (a source split, e.g. for pre-training);
+    validation and test keep every class so the model is scored on the whole task."""
+    from dataclasses import replace
+
+    keep = np.isin(pool.y, np.asarray(list(classes)))
+    groups = None if pool.groups is None else pool.groups[keep]
+    return replace(pool, x=pool.x[keep], y=pool.y[keep], groups=groups)
+
+
 def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, seed: int) -> FederatedData:
     """Build the clients' data for one run.
 
@@ -26,6 +36,8 @@ def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, 
     """
     ds, part = checked_configs(dataset_cfg, partition_cfg, num_clients)
     pool = load_pool(ds, num_clients, int(seed))
+    if ds.get("train_classes") is not None:
+        pool = keep_classes(pool, ds["train_classes"])
     order, offsets = partition_rows(pool.y, pool.groups, part, num_clients, int(seed), ds["name"])
     identity = len(order) == len(pool.y) and bool(np.all(order == np.arange(len(order))))
     x, y = (pool.x, pool.y) if identity else (pool.x[order], pool.y[order])  # natural synthetic: no copy

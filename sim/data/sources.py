@@ -69,7 +69,7 @@ def load_digits_pool(ds: dict, seed: int) -> Pool:
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
     parts = carve_splits(x, y, None, val_fraction=ds["val_fraction"], test_fraction=ds["test_fraction"],
-                         rng_key=("data", "digits"), seed=seed)
+                         rng_key=("data", "digits"), seed=seed if ds.get("data_seed") is None else ds["data_seed"])
     return Pool(**parts, num_classes=10, input_shape=(1, 8, 8), name="digits")
 
 
