@@ -9,6 +9,7 @@ and participation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("save_model", cfg.get("save_model"), "true or false")
     validate_data_config(cfg.dataset, cfg.partition, num_clients)
     validate_model_config(cfg.model)
+    init = cfg.model.get("init_checkpoint")
+    if init and not Path(str(init)).is_file():
+        raise ConfigError("model.init_checkpoint", str(init), "null or the path of an existing .safetensors file",
+                          "No file exists there.")
     TrainConfig.from_config(cfg.train)
     build_strategy(cfg.strategy)
     if mode == "federated":

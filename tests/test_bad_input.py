@@ -54,6 +54,10 @@ CASES = {
                        "gossip.delay_value"),
     "unknown topology": (["mode=gossip", "topology=hypercube"], "topology"),
     "federated mode on a ring": (["topology=ring"], "topology.name"),
+    "greedy soup without a validation split": (["strategy=greedy_soup", "dataset.val_fraction=0"],
+                                               "dataset.val_fraction"),
+    "interpolation alpha above 1": (["strategy=interpolate", "strategy.alpha=1.5"], "strategy.alpha"),
+    "init checkpoint missing": (["model.init_checkpoint=/nonexistent/model.safetensors"], "model.init_checkpoint"),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
 }
 
