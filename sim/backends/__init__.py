@@ -4,8 +4,9 @@ from sim.errors import ConfigError
 
 from .base import Backend, ClientBatch, TrainingSetup
 from .sequential import SequentialBackend
+from .vectorized import VectorizedBackend
 
-BACKENDS = {"sequential": SequentialBackend}
+BACKENDS = {"sequential": SequentialBackend, "vectorized": VectorizedBackend}
 
 
 def build_backend(backend_cfg) -> Backend:

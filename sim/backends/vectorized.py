@@ -1,0 +1,179 @@
+"""Many clients at once: ``vmap`` of the loss gradient over stacked parameters ``[K, P]``.
+
+Every client's batches are drawn exactly as the sequential backend draws them
+(``batch_schedule`` with ``torch_generator(seed, "train", round, client)``), then step ``s`` of all
+clients runs as one vmapped gradient over their stacked models. Batches of one step are padded to
+the largest of them and a mask keeps the padding out of the loss (a masked mean equals
+``F.cross_entropy``'s mean over the real rows). Clients are sorted by their number of steps, so
+step ``s`` only touches the prefix of clients that still have a step ``s``: the work follows the
+total number of steps, not ``K x`` the longest client. The SGD update is the same elementwise
+``sgd_step`` the reference applies, so results agree with ``SequentialBackend`` to float tolerance.
+
+vmap cannot run BatchNorm in training mode (its running statistics are updated in place), so a
+model with BatchNorm layers is refused at ``setup``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from sim.errors import ConfigError
+from sim.fisher import diagonal_fisher
+from sim.training import batch_schedule, sgd_step
+
+from .base import ClientBatch, TrainingSetup
+
+SUPPORTED_EXTRAS = frozenset({"fisher"})
+MAX_CHUNK = 4096
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); a conservative 2 GiB elsewhere."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def _batchnorm_layers(model: nn.Module) -> list[str]:
+    return [f"{name or '<root>'!r} ({type(m).__name__})" for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class VectorizedBackend:
+    name = "vectorized"
+
+    def __init__(self, chunk_size: int | None = None, num_threads: int | None = None):
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ConfigError("backend.chunk_size", chunk_size, "null or an integer >= 1")
+        self.chunk_size = chunk_size
+        self.num_threads = num_threads
+        self._setup: TrainingSetup | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def setup(self, setup: TrainingSetup) -> None:
+        bn = _batchnorm_layers(setup.model)
+        if bn:
+            raise ConfigError("backend.name", "vectorized", "a model without BatchNorm layers, or backend=sequential",
+                              f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot "
+                              "run in training mode.")
+        if self.num_threads:
+            torch.set_num_threads(int(self.num_threads))
+        self._setup = setup
+        model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
+        self._trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
+
+        def loss(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(model, layout.to_state_dict(p), (xb,))
+            per_row = F.cross_entropy(logits, yb, label_smoothing=smoothing, reduction="none")
+            return (per_row * mask).sum() / mask.sum()
+
+        self._grad_and_loss = vmap(grad_and_value(loss))
+
+    def close(self) -> None:
+        self._setup = None
+
+    # ---- training -----------------------------------------------------------------------------
+    def _auto_chunk(self, max_batch: int) -> int:
+        s = self._setup
+        p, d = s.layout.size, int(s.data.x[0].numel()) if len(s.data.x) else 1
+        # params, momentum, grad, update temporaries and autograd copies of the weights (~8 x P),
+        # plus the padded batch and a generous allowance for activations
+        per_client = 4 * (8 * p + max_batch * (d + 4 * max(64, d)) + 64)
+        return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // per_client)))
+
+    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
+              needs: frozenset[str] = frozenset()) -> ClientBatch:
+        s = self._setup
+        assert s is not None, "setup() must run before train()"
+        unknown = set(needs) - SUPPORTED_EXTRAS
+        if unknown:
+            raise NotImplementedError(f"the vectorized backend cannot compute {sorted(unknown)}")
+        ids = [int(c) for c in client_ids.tolist()]
+        K, P = len(ids), s.layout.size
+        starts = start.detach().expand(K, -1) if start.dim() == 1 else start.detach()
+        params = starts.new_zeros((K, P))
+        losses = torch.full((K,), float("nan"), dtype=torch.float32)
+        sizes = [int(s.data.offsets[c + 1] - s.data.offsets[c]) for c in ids]
+        # every client's batch list, drawn exactly as the sequential backend draws it
+        schedules = [batch_schedule(n, s.train, s.generator(round_, c)) for n, c in zip(sizes, ids)]
+        chunk = self.chunk_size or self._auto_chunk(min(s.train.batch_size, max(sizes, default=1)))
+        for lo in range(0, K, chunk):
+            rows = list(range(lo, min(K, lo + chunk)))
+            p, l = self._train_chunk([ids[k] for k in rows], starts[lo:lo + len(rows)],
+                                     [schedules[k] for k in rows])
+            params[lo:lo + len(rows)] = p
+            losses[lo:lo + len(rows)] = l
+        extras = {}
+        if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
+            extras["fisher"] = torch.stack([diagonal_fisher(s.model, s.layout, params[k], s.data.client(c)[0])
+                                            for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
+        return ClientBatch(
+            client_ids=torch.as_tensor(ids, dtype=torch.long),
+            params=params,
+            num_samples=torch.tensor(sizes, dtype=torch.long),
+            train_loss=losses,
+            extras=extras,
+        )
+
+    def _train_chunk(self, ids: list[int], starts: torch.Tensor,
+                     schedules: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        s, cfg = self._setup, self._setup.train
+        K = len(ids)
+        steps = torch.tensor([len(b) for b in schedules], dtype=torch.long)
+        order = torch.argsort(steps, descending=True, stable=True)  # clients with most steps first
+        steps_sorted = steps[order]
+        S = int(steps_sorted[0]) if K else 0
+        params = starts[order].clone()
+        loss_sum = torch.zeros(K, dtype=torch.float32)
+        if S == 0:
+            return starts.clone(), torch.full((K,), float("nan"))
+        bmax = max(len(b) for sched in schedules for b in sched)
+        # global row index of every (client, step, position); -1 is padding
+        index = torch.full((K, S, bmax), -1, dtype=torch.long)
+        lengths = torch.zeros((K, S), dtype=torch.long)
+        for r, k in enumerate(order.tolist()):
+            sched = schedules[k]
+            if not sched:
+                continue
+            lens = torch.tensor([len(b) for b in sched], dtype=torch.long)
+            step_of = torch.repeat_interleave(torch.arange(len(sched)), lens)
+            pos = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+            index[r, step_of, pos] = torch.cat(sched) + int(s.data.offsets[ids[k]])
+            lengths[r, : len(sched)] = lens
+        active_counts = (steps_sorted.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
+        x, y = s.data.x, s.data.y
+        buf = None
+        for step in range(S):
+            A = int(active_counts[step])
+            B = int(lengths[:A, step].max())
+            idx = index[:A, step, :B]
+            mask = idx >= 0
+            safe = idx.clamp_min(0)
+            grads, step_loss = self._grad_and_loss(params[:A], x[safe], y[safe], mask.to(x.dtype))
+            if self._trainable is not None:
+                grads = grads * self._trainable
+            if cfg.momentum:
+                # every client's first step is step 0, where sgd_step starts the buffer (None -> d)
+                if step == 0:
+                    new_p, buf = sgd_step(params[:A], grads, None, cfg)
+                else:
+                    new_p, new_buf = sgd_step(params[:A], grads, buf[:A], cfg)
+                    buf[:A] = new_buf
+            else:
+                new_p, _ = sgd_step(params[:A], grads, None, cfg)
+            params[:A] = new_p
+            loss_sum[:A] += step_loss.detach()
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(K)
+        mean_loss = torch.where(steps_sorted > 0, loss_sum / steps_sorted.clamp_min(1), torch.tensor(float("nan")))
+        return params[inverse], mean_loss[inverse]
