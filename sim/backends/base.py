@@ -46,6 +46,28 @@ class TrainingSetup:
         return torch_generator(self.seed, "train", round_, client)
 
 
+#: per-client extras every backend can compute after training, on request of a strategy
+SUPPORTED_EXTRAS = frozenset({"fisher"})
+
+
+def check_needs(backend: str, needs: frozenset[str]) -> None:
+    unknown = set(needs) - SUPPORTED_EXTRAS
+    if unknown:
+        raise NotImplementedError(f"the {backend} backend cannot compute {sorted(unknown)}")
+
+
+def client_extras(setup: TrainingSetup, ids: list[int], params: torch.Tensor,
+                  needs: frozenset[str]) -> dict[str, torch.Tensor]:
+    """The extras a strategy asked for, computed once per trained client (shared by all backends)."""
+    extras: dict[str, torch.Tensor] = {}
+    if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
+        from sim.fisher import diagonal_fisher
+
+        extras["fisher"] = torch.stack([diagonal_fisher(setup.model, setup.layout, params[k], setup.data.client(c)[0])
+                                        for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
+    return extras
+
+
 class Backend(Protocol):
     name: str
 

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from sim.fisher import diagonal_fisher
 from sim.training import local_train
 
-from .base import ClientBatch, TrainingSetup
-
-
-SUPPORTED_EXTRAS = frozenset({"fisher"})
+from .base import ClientBatch, TrainingSetup, check_needs, client_extras
 
 
 class SequentialBackend:
@@ -32,9 +28,7 @@ class SequentialBackend:
               needs: frozenset[str] = frozenset()) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
-        unknown = set(needs) - SUPPORTED_EXTRAS
-        if unknown:
-            raise NotImplementedError(f"the sequential backend cannot compute {sorted(unknown)}")
+        check_needs(self.name, needs)
         ids = client_ids.tolist()
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
         results = []
@@ -42,10 +36,7 @@ class SequentialBackend:
             x, y = s.data.client(client)
             results.append(local_train(s.model, s.layout, starts[k], x, y, s.train, s.generator(round_, client)))
         params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))
-        extras = {}
-        if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
-            extras["fisher"] = torch.stack([diagonal_fisher(s.model, s.layout, params[k], s.data.client(c)[0])
-                                            for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
+        extras = client_extras(s, ids, params, needs)
         return ClientBatch(
             client_ids=torch.as_tensor(ids, dtype=torch.long),
             params=params,

@@ -23,10 +23,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from sim.errors import ConfigError
-from sim.fisher import diagonal_fisher
 from sim.training import batch_schedule, sgd_step
 
-from .base import ClientBatch, TrainingSetup
+from .base import ClientBatch, TrainingSetup, check_needs, client_extras
 
 SUPPORTED_EXTRAS = frozenset({"fisher"})
 MAX_CHUNK = 4096
@@ -95,9 +94,7 @@ class VectorizedBackend:
               needs: frozenset[str] = frozenset()) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
-        unknown = set(needs) - SUPPORTED_EXTRAS
-        if unknown:
-            raise NotImplementedError(f"the vectorized backend cannot compute {sorted(unknown)}")
+        check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
         K, P = len(ids), s.layout.size
         starts = start.detach().expand(K, -1) if start.dim() == 1 else start.detach()
@@ -113,10 +110,7 @@ class VectorizedBackend:
                                      [schedules[k] for k in rows])
             params[lo:lo + len(rows)] = p
             losses[lo:lo + len(rows)] = l
-        extras = {}
-        if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
-            extras["fisher"] = torch.stack([diagonal_fisher(s.model, s.layout, params[k], s.data.client(c)[0])
-                                            for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
+        extras = client_extras(s, ids, params, needs)
         return ClientBatch(
             client_ids=torch.as_tensor(ids, dtype=torch.long),
             params=params,

@@ -50,6 +50,7 @@ class AsyncGossip:
         self.counts = {"sent": 0, "lost": 0, "merges": 0, "trainings": 0, "bytes": 0}
         self.last_counts: dict[str, int] = {}
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+        self.sizes = exp.data.client_sizes  # once: computing it is O(N), merges happen per event
 
     # ---- scheduling ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, *data) -> None:
@@ -100,7 +101,7 @@ class AsyncGossip:
 
     def merge(self, node: int, own: torch.Tensor, received: torch.Tensor, sender: int) -> torch.Tensor:
         members = torch.tensor([node, sender])
-        info = AggregationInfo(client_ids=members, num_samples=self.exp.data.client_sizes[members],
+        info = AggregationInfo(client_ids=members, num_samples=self.sizes[members],
                                round=int(self.trained[node]), num_clients=self.n, layout=self.exp.layout,
                                reference=own, self_index=0, validate=self.validate)
         merged, self.states[node] = self.exp.strategy.aggregate(torch.stack([own, received]), info, self.states[node])
