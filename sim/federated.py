@@ -14,6 +14,7 @@ import torch
 
 from strategies import AggregationInfo
 
+from .backends import aggregate_on_backend
 from .checks import check_finite
 from .gossip.nodes import weight_variance_columns
 from .results import MetricsLog
@@ -64,7 +65,7 @@ def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], N
                 extras=batch.extras,
                 participation_prob=None if known_p is None else known_p[batch.client_ids],
             )
-            params, state = exp.strategy.aggregate(batch.params, info, state)
+            params, state = aggregate_on_backend(exp.backend, exp.strategy, batch.params, info, state)
             check_finite(params, batch.client_ids, round_, "the aggregated parameters")
             weights = batch.num_samples.to(torch.float64)
             losses = batch.train_loss.to(torch.float64)
@@ -73,6 +74,7 @@ def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], N
             extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
             row["bytes_up"] = len(ids) * bytes_per_model + extra_bytes
             row["bytes_down"] = len(ids) * bytes_per_model
+            row.update(batch.stats)
         row.update(exp.strategy.round_metrics(state, known_p))
         if round_ % eval_every == 0 or round_ == rounds:
             row.update(evaluation_row(exp, params))

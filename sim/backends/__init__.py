@@ -2,7 +2,7 @@
 
 from sim.errors import ConfigError
 
-from .base import Backend, ClientBatch, TrainingSetup
+from .base import Backend, ClientBatch, TrainingSetup, aggregate_on_backend
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
 
@@ -20,4 +20,4 @@ def build_backend(backend_cfg) -> Backend:
         raise ConfigError("backend", name, "options that this backend accepts", str(exc)) from None
 
 
-__all__ = ["Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "BACKENDS", "build_backend"]
+__all__ = ["Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "BACKENDS", "build_backend", "aggregate_on_backend"]

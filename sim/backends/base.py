@@ -30,6 +30,8 @@ class ClientBatch:
     num_samples: torch.Tensor  # [K] int64
     train_loss: torch.Tensor  # [K] mean local loss (NaN for a client with no steps)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "fisher": [K, P]
+    #: numbers about how the round ran (e.g. {"retries": 1}); the loops copy them into metrics.csv
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +68,16 @@ def client_extras(setup: TrainingSetup, ids: list[int], params: torch.Tensor,
         extras["fisher"] = torch.stack([diagonal_fisher(setup.model, setup.layout, params[k], setup.data.client(c)[0])
                                         for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
     return extras
+
+
+def aggregate_on_backend(backend, strategy, params: torch.Tensor, info, state):
+    """Run ``strategy.aggregate`` where the backend wants it (e.g. on a GPU worker).
+
+    A backend that defines ``aggregate(strategy, params, info, state)`` gets the call; every other
+    backend aggregates in the driver. Results always come back as CPU tensors.
+    """
+    hook = getattr(backend, "aggregate", None)
+    return hook(strategy, params, info, state) if hook is not None else strategy.aggregate(params, info, state)
 
 
 class Backend(Protocol):

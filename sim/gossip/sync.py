@@ -36,6 +36,7 @@ class SyncGossip:
         self.states = [exp.strategy.init_state(exp.initial_params, self.n) for _ in range(self.n)]
         self.validate = exp.validation_fn() if exp.strategy.needs_validation else None
         self.extras: dict[str, torch.Tensor] = {}  # per-node extras of the last training (e.g. Fisher)
+        self.stats: dict[str, float] = {}  # the backend's numbers about the last training (e.g. retries)
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
         self.fast_path = True  # one sparse W @ X for linear stateless rules; tests turn it off to compare
 
@@ -43,6 +44,7 @@ class SyncGossip:
         batch = self.exp.backend.train(self.ids, params, round_, self.exp.strategy.requires)
         check_finite(batch.params, batch.client_ids, round_, "models")
         self.extras = batch.extras
+        self.stats = batch.stats
         return batch.params, batch.train_loss
 
     def mix(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, int, int]:
@@ -101,7 +103,7 @@ class SyncGossip:
             row = {"round": round_, "num_participants": self.n,
                    "train_loss": float((weights * losses[ok].double()).sum() / weights.sum()) if ok.any() else np.nan,
                    "bytes_up": sent * self.bytes_per_model, "bytes_down": (sent - lost) * self.bytes_per_model,
-                   "messages_sent": sent, "messages_lost": lost}
+                   "messages_sent": sent, "messages_lost": lost, **self.stats}
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate(params))
             row["wall_s"] = time.perf_counter() - start
