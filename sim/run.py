@@ -62,7 +62,7 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     metrics = MetricsLog(out / "metrics.csv")
     summary: dict[str, Any] = {
         "status": "running", "strategy": exp.strategy.name, "seed": int(cfg.seed),
-        "num_parameters": exp.layout.size, "config": resolved_config(cfg), "versions": package_versions(),
+        "num_parameters": exp.layout.size, "backend": exp.backend.name, "config": resolved_config(cfg), "versions": package_versions(),
     }
     if gossip:
         summary["topology"] = exp.topology.summary()
@@ -75,6 +75,9 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
             metrics.flush()
 
     exp.backend.setup(exp.setup)
+    chosen = getattr(exp.backend, "chosen", None)  # backend=auto says which backend it picked
+    if chosen is not None:
+        summary["backend"] = f"auto: {chosen.name}"
     try:
         if gossip:
             node_params = run_gossip(exp, metrics, on_round)

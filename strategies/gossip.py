@@ -5,8 +5,8 @@ default, set by ``topology.mixing``), handed in as ``info.mixing_weights``; ``we
 averages the K models equally. As an FL server rule (no topology, no mixing row) it is the uniform
 average of the participants, i.e. FedAvg with uniform weighting.
 
-The rule is linear and keeps no state, so the synchronous gossip loop may apply it to all nodes at
-once as one sparse ``W @ X`` product (``mixing_matrix``); the per-node call gives the same numbers.
+The rule is linear and keeps no state, so the synchronous gossip loop applies it to all nodes at
+once as one sparse ``W @ X`` product (``aggregate_all``); the per-node call gives the same numbers.
 """
 
 from __future__ import annotations
@@ -36,12 +36,18 @@ class GossipAvg(Strategy):
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         return weighted_average(models, self.row_weights(info, len(models))), state
 
-    def mixing_matrix(self, topology_matrix: torch.Tensor) -> torch.Tensor:
-        """The ``[N, N]`` sparse matrix that applies this rule to every node at once."""
-        w = topology_matrix.coalesce()
-        if self.weights == "mixing":
-            return w
-        rows = w.indices()[0]
-        degree_plus_one = torch.bincount(rows, minlength=w.shape[0]).to(w.dtype)  # W stores its diagonal
-        values = 1.0 / degree_plus_one[rows]
-        return torch.sparse_coo_tensor(w.indices(), values, w.shape, check_invariants=False).coalesce()
+    def aggregate_all(self, received: torch.Tensor, models: torch.Tensor, layout) -> torch.Tensor:
+        """Every node's merge at once: ``received`` is the sparse ``[N, N]`` matrix of what each node
+        merges (its row of the mixing matrix restricted to the messages that arrived, the rest of
+        the weight on the diagonal), ``models`` the ``[N, P]`` node models."""
+        if self.weights == "uniform":
+            received = uniform_rows(received)
+        return torch.sparse.mm(received, models)
+
+
+def uniform_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """The same sparsity pattern with each row's stored entries set to 1 / (entries in the row)."""
+    matrix = matrix.coalesce()
+    rows = matrix.indices()[0]
+    counts = torch.bincount(rows, minlength=matrix.shape[0]).to(matrix.dtype)
+    return torch.sparse_coo_tensor(matrix.indices(), 1.0 / counts[rows], matrix.shape, check_invariants=False).coalesce()

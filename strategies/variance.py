@@ -30,7 +30,7 @@ from sim.errors import ConfigError
 from sim.layout import Layout
 
 from .base import AggregationInfo, State, Strategy, check_positive, check_unit_interval, weighted_average
-from .gossip import GOSSIP_WEIGHTS
+from .gossip import GOSSIP_WEIGHTS, uniform_rows
 
 VARIANTS = ("follow_others", "conservative")
 CORRECTED = {"weights": ("weight",), "weights_and_biases": ("weight", "bias")}
@@ -94,3 +94,28 @@ class VarianceCorrected(Strategy):
             w = info.mixing_weights.to(torch.float64) if use_mixing else torch.ones(k, dtype=torch.float64)
             merged = weighted_average(models, w)
         return rescale_to_variance(merged, target, info.layout, self.kinds, self.eps), state
+
+    def aggregate_all(self, received: torch.Tensor, models: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Every node's merge and per-layer rescaling at once, from the sparse ``[N, N]`` matrix of
+        what each node received (see ``sim.gossip.sync.received_matrix``): the received models'
+        mean and mean layer variance are two sparse products, the rescaling one pass over ``[N, P]``.
+        Equal to calling :meth:`aggregate` node by node; nodes that received nothing keep their model."""
+        received = received.coalesce()
+        rows, cols = received.indices()
+        off = rows != cols
+        n = models.shape[0]
+        count = torch.bincount(rows[off], minlength=n)
+        others = torch.sparse_coo_tensor(received.indices()[:, off], 1.0 / count[rows[off]].to(models.dtype),
+                                         received.shape, check_invariants=False).coalesce()
+        variances = layer_variances(models, layout, self.kinds)  # [N, L]
+        mean_received_var = torch.sparse.mm(others, variances)
+        if self.variant == "conservative":
+            merged = self.c * models + (1 - self.c) * torch.sparse.mm(others, models)
+            target = self.c * variances + (1 - self.c) * mean_received_var
+        else:
+            mixing = received if self.weights == "mixing" else uniform_rows(received)
+            merged, target = torch.sparse.mm(mixing.to(models.dtype), models), mean_received_var
+        out = rescale_to_variance(merged, target, layout, self.kinds, self.eps)
+        alone = count == 0
+        out[alone] = models[alone]
+        return out

@@ -28,16 +28,27 @@ def test_sync_gossip_on_complete_graph_equals_fedavg_with_full_participation(mak
     assert (gl["consensus_distance"] < 1e-4).all()
 
 
-def test_sparse_fast_path_equals_per_node_strategy_calls(make_cfg):
+@pytest.mark.parametrize("drop_prob", [0.0, 0.4])
+@pytest.mark.parametrize("strategy", [
+    ("strategy=gossip_avg",), ("strategy=gossip_avg", "strategy.weights=uniform"),
+    ("strategy=variance_corrected",), ("strategy=variance_corrected", "strategy.weights=uniform"),
+    ("strategy=variance_corrected", "strategy.variant=conservative", "strategy.c=0.3",
+     "strategy.correct=weights_and_biases"),
+], ids=["gossip_avg", "gossip_avg-uniform", "variance", "variance-uniform", "variance-conservative"])
+def test_whole_graph_merge_equals_per_node_strategy_calls(make_cfg, strategy, drop_prob):
+    # Prepare: independent random node models, so every node's merge and rescaling differ
     exp = build_experiment(make_cfg(*SMALL, "mode=gossip", "topology=random_regular", "topology.degree=3",
-                                    "strategy=gossip_avg"))
+                                    f"gossip.drop_prob={drop_prob}", *strategy))
     runner = SyncGossip(exp, exp.topology, exp.gossip)
-    params = torch.randn(8, exp.layout.size)
+    params = torch.randn(8, exp.layout.size) * torch.linspace(0.5, 2.0, 8).unsqueeze(1)
+    # Execute: the sparse whole-graph path, then the per-node aggregate calls
     fast, sent, lost = runner.mix(params, 1)
     runner.fast_path = False
-    slow, _, _ = runner.mix(params, 1)
-    assert sent == 8 * 3 and lost == 0
-    assert torch.allclose(fast, slow, atol=1e-6)
+    slow, sent_slow, lost_slow = runner.mix(params, 1)
+    # Assert
+    assert sent == sent_slow == 8 * 3 and lost == lost_slow
+    assert (lost > 0) == (drop_prob > 0)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
 
 
 @pytest.mark.parametrize("schedule", ["sync", "async"])
@@ -96,3 +107,31 @@ def test_independent_inits_differ_and_shared_inits_agree(make_cfg, tmp_path):
                  "gossip.shared_init=false")
     assert shared["consensus_distance"].iloc[0] < 1e-5 < indep["consensus_distance"].iloc[0]
     assert "weight_var/linear.weight" in indep.columns
+
+
+@pytest.mark.parametrize("order", ["update_merge", "merge_update"])
+@pytest.mark.parametrize("backend", ["sequential", "vectorized"])
+def test_batched_async_exchanges_equal_the_event_by_event_simulation(make_cfg, tmp_path, order, backend):
+    # Prepare: pushes and pulls with delays, losses and churn, so batches are cut by every kind of conflict
+    args = ("mode=gossip", "num_clients=12", "topology=random_regular", "topology.degree=3",
+            "strategy=variance_corrected", "gossip.schedule=async", "gossip.protocol=push_pull",
+            f"gossip.order={order}", "gossip.drop_prob=0.1", "gossip.delay=exponential", "gossip.delay_value=0.2",
+            "gossip.churn=probability", "gossip.online_prob=0.9", "gossip.shared_init=false", f"backend={backend}")
+    # Execute
+    one_by_one = _run(make_cfg, tmp_path / "single", *args, "gossip.batch_exchanges=false").drop(columns=["wall_s"])
+    batched = _run(make_cfg, tmp_path / "batched", *args).drop(columns=["wall_s"])
+    # Assert: the same events and counts exactly, the same models to float rounding
+    counts = ["round", "time", "num_participants", "messages_sent", "messages_lost", "merges", "bytes_up"]
+    pd.testing.assert_frame_equal(one_by_one[counts], batched[counts], check_exact=True)
+    assert one_by_one["num_participants"].sum() > 25
+    pd.testing.assert_frame_equal(one_by_one, batched, check_exact=False, atol=1e-5, rtol=0)
+
+
+def test_async_batches_hold_several_deliveries(make_cfg):
+    exp = build_experiment(make_cfg("mode=gossip", "num_clients=40", "rounds=3", "topology=random_regular",
+                                    "topology.degree=4", "strategy=gossip_avg", "gossip.schedule=async"))
+    exp.backend.setup(exp.setup)
+    runner = AsyncGossip(exp, exp.topology, exp.gossip)
+    runner.run(MetricsLog("/dev/null"), lambda row: None)
+    assert sum(runner.batch_sizes) == runner.counts["trainings"] == runner.counts["merges"]
+    assert max(runner.batch_sizes) >= 3

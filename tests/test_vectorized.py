@@ -18,9 +18,10 @@ from sim.training import TrainConfig, local_train
 SMALL = ("num_clients=8", "model.hidden=[16]", "rounds=2", "train.epochs=1")
 
 
+@pytest.mark.parametrize("kernel", ["dense", "vmap"])
 @pytest.mark.parametrize("local_steps", [None, 7])
 @pytest.mark.parametrize("chunk_size", [None, 3])
-def test_vectorized_batch_equals_local_train_per_client(make_cfg, local_steps, chunk_size):
+def test_vectorized_batch_equals_local_train_per_client(make_cfg, local_steps, chunk_size, kernel):
     exp = build_experiment(make_cfg("num_clients=7", "model.hidden=[16]", "partition=dirichlet",
                                     "partition.alpha=0.3", "participation.clients_per_round=7"))
     cfg = TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9, weight_decay=1e-3,
@@ -28,8 +29,9 @@ def test_vectorized_batch_equals_local_train_per_client(make_cfg, local_steps, c
     setup = dataclasses.replace(exp.setup, train=cfg)
     sizes = (setup.data.offsets[1:] - setup.data.offsets[:-1]).tolist()
     assert len(set(sizes)) > 1 and any(n % 7 for n in sizes)  # uneven clients, partial batches
-    backend = VectorizedBackend(chunk_size=chunk_size)
+    backend = VectorizedBackend(chunk_size=chunk_size, kernel=kernel)
     backend.setup(setup)
+    assert backend.kernel_used == kernel
     ids = torch.tensor([5, 0, 3, 6, 1, 2, 4])
     torch.manual_seed(1)
     for start in (exp.initial_params, exp.initial_params + 0.01 * torch.randn(7, setup.layout.size)):

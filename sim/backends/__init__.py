@@ -3,10 +3,11 @@
 from sim.errors import ConfigError
 
 from .base import Backend, ClientBatch, TrainingSetup, aggregate_on_backend
+from .auto import AutoBackend
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
 
-BACKENDS = {"sequential": SequentialBackend, "vectorized": VectorizedBackend}
+BACKENDS = {"auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend}
 
 
 def build_backend(backend_cfg) -> Backend:

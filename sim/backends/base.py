@@ -52,6 +52,20 @@ class TrainingSetup:
 SUPPORTED_EXTRAS = frozenset({"fisher"})
 
 
+def client_rounds(round_: int | torch.Tensor | list[int], count: int) -> list[int]:
+    """Each client's training round: one round for all (FL, sync gossip) or one per client.
+
+    Asynchronous gossip trains several nodes in one call, each at its own count of trainings, and
+    node k's n-th training must draw its batches from ``generator(n, k)`` whatever it is batched with.
+    """
+    if isinstance(round_, int):
+        return [round_] * count
+    rounds = [int(r) for r in (round_.tolist() if isinstance(round_, torch.Tensor) else round_)]
+    if len(rounds) != count:
+        raise ValueError(f"{len(rounds)} rounds for {count} clients")
+    return rounds
+
+
 def check_needs(backend: str, needs: frozenset[str]) -> None:
     unknown = set(needs) - SUPPORTED_EXTRAS
     if unknown:
@@ -88,7 +102,10 @@ class Backend(Protocol):
 
     def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
               needs: frozenset[str] = frozenset()) -> ClientBatch:
-        """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client)."""
+        """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client).
+
+        ``round_`` is one int for all clients or ``[K]`` per-client rounds (see :func:`client_rounds`).
+        """
 
     def close(self) -> None:
         """Release workers; called once at the end of the run, also after an error."""

@@ -9,7 +9,7 @@ import torch
 
 from sim.training import local_train
 
-from .base import ClientBatch, TrainingSetup, check_needs, client_extras
+from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 
 
 class SequentialBackend:
@@ -24,17 +24,18 @@ class SequentialBackend:
             torch.set_num_threads(int(self.num_threads))
         self._setup = setup
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
+    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
               needs: frozenset[str] = frozenset()) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
         check_needs(self.name, needs)
         ids = client_ids.tolist()
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
+        rounds = client_rounds(round_, len(ids))
         results = []
         for k, client in enumerate(ids):
             x, y = s.data.client(client)
-            results.append(local_train(s.model, s.layout, starts[k], x, y, s.train, s.generator(round_, client)))
+            results.append(local_train(s.model, s.layout, starts[k], x, y, s.train, s.generator(rounds[k], client)))
         params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))
         extras = client_extras(s, ids, params, needs)
         return ClientBatch(

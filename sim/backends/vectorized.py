@@ -25,10 +25,12 @@ from torch.func import functional_call, grad_and_value, vmap
 from sim.errors import ConfigError
 from sim.training import batch_schedule, sgd_step
 
-from .base import ClientBatch, TrainingSetup, check_needs, client_extras
+from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
+from .dense_kernel import DenseKernel, dense_layers
 
-SUPPORTED_EXTRAS = frozenset({"fisher"})
 MAX_CHUNK = 4096
+#: auto: the hand-derived dense kernel for Linear/activation stacks, vmap for every other model
+KERNELS = ("auto", "vmap", "dense")
 
 
 def _available_bytes() -> int:
@@ -43,7 +45,7 @@ def _available_bytes() -> int:
     return 2 << 30
 
 
-def _batchnorm_layers(model: nn.Module) -> list[str]:
+def batchnorm_layers(model: nn.Module) -> list[str]:
     return [f"{name or '<root>'!r} ({type(m).__name__})" for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -51,18 +53,23 @@ def _batchnorm_layers(model: nn.Module) -> list[str]:
 class VectorizedBackend:
     name = "vectorized"
 
-    def __init__(self, chunk_size: int | None = None, num_threads: int | None = None):
+    def __init__(self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto"):
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ConfigError("backend.chunk_size", chunk_size, "null or an integer >= 1")
+        if kernel not in KERNELS:
+            raise ConfigError("backend.kernel", kernel, f"one of {', '.join(KERNELS)}")
         self.chunk_size = chunk_size
+        self.kernel = kernel
         self.num_threads = num_threads
         self._setup: TrainingSetup | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def setup(self, setup: TrainingSetup) -> None:
-        bn = _batchnorm_layers(setup.model)
+        bn = batchnorm_layers(setup.model)
         if bn:
-            raise ConfigError("backend.name", "vectorized", "a model without BatchNorm layers, or backend=sequential",
+            raise ConfigError("backend.name", "vectorized",
+                              "a model without BatchNorm layers, or backend=sequential / backend=auto (which picks "
+                              "sequential for such models)",
                               f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot "
                               "run in training mode.")
         if self.num_threads:
@@ -76,7 +83,18 @@ class VectorizedBackend:
             per_row = F.cross_entropy(logits, yb, label_smoothing=smoothing, reduction="none")
             return (per_row * mask).sum() / mask.sum()
 
-        self._grad_and_loss = vmap(grad_and_value(loss))
+        layers = dense_layers(model, layout) if self.kernel != "vmap" else None
+        if self.kernel == "dense" and layers is None:
+            raise ConfigError("backend.kernel", "dense", "auto or vmap for this model",
+                              f"The dense kernel serves chains of Linear layers and ReLU/Tanh/Sigmoid; "
+                              f"the model is a {type(model).__name__}.")
+        if layers is not None:
+            self.kernel_used = "dense"
+            self._grad_and_loss = DenseKernel(layers, layout.size, smoothing)
+        else:
+            self.kernel_used = "vmap"
+            vmapped = vmap(grad_and_value(loss))
+            self._grad_and_loss = lambda p, xb, yb, mask: vmapped(p, xb, yb, mask)
 
     def close(self) -> None:
         self._setup = None
@@ -90,7 +108,7 @@ class VectorizedBackend:
         per_client = 4 * (8 * p + max_batch * (d + 4 * max(64, d)) + 64)
         return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // per_client)))
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
+    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
               needs: frozenset[str] = frozenset()) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
@@ -102,7 +120,8 @@ class VectorizedBackend:
         losses = torch.full((K,), float("nan"), dtype=torch.float32)
         sizes = [int(s.data.offsets[c + 1] - s.data.offsets[c]) for c in ids]
         # every client's batch list, drawn exactly as the sequential backend draws it
-        schedules = [batch_schedule(n, s.train, s.generator(round_, c)) for n, c in zip(sizes, ids)]
+        schedules = [batch_schedule(n, s.train, s.generator(r, c))
+                     for n, c, r in zip(sizes, ids, client_rounds(round_, K))]
         chunk = self.chunk_size or self._auto_chunk(min(s.train.batch_size, max(sizes, default=1)))
         for lo in range(0, K, chunk):
             rows = list(range(lo, min(K, lo + chunk)))

@@ -46,6 +46,7 @@ class GossipConfig:
     mean_online: float = 10.0
     mean_offline: float = 2.0
     eval_interval: float = 1.0
+    batch_exchanges: bool = True  # async: train non-conflicting deliveries together (same results)
 
     @classmethod
     def from_config(cls, cfg) -> "GossipConfig":
@@ -53,7 +54,12 @@ class GossipConfig:
         shared = cfg.get("shared_init", True)
         if not isinstance(shared, bool):
             raise ConfigError("gossip.shared_init", shared, "true (one init for all nodes) or false (independent inits)")
+        batch = cfg.get("batch_exchanges", True)
+        if not isinstance(batch, bool):
+            raise ConfigError("gossip.batch_exchanges", batch, "true (train non-conflicting deliveries together) or "
+                              "false (one training per event)")
         out = cls(
+            batch_exchanges=batch,
             schedule=_choice(cfg, "schedule", SCHEDULES, "sync"),
             order=_choice(cfg, "order", ORDERS, "update_merge"),
             shared_init=shared,

@@ -4,8 +4,10 @@ Each round every node sends its model to each neighbour of that round's graph; e
 with probability ``gossip.drop_prob``. A node merges its own model with what it received through the
 strategy (``info.self_index = 0``, ``info.mixing_weights`` its row of the topology's mixing matrix,
 with the weight of lost messages moved to itself so the row still sums to one); a node that
-received nothing keeps its model. Linear stateless rules (gossip_avg) with no losses run as one
-sparse ``W @ X`` product, which gives the same numbers as the per-node calls.
+received nothing keeps its model. Stateless rules that define ``aggregate_all`` (gossip_avg, and
+variance_corrected with its per-node, per-layer rescaling) merge all nodes at once from the sparse
+matrix of what each node received (``received_matrix``), as a few sparse ``[N, N] @ [N, P]``
+products; they give the same numbers as the per-node calls, which every other rule gets.
 
 ``gossip.order``: ``update_merge`` trains then merges (D-PSGD); ``merge_update`` merges then trains.
 """
@@ -25,6 +27,25 @@ from strategies import AggregationInfo
 
 from .config import GossipConfig
 from .nodes import initial_node_params, node_metrics
+
+
+def received_matrix(w: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
+    """The round's mixing matrix with lost messages removed and their weight moved to the diagonal.
+
+    Row i then holds exactly what node i merges: its own model with weight (own + lost) and each
+    model it received with its mixing weight; a node that received nothing has a lone 1 on the
+    diagonal. Every node's diagonal entry is stored, also when its weight is zero.
+    """
+    rows, cols = w.indices()
+    values = w.values()
+    n = w.shape[0]
+    off = rows != cols
+    keep = off & ~lost
+    self_weight = torch.zeros(n, dtype=values.dtype).index_add_(0, rows[~keep], values[~keep])
+    diag = torch.arange(n)
+    indices = torch.cat([torch.stack([rows[keep], cols[keep]]), torch.stack([diag, diag])], dim=1)
+    return torch.sparse_coo_tensor(indices, torch.cat([values[keep], self_weight]), w.shape,
+                                   check_invariants=False).coalesce()
 
 
 class SyncGossip:
@@ -60,8 +81,10 @@ class SyncGossip:
             lost_mask = off_diag & (draws < self.cfg.drop_prob)
         lost = int(lost_mask.sum())
         strategy = self.exp.strategy
-        if self.fast_path and lost == 0 and hasattr(strategy, "mixing_matrix"):
-            return torch.sparse.mm(strategy.mixing_matrix(w), params), sent, 0
+        if self.fast_path and hasattr(strategy, "aggregate_all"):
+            new = strategy.aggregate_all(received_matrix(w, lost_mask), params, self.exp.layout)
+            check_finite(new, self.ids, round_, "the merged parameters")
+            return new, sent, lost
         kept = ~lost_mask
         new = params.clone()
         bounds = torch.searchsorted(rows, torch.arange(self.n + 1))
