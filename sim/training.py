@@ -102,18 +102,27 @@ def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tenso
 def local_train(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                 cfg: TrainConfig, generator: torch.Generator) -> TrainResult:
     """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``."""
-    trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
+    buffers = layout.of_kind("buffer")
+    trainable = layout.trainable_mask() if buffers else None
     p = params.detach().clone()
     buf = None
     losses = []
     for idx in batch_schedule(len(y), cfg, generator):
         p.requires_grad_(True)
-        loss = batch_loss(model, layout, p, x[idx], y[idx], cfg.label_smoothing)
+        state = layout.to_state_dict(p)
+        # buffers (BatchNorm running statistics) are state, not parameters: the forward pass updates
+        # detached copies in place, and they are written back after the step
+        running = {spec.name: p.detach()[spec.slice].view(spec.shape).clone() for spec in buffers}
+        state.update(running)
+        logits = functional_call(model, state, (x[idx],))
+        loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
         (grad,) = torch.autograd.grad(loss, p)
         if trainable is not None:
             grad = grad * trainable
         with torch.no_grad():
             p, buf = sgd_step(p.detach(), grad, buf, cfg)
+            for spec in buffers:
+                p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)
         losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return TrainResult(p.detach(), int(len(y)), mean_loss, len(losses))
@@ -137,20 +146,29 @@ def evaluate(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Te
 
 @torch.no_grad()
 def evaluate_many(model: nn.Module, layout: Layout, stacked: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                  chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                  chunk: int = 32, row_chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean loss ``[N]`` of N flat models ``[N, P]`` on one labelled set, vmapped.
 
     Gossip evaluates every node each time; one vmapped pass per chunk of nodes costs about what
-    one model's pass costs, instead of N of them.
+    one model's pass costs, instead of N of them. Rows go in chunks too, so that a pooled test set
+    of a 100,000-client data set never needs ``chunk x rows`` activations at once.
     """
     from torch.func import vmap
 
-    def logits_of(p: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, layout.to_state_dict(p), (x,))
+    def logits_of(p: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, layout.to_state_dict(p), (xb,))
 
+    batched = vmap(logits_of, in_dims=(0, None))
     accs, losses = [], []
     for lo in range(0, len(stacked), chunk):
-        logits = vmap(logits_of)(stacked[lo:lo + chunk])  # [n, T, C]
-        accs.append((logits.argmax(-1) == y).float().mean(-1))
-        losses.append(F.cross_entropy(logits.transpose(1, 2), y.expand(len(logits), -1), reduction="none").mean(-1))
+        models = stacked[lo:lo + chunk]
+        correct = torch.zeros(len(models))
+        loss_sum = torch.zeros(len(models), dtype=torch.float64)
+        for r in range(0, len(y), row_chunk):
+            xb, yb = x[r:r + row_chunk], y[r:r + row_chunk]
+            logits = batched(models, xb)  # [n, T, C]
+            correct += (logits.argmax(-1) == yb).sum(-1)
+            loss_sum += F.cross_entropy(logits.transpose(1, 2), yb.expand(len(logits), -1), reduction="none").sum(-1)
+        accs.append(correct / len(y))
+        losses.append((loss_sum / len(y)).float())
     return torch.cat(accs), torch.cat(losses)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sim.backends import SequentialBackend, TrainingSetup, VectorizedBackend
+from sim.backends import AutoBackend, SequentialBackend, TrainingSetup, VectorizedBackend
 from sim.errors import ConfigError
 from sim.experiment import build_experiment
 from sim.layout import Layout
@@ -68,6 +68,9 @@ RUNS = {
               "participation.p=0.5"),
     "variance_corrected": ("mode=gossip", "strategy=variance_corrected", "gossip.shared_init=false"),
     "fisher_merge": ("strategy=fisher_merge", "participation.clients_per_round=5"),
+    "async_gossip": ("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async",
+                     "gossip.delay=exponential", "gossip.delay_value=0.3"),
+    "cnn_vmap_kernel": ("model=cnn", "model.channels=[2,4]", "model.hidden=8", "participation.clients_per_round=4"),
 }
 
 
@@ -91,3 +94,23 @@ def test_batchnorm_model_is_refused_with_the_layer_named():
     with pytest.raises(ConfigError, match="'1'") as info:
         VectorizedBackend().setup(setup)
     assert info.value.field == "backend.name" and "BatchNorm1d" in str(info.value)
+
+
+def test_auto_backend_picks_sequential_only_for_models_vmap_cannot_train(make_cfg):
+    exp = build_experiment(make_cfg("num_clients=4", "model=logreg", "participation.clients_per_round=2"))
+    auto = AutoBackend()
+    auto.setup(exp.setup)
+    assert auto.chosen.name == "vectorized"
+    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10))
+    bn_setup = dataclasses.replace(exp.setup, model=model, layout=Layout.from_module(model))
+    auto = AutoBackend()
+    auto.setup(bn_setup)
+    assert auto.chosen.name == "sequential"
+    start = bn_setup.layout.flatten(model)
+    batch = auto.train(torch.tensor([0, 2]), start, 1)
+    assert batch.params.shape == (2, bn_setup.layout.size) and torch.isfinite(batch.params).all()
+
+
+def test_auto_is_the_default_backend(make_cfg, tmp_path):
+    summary = run_experiment(make_cfg("num_clients=4", "rounds=1", "participation.clients_per_round=2"), tmp_path)
+    assert summary["backend"] == "auto: vectorized"

@@ -101,13 +101,18 @@ class DenseKernel:
         num_classes = logits.shape[-1]
         log_probs = torch.log_softmax(logits, dim=-1)
         counts = mask.sum(1)  # [A]
-        target = torch.nn.functional.one_hot(y, num_classes).to(logits.dtype)
+        labels = y.unsqueeze(-1)
+        per_row = -log_probs.gather(-1, labels).squeeze(-1)  # [A, B] cross-entropy of the true class
         if self.smoothing:
-            target = target * (1 - self.smoothing) + self.smoothing / num_classes
-        per_row = -(target * log_probs).sum(-1)  # [A, B]
-        loss = (per_row * mask).sum(1) / counts
-        # d loss / d logits = (softmax - target) * mask / n per client
-        delta = (log_probs.exp() - target) * (mask / counts.unsqueeze(1)).unsqueeze(-1)
+            per_row = (1 - self.smoothing) * per_row - self.smoothing * log_probs.mean(-1)
+        # d loss / d logits = (softmax - target) * mask / n per client, target = one-hot smoothed
+        delta = log_probs.exp_()  # log_probs is not needed after this
+        if self.smoothing:
+            delta.sub_(self.smoothing / num_classes)
+        delta.scatter_add_(-1, labels, torch.full(labels.shape, -(1 - self.smoothing), dtype=delta.dtype))
+        row_weight = mask / counts.unsqueeze(1)
+        loss = (per_row * row_weight).sum(1)
+        delta.mul_(row_weight.unsqueeze(-1))
         grads = params.new_empty((A, self.num_params))
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]

@@ -23,10 +23,11 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from sim.errors import ConfigError
-from sim.training import batch_schedule, sgd_step
+from sim.training import sgd_step
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 from .dense_kernel import DenseKernel, dense_layers
+from .schedule import stacked_schedule
 
 MAX_CHUNK = 4096
 #: auto: the hand-derived dense kernel for Linear/activation stacks, vmap for every other model
@@ -118,57 +119,47 @@ class VectorizedBackend:
         starts = start.detach().expand(K, -1) if start.dim() == 1 else start.detach()
         params = starts.new_zeros((K, P))
         losses = torch.full((K,), float("nan"), dtype=torch.float32)
-        sizes = [int(s.data.offsets[c + 1] - s.data.offsets[c]) for c in ids]
-        # every client's batch list, drawn exactly as the sequential backend draws it
-        schedules = [batch_schedule(n, s.train, s.generator(r, c))
-                     for n, c, r in zip(sizes, ids, client_rounds(round_, K))]
-        chunk = self.chunk_size or self._auto_chunk(min(s.train.batch_size, max(sizes, default=1)))
+        ids_t = torch.as_tensor(ids, dtype=torch.long)
+        first_rows = s.data.offsets[ids_t].to(torch.long)
+        sizes = (s.data.offsets[ids_t + 1] - s.data.offsets[ids_t]).to(torch.long)
+        # every client's permutations, drawn exactly as the sequential backend draws them
+        schedule = stacked_schedule(sizes.tolist(), ids, client_rounds(round_, K), s.train, s.seed)
+        # clients with the most steps first, so step s only touches the prefix still training, and
+        # chunks hold clients of similar length
+        order = torch.argsort(schedule.steps, descending=True, stable=True)
+        chunk = self.chunk_size or self._auto_chunk(int(min(s.train.batch_size, int(sizes.max()) if K else 1)))
         for lo in range(0, K, chunk):
-            rows = list(range(lo, min(K, lo + chunk)))
-            p, l = self._train_chunk([ids[k] for k in rows], starts[lo:lo + len(rows)],
-                                     [schedules[k] for k in rows])
-            params[lo:lo + len(rows)] = p
-            losses[lo:lo + len(rows)] = l
+            rows = order[lo:lo + chunk]
+            index = schedule.index(rows, first_rows[rows])
+            p, l = self._train_chunk(starts[rows], index, schedule.steps[rows])
+            params[rows] = p
+            losses[rows] = l
         extras = client_extras(s, ids, params, needs)
         return ClientBatch(
-            client_ids=torch.as_tensor(ids, dtype=torch.long),
+            client_ids=ids_t,
             params=params,
-            num_samples=torch.tensor(sizes, dtype=torch.long),
+            num_samples=sizes,
             train_loss=losses,
             extras=extras,
         )
 
-    def _train_chunk(self, ids: list[int], starts: torch.Tensor,
-                     schedules: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        s, cfg = self._setup, self._setup.train
-        K = len(ids)
-        steps = torch.tensor([len(b) for b in schedules], dtype=torch.long)
-        order = torch.argsort(steps, descending=True, stable=True)  # clients with most steps first
-        steps_sorted = steps[order]
-        S = int(steps_sorted[0]) if K else 0
-        params = starts[order].clone()
-        loss_sum = torch.zeros(K, dtype=torch.float32)
+    def _train_chunk(self, starts: torch.Tensor, index: torch.Tensor,
+                     steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``."""
+        cfg = self._setup.train
+        K = len(starts)
+        S = int(steps[0]) if K else 0
         if S == 0:
             return starts.clone(), torch.full((K,), float("nan"))
-        bmax = max(len(b) for sched in schedules for b in sched)
-        # global row index of every (client, step, position); -1 is padding
-        index = torch.full((K, S, bmax), -1, dtype=torch.long)
-        lengths = torch.zeros((K, S), dtype=torch.long)
-        for r, k in enumerate(order.tolist()):
-            sched = schedules[k]
-            if not sched:
-                continue
-            lens = torch.tensor([len(b) for b in sched], dtype=torch.long)
-            step_of = torch.repeat_interleave(torch.arange(len(sched)), lens)
-            pos = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-            index[r, step_of, pos] = torch.cat(sched) + int(s.data.offsets[ids[k]])
-            lengths[r, : len(sched)] = lens
-        active_counts = (steps_sorted.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
-        x, y = s.data.x, s.data.y
+        params = starts.clone()
+        loss_sum = torch.zeros(K, dtype=torch.float32)
+        lengths = (index >= 0).sum(-1)  # [K, S]
+        active_counts = (steps.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
+        batch_widths = lengths.max(0).values.tolist()  # [S]; the sort makes row 0 the longest client
+        x, y = self._setup.data.x, self._setup.data.y
         buf = None
         for step in range(S):
-            A = int(active_counts[step])
-            B = int(lengths[:A, step].max())
+            A, B = int(active_counts[step]), int(batch_widths[step])
             idx = index[:A, step, :B]
             mask = idx >= 0
             safe = idx.clamp_min(0)
@@ -186,7 +177,5 @@ class VectorizedBackend:
                 new_p, _ = sgd_step(params[:A], grads, None, cfg)
             params[:A] = new_p
             loss_sum[:A] += step_loss.detach()
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(K)
-        mean_loss = torch.where(steps_sorted > 0, loss_sum / steps_sorted.clamp_min(1), torch.tensor(float("nan")))
-        return params[inverse], mean_loss[inverse]
+        mean_loss = torch.where(steps > 0, loss_sum / steps.clamp_min(1), torch.tensor(float("nan")))
+        return params, mean_loss

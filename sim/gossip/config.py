@@ -47,6 +47,7 @@ class GossipConfig:
     mean_offline: float = 2.0
     eval_interval: float = 1.0
     batch_exchanges: bool = True  # async: train non-conflicting deliveries together (same results)
+    eval_nodes: int | None = None  # test accuracy over a seeded sample of this many nodes (None: all)
 
     @classmethod
     def from_config(cls, cfg) -> "GossipConfig":
@@ -58,7 +59,11 @@ class GossipConfig:
         if not isinstance(batch, bool):
             raise ConfigError("gossip.batch_exchanges", batch, "true (train non-conflicting deliveries together) or "
                               "false (one training per event)")
+        eval_nodes = cfg.get("eval_nodes", None)
+        if eval_nodes is not None and (isinstance(eval_nodes, bool) or not isinstance(eval_nodes, int) or eval_nodes < 1):
+            raise ConfigError("gossip.eval_nodes", eval_nodes, "null (test every node) or an integer >= 1")
         out = cls(
+            eval_nodes=eval_nodes,
             batch_exchanges=batch,
             schedule=_choice(cfg, "schedule", SCHEDULES, "sync"),
             order=_choice(cfg, "order", ORDERS, "update_merge"),

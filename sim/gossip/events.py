@@ -40,7 +40,7 @@ from sim.seeding import numpy_rng
 from strategies import AggregationInfo
 
 from .config import GossipConfig
-from .nodes import initial_node_params, node_metrics
+from .nodes import evaluated_nodes, initial_node_params, node_metrics
 
 WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE = 0, 1, 2, 3, 4
 
@@ -62,6 +62,7 @@ class AsyncGossip:
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
         self.sizes = exp.data.client_sizes  # once: computing it is O(N), merges happen per event
         self.pending: dict[int, tuple[int, torch.Tensor]] = {}  # receiver -> (sender, model), in event order
+        self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.batch_sizes: list[int] = []  # deliveries trained per backend call (for benchmarks)
 
     # ---- scheduling ------------------------------------------------------------------------------
@@ -233,4 +234,5 @@ class AsyncGossip:
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data
-        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test)
+        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test,
+                            self.eval_sample)

@@ -1,0 +1,74 @@
+"""Every client's minibatch rows for one round, as one padded index tensor instead of K lists.
+
+``sim.training.batch_schedule`` defines the order: per epoch a fresh ``randperm`` of the client's
+rows from its own generator, cut into batches of ``batch_size`` (the last one may be shorter); with
+``local_steps`` the permutations run back to back until that many batches exist. Here the same
+permutations are drawn (the same ``randperm`` calls on the same generators, so the same numbers) and
+step ``s`` of client ``k`` is located arithmetically: permutation ``s // nb_k``, batch ``s % nb_k``
+with ``nb_k = ceil(n_k / batch_size)``. Building the ``[K, S, B]`` index with tensor ops instead of
+per-client ``split`` / ``repeat_interleave`` makes a 10,000-client round's bookkeeping cost
+milliseconds rather than a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sim.seeding import torch_generators
+from sim.training import TrainConfig
+
+
+@dataclass
+class StackedSchedule:
+    sizes: torch.Tensor  # [K] rows per client
+    steps: torch.Tensor  # [K] minibatch steps per client
+    perms: torch.Tensor  # all clients' permutations back to back (local row numbers)
+    perm_start: torch.Tensor  # [K] where each client's permutations begin in ``perms``
+    batch_size: int
+
+    @property
+    def batches_per_perm(self) -> torch.Tensor:
+        return (self.sizes + self.batch_size - 1) // self.batch_size
+
+    def index(self, rows: torch.Tensor, row_offsets: torch.Tensor) -> torch.Tensor:
+        """``[A, S, B]`` data-row indices of clients ``rows`` (positions in this schedule); -1 pads.
+
+        ``row_offsets [A]`` is each client's first row in the data set; ``S`` is the most steps and
+        ``B`` the batch size (or the largest client, if smaller).
+        """
+        steps, sizes = self.steps[rows], self.sizes[rows]
+        S = int(steps.max()) if len(rows) else 0
+        B = int(min(self.batch_size, int(sizes.max()) if len(rows) else 1))
+        nb = self.batches_per_perm[rows].clamp_min(1)
+        s = torch.arange(S).view(1, S, 1)
+        i = torch.arange(B).view(1, 1, B)
+        perm_no, batch_no = s // nb.view(-1, 1, 1), s % nb.view(-1, 1, 1)
+        local = batch_no * self.batch_size + i  # position inside the permutation
+        valid = (s < steps.view(-1, 1, 1)) & (local < sizes.view(-1, 1, 1))
+        pos = self.perm_start[rows].view(-1, 1, 1) + perm_no * sizes.view(-1, 1, 1) + local
+        pos = torch.where(valid, pos, torch.zeros((), dtype=pos.dtype))
+        picked = self.perms[pos] if len(self.perms) else torch.zeros_like(pos)
+        return torch.where(valid, picked + row_offsets.view(-1, 1, 1), torch.full((), -1, dtype=pos.dtype))
+
+
+def stacked_schedule(sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig,
+                     seed: int) -> StackedSchedule:
+    """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once."""
+    sizes_t = torch.tensor(sizes, dtype=torch.long)
+    nb = (sizes_t + cfg.batch_size - 1) // cfg.batch_size
+    if cfg.local_steps is None:
+        num_perms = torch.where(sizes_t > 0, torch.full_like(sizes_t, cfg.epochs), torch.zeros_like(sizes_t))
+        steps = nb * cfg.epochs
+    else:
+        num_perms = torch.where(sizes_t > 0, (cfg.local_steps + nb - 1) // nb.clamp_min(1), torch.zeros_like(sizes_t))
+        steps = torch.where(sizes_t > 0, torch.full_like(sizes_t, cfg.local_steps), torch.zeros_like(sizes_t))
+    generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])
+    pieces = [torch.randperm(n, generator=g) for n, g, m in zip(sizes, generators, num_perms.tolist())
+              for _ in range(m)]
+    perms = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+    lengths = sizes_t * num_perms
+    perm_start = torch.cumsum(lengths, 0) - lengths
+    return StackedSchedule(sizes_t, steps, perms, perm_start, cfg.batch_size)
