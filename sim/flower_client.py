@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from functools import lru_cache
 
 import torch
 from flwr.app import DEFAULT_TTL, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
@@ -79,14 +80,15 @@ def train_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor,
         metrics["train-loss"] = result.loss
     content = RecordDict({"arrays": to_arrayrecord(layout, result.params), "metrics": MetricRecord(metrics)})
     requested = config.get(REQUIRES_KEY, [])
-    requested = [requested] if isinstance(requested, str) else list(requested)
+    requested = requested.split(",") if isinstance(requested, str) else list(requested)  # legacy: "a,b"
     unknown = sorted(set(requested) - {"fisher"})
     if unknown:
         raise RunError(f"the server asks for client extras {unknown}; this client can compute only 'fisher'")
     if fisher or (fisher is None and "fisher" in requested):
         from .fisher import diagonal_fisher
 
-        content["fisher"] = to_arrayrecord(layout, diagonal_fisher(model, layout, result.params, x))
+        diag = diagonal_fisher(model, layout, result.params, x) if len(x) else torch.zeros_like(result.params)
+        content["fisher"] = to_arrayrecord(layout, diag)
     return Message(content, reply_to=msg)
 
 
@@ -99,6 +101,25 @@ def evaluate_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tens
         acc, loss = evaluate(model, layout, params, x, y)
         metrics.update(accuracy=float(acc), loss=float(loss))
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@lru_cache(maxsize=4)
+def cached_experiment(overrides: tuple[str, ...]):
+    """gossipsoup's experiment for these Hydra overrides, built once per process.
+
+    Flower runs a ClientApp per message (a fresh process on a real SuperNode, a long-lived Ray
+    actor in simulation); every client composes the same config and seed, so all of them derive the
+    same data split and partition without data moving, and an actor builds it only once. A function
+    of this importable module (not of a script) so that the cache lives in the actor, not in a
+    pickled copy of the caller.
+    """
+    from hydra import compose, initialize_config_module
+
+    from .experiment import build_experiment
+
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return build_experiment(cfg)
 
 
 def model_message(layout: Layout, params: torch.Tensor, config: dict | None = None, *, node_id: int = 1,
@@ -115,5 +136,5 @@ def model_message(layout: Layout, params: torch.Tensor, config: dict | None = No
     return Message(content=content, metadata=metadata)
 
 
-__all__ = ["train_reply", "evaluate_reply", "received_model", "received_config", "train_config",
+__all__ = ["cached_experiment", "train_reply", "evaluate_reply", "received_model", "received_config", "train_config",
            "model_message"]

@@ -10,7 +10,8 @@
 - ``aggregate_train`` reads each reply: the model from its ``ArrayRecord`` (one array per layout
   tensor, same names and shapes), the sample count from ``num-examples`` in its ``MetricRecord``,
   the client from ``msg.metadata.src_node_id`` (node ids map to rows 0..N-1 of the strategy's
-  per-client state, in order of first sight, so FedAU's intervals follow the node), and each extra
+  per-client state in order of first sight, growing when nodes join, so FedAU's intervals follow
+  the node), and each extra
   from an ``ArrayRecord`` named after it. Bad replies (mismatched keys or shapes, missing
   ``num-examples``, NaN / Inf) raise :class:`InvalidReplyError` naming node, key and shape, or, with
   ``on_invalid="reject"``, are dropped and counted in the returned ``MetricRecord``.
@@ -65,7 +66,8 @@ def to_arrayrecord(layout: Layout, flat: torch.Tensor) -> ArrayRecord:
                         for name, t in layout.to_state_dict(flat).items()})
 
 
-def read_arrays(layout: Layout, arrays: Mapping[str, Any], what: str = "arrays") -> tuple[torch.Tensor | None, list[str]]:
+def read_arrays(layout: Layout, arrays: Mapping[str, Any],
+                what: str = "arrays") -> tuple[torch.Tensor | None, list[str]]:
     """``(flat [P], [])`` when ``arrays`` (name -> Flower ``Array`` or ndarray) fits the layout,
     else ``(None, problems)`` naming the keys, shapes and non-finite entries that do not."""
     expected = layout.names
@@ -79,7 +81,8 @@ def read_arrays(layout: Layout, arrays: Mapping[str, Any], what: str = "arrays")
         value = arrays[spec.name]
         shape = tuple(int(d) for d in value.shape)
         if shape != spec.shape:
-            problems.append(f"{what}: array {spec.name!r} has shape {list(shape)}, the layout expects {list(spec.shape)}")
+            problems.append(f"{what}: array {spec.name!r} has shape {list(shape)}, "
+                            f"the layout expects {list(spec.shape)}")
             continue
         try:
             arr = value if isinstance(value, np.ndarray) else value.numpy()
@@ -124,20 +127,22 @@ class ReplyAggregator:
 
     def __init__(self, strategy: Strategy, layout: Layout, *, num_clients: int | None = None,
                  validate: Callable[[torch.Tensor], float] | None = None, on_invalid: str = "error",
-                 initial_params: torch.Tensor | None = None, state: State | None = None):
+                 initial_params: torch.Tensor | None = None):
         if not isinstance(strategy, Strategy):
             raise ConfigError("strategy", type(strategy).__name__, "a gossipsoup Strategy (see strategies/)")
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
         if num_clients is not None and (isinstance(num_clients, bool) or not isinstance(num_clients, int)
                                         or num_clients < 1):
-            raise ConfigError("num_clients", num_clients, "null (the nodes connected at the first round) or an int >= 1")
+            raise ConfigError("num_clients", num_clients,
+                              "null (the nodes connected at the first round) or an int >= 1")
         if strategy.needs_validation and validate is None:
             raise ConfigError("validate", None, "a server-side function params [P] -> score (higher is better)",
                               f"Strategy {strategy.name} scores candidate models on held-out data.")
         self.strategy, self.layout, self.validate, self.on_invalid = strategy, layout, validate, on_invalid
-        self.num_clients = num_clients  # fixed when the state is created
-        self.state: State | None = state
+        self.fixed_clients = num_clients  # None: N follows the nodes seen
+        self.num_clients = num_clients  # N of the current state
+        self.state: State | None = None  # created at the first aggregation, sized num_clients
         self.reference = None if initial_params is None else initial_params.detach().float().clone()
         self.node_index: dict[Hashable, int] = {}  # node id -> row in the per-client state
         self.rejected_total = 0
@@ -151,21 +156,32 @@ class ReplyAggregator:
         except TypeError:
             new = sorted(new, key=str)
         for node in new:
-            if self.num_clients is None or len(self.node_index) < self.num_clients:
+            if self.fixed_clients is None or len(self.node_index) < self.fixed_clients:
                 self.node_index[node] = len(self.node_index)
 
-    def _index(self, node: Hashable) -> int | None:
-        self.register([node])
-        return self.node_index.get(node)
+    def _grow(self, n: int) -> None:
+        """Give nodes that joined after the state was created their rows, as ``init_state`` makes them.
+
+        Per-client state entries are the tensors whose first dimension is N in the state and n in
+        a fresh ``init_state(reference, n)``; the old rows are kept, the new ones come from the fresh state.
+        """
+        fresh = self.strategy.init_state(self.reference, n)
+        for key, old in self.state.items():
+            new = fresh.get(key)
+            if (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.dim() and new.dim()
+                    and old.shape[0] == self.num_clients and new.shape[0] == n and old.shape[1:] == new.shape[1:]):
+                new[: self.num_clients] = old
+                self.state[key] = new
+        self.num_clients = n
 
     def _check(self, u: ClientUpdate, seen: set) -> tuple[list[str], tuple | None]:
         problems = list(u.problems)
         if u.node in seen:
             problems.append("a second reply from this node in one round")
-        index = self._index(u.node)
+        index = self.node_index.get(u.node)
         if index is None:
-            problems.append(f"node is not among the {self.num_clients} clients the strategy state is sized for "
-                            "(pass num_clients= to the adapter to leave room for nodes that join later)")
+            problems.append(f"node is beyond num_clients={self.fixed_clients}, the number of clients the adapter "
+                            "was built for")
         n = u.num_examples
         if n is None:
             problems.append(f"its MetricRecord has no {NUM_EXAMPLES!r}")
@@ -196,6 +212,7 @@ class ReplyAggregator:
         if self.reference is None:
             raise RunError("the adapter has no current global model: configure_train was not called "
                            "and no initial_params were given")
+        self.register(u.node for u in updates)  # a round's new nodes get indices in sorted order
         seen, rows, accepted, problems = set(), [], [], []
         for i, u in enumerate(updates):
             found, row = self._check(u, seen)
@@ -212,8 +229,10 @@ class ReplyAggregator:
                 log.warning("round %d: rejected %s", server_round, p)
             self.rejected_total += len(problems)
         if self.state is None:
-            self.num_clients = self.num_clients or max(1, len(self.node_index))
+            self.num_clients = self.fixed_clients or max(1, len(self.node_index))
             self.state = self.strategy.init_state(self.reference, self.num_clients)
+        elif len(self.node_index) > self.num_clients:
+            self._grow(len(self.node_index))
         ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
         info = AggregationInfo(
             client_ids=ids, num_samples=torch.tensor([r[2] for r in rows], dtype=torch.float64),

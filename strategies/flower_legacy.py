@@ -120,8 +120,10 @@ class GossipsoupLegacyStrategy(LegacyFedAvg):
                 extras[name] = None if isinstance(extra, str) else extra
         return ClientUpdate(_node(proxy), arrays, res.num_examples, extras, problems)
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if failures and not self.accept_failures:
             return None, {}
         agg = self.aggregator

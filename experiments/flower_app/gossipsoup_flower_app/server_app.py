@@ -33,14 +33,16 @@ def main(grid: Grid, context: Context) -> None:
     # these do not depend on how the training rows are partitioned
     exp = experiment(rc, min_nodes)
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
-    strategy = GossipsoupStrategy(exp.strategy, exp.layout, validate=validate, fraction_train=float(rc["fraction-train"]),
-                                  fraction_evaluate=0.0, min_train_nodes=min(2, min_nodes), min_available_nodes=min_nodes)
+    strategy = GossipsoupStrategy(exp.strategy, exp.layout, validate=validate,
+                                  fraction_train=float(rc["fraction-train"]), fraction_evaluate=0.0,
+                                  min_train_nodes=min(2, min_nodes), min_available_nodes=min_nodes)
     history: list[dict] = []
     started = time.perf_counter()
     out = str(rc.get("result-path", "")).strip()
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        acc, loss = evaluate(exp.model, exp.layout, from_arrayrecord(exp.layout, arrays), exp.data.x_test, exp.data.y_test)
+        params = from_arrayrecord(exp.layout, arrays)
+        acc, loss = evaluate(exp.model, exp.layout, params, exp.data.x_test, exp.data.y_test)
         history.append({"round": server_round, "test_accuracy": acc, "test_loss": loss,
                         "wall_s": time.perf_counter() - started})
         log.info("gossipsoup-flower round=%d accuracy=%.4f loss=%.4f", server_round, acc, loss)

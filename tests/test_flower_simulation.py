@@ -1,0 +1,91 @@
+"""(b) Flower's simulation runtime with the adapter: it completes and the global model improves.
+
+The run happens in a child process: ``run_simulation`` starts and shuts down its own Ray, which must
+not touch the Ray session this test session may hold for other tests. One ServerApp runs two
+strategies back to back on the same virtual nodes (Ray starts once): FedAU with half of the nodes
+sampled per round (its per-node memory must follow Flower's node ids), then fisher_merge (the
+adapter asks for Fisher diagonals in the config; clients send them in a "fisher" record).
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    from flwr.app import ConfigRecord, Context, Message, MetricRecord
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from sim.flower_client import cached_experiment, train_reply
+    from sim.training import evaluate
+    from strategies.flower import GossipsoupStrategy, from_arrayrecord, to_arrayrecord
+
+    NODES, ROUNDS = 4, 3
+    OVERRIDES = ("progress=false", "dataset=digits", "partition=iid", "model=mlp", f"num_clients={NODES}",
+                 "participation=uniform", f"participation.clients_per_round={NODES}", "backend=sequential",
+                 "strategy=fedau")
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        exp = cached_experiment(OVERRIDES)
+        part = int(context.node_config["partition-id"])
+        return train_reply(msg, exp.model, exp.layout, *exp.data.client(part), exp.train, client=part)
+
+    server = ServerApp()
+    report = {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        from strategies import FisherMerge
+        exp = cached_experiment(OVERRIDES)
+        params = exp.initial_params
+        for name, rule, fraction in (("fedau", exp.strategy, 0.5), ("fisher_merge", FisherMerge(), 1.0)):
+            accuracy = []
+            def central(rnd, arrays):
+                acc, _ = evaluate(exp.model, exp.layout, from_arrayrecord(exp.layout, arrays), exp.data.x_test,
+                                  exp.data.y_test)
+                accuracy.append(acc)
+                return MetricRecord({"accuracy": acc})
+            adapter = GossipsoupStrategy(rule, exp.layout, fraction_train=fraction, fraction_evaluate=0.0,
+                                         min_train_nodes=2, min_available_nodes=NODES)
+            result = adapter.start(grid=grid, initial_arrays=to_arrayrecord(exp.layout, params), num_rounds=ROUNDS,
+                                   evaluate_fn=central)
+            params = from_arrayrecord(exp.layout, result.arrays)
+            state = adapter.state
+            report[name] = {"accuracy": accuracy, "nodes": sorted(adapter.aggregator.node_index.values()),
+                            "aggregated": [m["gossipsoup-aggregated"] for m in result.train_metrics_clientapp.values()],
+                            "rejected": adapter.aggregator.rejected_total,
+                            "participations": float(state["interval_num"].sum()) if "interval_num" in state else None}
+
+    run_simulation(server_app=server, client_app=client, num_supernodes=NODES,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "num_gpus": 0}})
+    print("RESULT " + json.dumps(report), flush=True)
+''')
+
+
+@pytest.mark.slow
+def test_flower_simulation_with_the_adapter_completes_and_improves(tmp_path):
+    script = tmp_path / "flower_sim.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"simulation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    report = json.loads(lines[-1][len("RESULT "):])
+
+    fedau, fisher = report["fedau"], report["fisher_merge"]
+    assert len(fedau["accuracy"]) == 4  # round 0 and three rounds
+    assert fedau["accuracy"][-1] > fedau["accuracy"][0] + 0.3, fedau
+    assert fedau["nodes"] == [0, 1, 2, 3]  # four Flower node ids became FedAU's clients 0..3
+    assert fedau["aggregated"] == [2, 2, 2] and fedau["participations"] == 6  # 2 of 4 per round, each counted
+    assert fisher["aggregated"] == [4, 4, 4] and fisher["rejected"] == 0
+    assert fisher["accuracy"][-1] >= fisher["accuracy"][0] - 0.05, fisher  # from FedAU's model, still good
