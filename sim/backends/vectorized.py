@@ -173,9 +173,11 @@ class VectorizedBackend:
                 else:
                     new_p, new_buf = sgd_step(params[:A], grads, buf[:A], cfg)
                     buf[:A] = new_buf
-            else:
-                new_p, _ = sgd_step(params[:A], grads, None, cfg)
-            params[:A] = new_p
+                params[:A] = new_p
+            else:  # plain SGD in place: the same update as sgd_step without a new [A, P] tensor
+                if cfg.weight_decay:
+                    grads.add_(params[:A], alpha=cfg.weight_decay)
+                params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
         mean_loss = torch.where(steps > 0, loss_sum / steps.clamp_min(1), torch.tensor(float("nan")))
         return params, mean_loss
