@@ -15,3 +15,19 @@ def make_cfg():
             return compose(config_name="config", overrides=["progress=false", *overrides])
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (2 CPUs) for every test of backend=ray: the backend must use it and never stop it."""
+    import warnings
+
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray
+    if started and ray.is_initialized():
+        ray.shutdown()

@@ -4,10 +4,12 @@ from sim.errors import ConfigError
 
 from .base import Backend, ClientBatch, TrainingSetup, aggregate_on_backend
 from .auto import AutoBackend
+from .ray_lazy import make_ray_backend  # imports Ray only when backend=ray is built
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
 
-BACKENDS = {"auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend}
+BACKENDS = {"auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend,
+            "ray": make_ray_backend}
 
 
 def build_backend(backend_cfg) -> Backend:
@@ -21,4 +23,4 @@ def build_backend(backend_cfg) -> Backend:
         raise ConfigError("backend", name, "options that this backend accepts", str(exc)) from None
 
 
-__all__ = ["Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "BACKENDS", "build_backend", "aggregate_on_backend"]
+__all__ = ["AutoBackend", "Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "VectorizedBackend", "BACKENDS", "build_backend", "aggregate_on_backend"]

@@ -33,7 +33,7 @@ import torch
 log = logging.getLogger("sim.backends.ray")
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
     """A torch view of a (read-only, shared-memory) array from the object store; nothing writes to it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
@@ -62,10 +62,10 @@ def _setup_from_payload(p: dict[str, Any], device: torch.device):
     from sim.backends.base import TrainingSetup
     from sim.data import FederatedData
 
-    x, y = _tensor(p["x"]), _tensor(p["y"])
+    x, y = shared_tensor(p["x"]), shared_tensor(p["y"])
     if device.type != "cpu":
         x, y = x.to(device), y.to(device)
-    data = FederatedData(x=x, y=y, offsets=_tensor(p["offsets"]), x_val=x[:0], y_val=y[:0], x_test=x[:0],
+    data = FederatedData(x=x, y=y, offsets=shared_tensor(p["offsets"]), x_val=x[:0], y_val=y[:0], x_test=x[:0],
                          y_test=y[:0], num_classes=p["num_classes"], input_shape=p["input_shape"], name=p["name"])
     return TrainingSetup(model=p["model"].to(device), layout=p["layout"], data=data, train=p["train"], seed=p["seed"])
 
@@ -89,7 +89,7 @@ class TrainingActor:
     def train(self, ids: list[int], start: np.ndarray, rounds, needs: frozenset[str]):
         """``start``: ``[P]`` shared by all or ``[k, P]``; returns (params [k, P], losses [k], extras, seconds)."""
         t0 = time.perf_counter()
-        start_t = _tensor(start)
+        start_t = shared_tensor(start)
         if self.noop:  # benchmarks: no training at all, so what is left is the backend's own cost
             params = start_t.expand(len(ids), -1).clone() if start_t.dim() == 1 else start_t.clone()
             return params.numpy(), np.full(len(ids), np.nan, np.float32), {}, time.perf_counter() - t0
@@ -117,12 +117,12 @@ def _to(obj: Any, device: torch.device) -> Any:
 def assemble(chunks: tuple, positions: list[list[int]] | None) -> torch.Tensor:
     """``[K, P]`` from the training actors' chunk results (or one plain array) in client order."""
     if positions is None:
-        return _tensor(chunks[0]).clone()
+        return shared_tensor(chunks[0]).clone()
     total = sum(len(p) for p in positions)
     first = chunks[0][0]
-    out = torch.empty((total, first.shape[1]), dtype=_tensor(first).dtype)
+    out = torch.empty((total, first.shape[1]), dtype=shared_tensor(first).dtype)
     for chunk, pos in zip(chunks, positions):
-        out[torch.as_tensor(pos, dtype=torch.long)] = _tensor(chunk[0])
+        out[torch.as_tensor(pos, dtype=torch.long)] = shared_tensor(chunk[0])
     return out
 
 

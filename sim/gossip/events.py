@@ -61,6 +61,7 @@ class AsyncGossip:
         self.last_counts: dict[str, int] = {}
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
         self.sizes = exp.data.client_sizes  # once: computing it is O(N), merges happen per event
+        self.backend_stats: dict[str, float] = {}
         self.pending: dict[int, tuple[int, torch.Tensor]] = {}  # receiver -> (sender, model), in event order
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.batch_sizes: list[int] = []  # deliveries trained per backend call (for benchmarks)
@@ -111,6 +112,8 @@ class AsyncGossip:
                                        self.exp.strategy.requires)
         self.trained[nodes] += 1
         self.counts["trainings"] += len(nodes)
+        for key, value in batch.stats.items():  # e.g. the Ray backend's retries, summed per evaluation
+            self.backend_stats[key] = self.backend_stats.get(key, 0) + value
         check_finite(batch.params, batch.client_ids, int(self.trained[nodes].max()), "models")
         return batch.params
 
@@ -228,9 +231,10 @@ class AsyncGossip:
         c, last = self.counts, self.last_counts
         self.last_counts = dict(c)
         delta = {k: c[k] - last.get(k, 0) for k in c}
+        stats, self.backend_stats = self.backend_stats, {key: 0 for key in self.backend_stats}
         return {"num_participants": delta["trainings"], "messages_sent": delta["sent"],
                 "messages_lost": delta["lost"], "merges": delta["merges"], "bytes_up": delta["bytes"],
-                "bytes_down": delta["bytes"]}
+                "bytes_down": delta["bytes"], **stats}
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data

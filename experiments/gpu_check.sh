@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The ray backend's GPU paths, for a machine with a CUDA GPU (one is enough); prints a table, exits 1 on a mismatch.
+#
+#   bash experiments/gpu_check.sh            # results in a temporary folder, or in $OUT when it is set
+#
+# Runs one small FL config and one sync-gossip config on backend=sequential (the CPU reference) and on
+# backend=ray with GPUs used four ways:
+#   agg_cuda   aggregation on a GPU aggregator actor (aggregate_on=worker, device=cuda), CPU training actors
+#   fedadam    the same with a rule that keeps server state (moments go to the GPU and come back)
+#   frac       four training actors sharing one GPU (num_gpus=0.2 each) that train on cuda
+#   both       fractional GPU actors and the GPU aggregator together
+#   gossip     sync gossip on fractional GPU actors (the merge stays in the driver)
+# and checks that each gives the reference's losses to 1e-3 (GPU and CPU kernels round differently)
+# and that the backend's log says cuda. Needs torch with CUDA and gossipsoup[ray]; about a minute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python - <<'EOF'
+import sys
+import torch
+try:
+    import ray  # noqa: F401
+except ImportError:
+    sys.exit('gpu_check: Ray is not installed: pip install "gossipsoup[ray]"')
+if not torch.cuda.is_available():
+    sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA GPU; this check needs one "
+             "(the CPU fallback is covered by tests/test_ray_backend.py)")
+print(f"gpu_check: torch {torch.__version__}, ray {ray.__version__}, {torch.cuda.device_count()} GPU(s): "
+      f"{torch.cuda.get_device_name(0)}")
+EOF
+
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+FL=(progress=false num_clients=20 model.hidden=[32] rounds=5 participation.clients_per_round=10 seed=0)
+GOSSIP=(progress=false num_clients=12 model.hidden=[32] rounds=4 mode=gossip topology=ring strategy=gossip_avg seed=0)
+
+run() {  # name, overrides...
+    local name=$1
+    shift
+    echo "gpu_check: $name"
+    python -m sim "$@" "hydra.run.dir=$OUT/$name" > "$OUT/$name.out" 2>&1 || { cat "$OUT/$name.out"; exit 1; }
+}
+
+run seq              "${FL[@]}" backend=sequential backend.num_threads=1
+run seq_fedadam      "${FL[@]}" strategy=fedadam backend=sequential backend.num_threads=1
+run seq_gossip       "${GOSSIP[@]}" backend=sequential backend.num_threads=1
+run agg_cuda         "${FL[@]}" backend=ray backend.aggregate_on=worker backend.device=cuda
+run fedadam          "${FL[@]}" strategy=fedadam backend=ray backend.aggregate_on=worker backend.device=cuda
+run frac             "${FL[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2
+run both             "${FL[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2 backend.aggregate_on=worker
+run gossip           "${GOSSIP[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2
+
+OUT="$OUT" python - <<'EOF'
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+out = Path(os.environ["OUT"])
+cases = {"agg_cuda": "seq", "fedadam": "seq_fedadam", "frac": "seq", "both": "seq", "gossip": "seq_gossip"}
+bad = []
+print(f"\n{'case':<10} {'reference':<12} {'max |d loss|':>13} {'max |d acc|':>12} ray log")
+for case, ref in cases.items():
+    a, b = pd.read_csv(out / ref / "metrics.csv"), pd.read_csv(out / case / "metrics.csv")
+    d_loss = max(np.nanmax(np.abs(a[c] - b[c])) for c in ("test_loss", "train_loss"))
+    d_acc = float(np.nanmax(np.abs(a["test_accuracy"] - b["test_accuracy"])))
+    logs = [l for p in (out / case).glob("*.log") for l in p.read_text().splitlines() if "training actor" in l]
+    line = logs[0].split("ray backend: ")[-1] if logs else "(no ray backend line in the log)"
+    uses_cuda = "cuda" in line
+    print(f"{case:<10} {ref:<12} {d_loss:>13.2e} {d_acc:>12.4f} {line}")
+    if not (d_loss < 1e-3 and uses_cuda):
+        bad.append(case)
+print(f"\nresults in {out}")
+sys.exit(f"gpu_check: FAILED: {', '.join(bad)}" if bad else 0)
+EOF
+echo "gpu_check: all cases match the CPU reference"

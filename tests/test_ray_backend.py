@@ -1,0 +1,350 @@
+"""The ray backend: same numbers as the sequential reference, balanced chunks, faults, clusters, bad input.
+
+Every test that starts actors uses the one local Ray of the ``ray_session`` fixture (2 CPUs); the
+backend must use it as it is and never shut it down. The cluster test starts its own head with
+``ray start`` in a process group of its own and stops exactly that group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+from sim.backends import SequentialBackend, build_backend  # noqa: E402
+from sim.backends.ray_backend import RayBackend  # noqa: E402
+from sim.backends.ray_chunks import balanced_chunks, client_costs  # noqa: E402
+from sim.backends.ray_cluster import pool_size  # noqa: E402
+from sim.errors import ConfigError, RunError  # noqa: E402
+from sim.experiment import build_experiment, validate_config  # noqa: E402
+from sim.run import run_experiment  # noqa: E402
+from sim.training import TrainConfig, batch_schedule  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ("num_clients=8", "model.hidden=[16]", "rounds=3", "partition=dirichlet", "partition.alpha=0.3")
+COLUMNS = ("test_accuracy", "test_loss", "train_loss")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_metrics(make_cfg, out: Path, *overrides: str) -> pd.DataFrame:
+    if "backend=sequential" in overrides:  # one torch thread: two spin-waiting threads crawl on a busy 2-core box
+        overrides = (*overrides, "backend.num_threads=1")
+    run_experiment(make_cfg(*overrides), out)
+    return pd.read_csv(out / "metrics.csv")
+
+
+def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, columns=COLUMNS) -> None:
+    assert len(a) == len(b)
+    for col in columns:
+        assert np.allclose(a[col], b[col], atol=1e-5, equal_nan=True), (col, a[col].tolist(), b[col].tolist())
+
+
+# ---- chunks and pool sizing (no Ray needed) ---------------------------------------------------
+
+def test_balanced_chunks_cover_every_client_once_with_near_equal_work():
+    rng = np.random.default_rng(0)
+    costs = rng.integers(1, 40, size=53).tolist()
+    for bins in (1, 2, 3, 7):
+        chunks = balanced_chunks(costs, bins)
+        assert sorted(p for c in chunks for p in c) == list(range(53))
+        assert all(c == sorted(c) for c in chunks)
+        loads = [sum(costs[p] for p in c) for c in chunks]
+        assert max(loads) - min(loads) <= max(costs)  # longest-processing-time bound
+        assert chunks == balanced_chunks(costs, bins)  # deterministic
+    # one big client and many small ones: counts differ, work does not
+    costs = [30] + [1] * 30
+    chunks = balanced_chunks(costs, 2)
+    assert sorted(map(len, chunks)) == [1, 30] and [sum(costs[p] for p in c) for c in chunks] == [30, 30]
+    assert balanced_chunks([5, 5], 4) == [[0], [1]]  # fewer clients than actors: no empty chunks
+    assert balanced_chunks([], 3) == []
+
+
+@pytest.mark.parametrize("cfg", [TrainConfig(epochs=2, batch_size=7), TrainConfig(local_steps=5, batch_size=3)])
+def test_client_costs_are_the_steps_batch_schedule_takes(cfg):
+    sizes = torch.tensor([0, 1, 6, 7, 8, 50])
+    expected = [len(batch_schedule(int(n), cfg, torch.Generator().manual_seed(0))) + 1 for n in sizes]
+    assert client_costs(sizes, cfg) == expected
+
+
+def test_pool_size_follows_cpus_and_gpus_per_actor():
+    assert pool_size(None, 1, 0, {"CPU": 2.0}) == 2
+    assert pool_size(None, 2, 0, {"CPU": 2.0}) == 1
+    assert pool_size(None, 0.5, 0, {"CPU": 2.0}) == 4
+    assert pool_size(None, 1, 0.25, {"CPU": 16.0, "GPU": 1.0}) == 4
+    assert pool_size(None, 1, 0.25, {"CPU": 16.0, "GPU": 1.0}, reserved_gpus=0.1) == 3
+    assert pool_size(3, 1, 0, {"CPU": 4.0}) == 3
+    with pytest.raises(ConfigError) as info:
+        pool_size(3, 1, 0, {"CPU": 2.0})
+    assert info.value.field == "backend.num_actors"
+    with pytest.raises(ConfigError) as info:
+        pool_size(None, 4, 0, {"CPU": 2.0})
+    assert info.value.field == "backend.num_cpus"
+
+
+# ---- equivalence with the sequential reference -------------------------------------------------
+
+class TestOnePool:
+    """Tests that call ``train`` directly share one 2-actor backend, released when the class is done
+    (the session's 2 CPUs hold one pool at a time)."""
+
+    @pytest.fixture(scope="class")
+    def pool(self, ray_session):
+        from hydra import compose, initialize_config_module
+
+        with initialize_config_module(config_module="configs", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["progress=false", *SMALL,
+                                                           "participation.clients_per_round=8", "strategy=fisher_merge"])
+        exp = build_experiment(cfg)
+        setup = dataclasses.replace(exp.setup, train=TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9))
+        backend = RayBackend()
+        backend.setup(setup)
+        yield exp, setup, backend
+        backend.close()
+        assert ray_session.is_initialized()  # a Ray the backend did not start stays up
+
+    def test_ray_batches_equal_sequential_per_client(self, pool):
+        exp, setup, ray_backend = pool
+        seq = SequentialBackend(num_threads=1)
+        seq.setup(setup)
+        assert len(ray_backend.actors) == 2  # null: as many actors as the session's 2 CPUs hold at 1 each
+        ids = torch.tensor([5, 0, 3, 6, 1, 2, 4])
+        torch.manual_seed(1)
+        per_node = exp.initial_params + 0.01 * torch.randn(7, setup.layout.size)
+        calls = [(exp.initial_params, 3, frozenset()),  # FL: one shared start
+                 (per_node, 2, frozenset()),  # sync gossip: one start per node
+                 (per_node, torch.tensor([1, 4, 2, 2, 7, 3, 1]), frozenset()),  # a start and a round per node
+                 (exp.initial_params, 1, frozenset({"fisher"}))]
+        for start, round_, needs in calls:
+            a, b = seq.train(ids, start, round_, needs), ray_backend.train(ids, start, round_, needs)
+            assert b.client_ids.tolist() == ids.tolist()
+            assert torch.allclose(a.params, b.params, atol=1e-5)
+            assert torch.allclose(a.train_loss, b.train_loss, atol=1e-5, equal_nan=True)
+            assert a.num_samples.tolist() == b.num_samples.tolist()
+            assert a.extras.keys() == b.extras.keys()
+            for k in a.extras:
+                assert torch.allclose(a.extras[k], b.extras[k], atol=1e-5)
+            assert b.stats == {"retries": 0.0}
+        single = ray_backend.train(ids[:1], exp.initial_params, 1)  # at most driver_max_clients: in the driver
+        assert torch.allclose(single.params, seq.train(ids[:1], exp.initial_params, 1).params)
+
+    def test_retries_are_bounded(self, pool, ray_session, monkeypatch):
+        exp, _, backend = pool
+        monkeypatch.setattr(backend, "max_retries", 0)
+        monkeypatch.setattr(RayBackend, "after_submit", lambda b, r: ray_session.kill(b.actors[0], no_restart=True))
+        with pytest.raises(RunError, match="max_retries=0"):
+            backend.train(torch.arange(8), exp.initial_params, 1)
+
+
+RUNS = {  # name: (overrides of both runs, overrides of the ray run)
+    "fedavg": (("participation.clients_per_round=5",), ()),
+    "sync_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg"), ()),
+    "async_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async", "rounds=1"), ()),
+    # per-client Fisher extras from vmapped chunks, reassembled, sent to the aggregator actor with the models
+    "fisher_vectorized_worker": (("strategy=fisher_merge", "participation.clients_per_round=5"),
+                                 ("backend.inner=vectorized", "backend.aggregate_on=worker")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RUNS))
+def test_whole_run_matches_sequential(make_cfg, tmp_path, ray_session, name):
+    both, ray_only = RUNS[name]
+    seq = run_metrics(make_cfg, tmp_path / "seq", *SMALL, *both, "backend=sequential")
+    ray_ = run_metrics(make_cfg, tmp_path / "ray", *SMALL, *both, "backend=ray", *ray_only)
+    assert_same_metrics(seq, ray_)
+    if name != "async_gossip":
+        assert ray_["retries"].iloc[1:].tolist() == [0.0] * (len(ray_) - 1)  # the column exists on every round
+
+
+@pytest.mark.slow
+def test_aggregation_on_a_worker_falls_back_to_the_cpu_and_equals_the_driver(make_cfg, tmp_path, ray_session):
+    run = (*SMALL, "strategy=fedadam", "participation.clients_per_round=5")  # a rule with server state
+    driver = run_metrics(make_cfg, tmp_path / "driver", *run, "backend=sequential")
+    exp = build_experiment(make_cfg(*run, "backend=ray", "backend.aggregate_on=worker", "backend.device=auto",
+                                    "backend.num_cpus=2"))
+    assert isinstance(exp.backend, RayBackend)
+    exp.backend.setup(exp.setup)
+    try:
+        assert len(exp.backend.actors) == 1  # 2 CPUs per actor on a 2-CPU Ray
+        assert ray_session.get(exp.backend.aggregator.ready.remote())["device"] == "cpu"  # no GPU here
+        from sim.federated import run_federated
+        from sim.results import MetricsLog
+
+        log = MetricsLog(tmp_path / "worker" / "metrics.csv")
+        run_federated(exp, log)
+        log.flush()
+    finally:
+        exp.backend.close()
+    assert_same_metrics(driver, pd.read_csv(tmp_path / "worker" / "metrics.csv"))
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_actor_killed_mid_round_is_retried_and_the_result_is_unchanged(make_cfg, tmp_path, ray_session,
+                                                                         monkeypatch, caplog):
+    # enough local work (400 steps, ~0.2 s per chunk) that the kill lands while the actor trains
+    run = (*SMALL, "participation.clients_per_round=8", "train.local_steps=100")
+    seq = run_metrics(make_cfg, tmp_path / "seq", *run, "backend=sequential")
+    killed = []
+
+    def kill_in_round_two(backend, round_):
+        if round_ == 2:
+            victim = backend.actors[0]
+            ray_session.kill(victim, no_restart=True)  # a real kill of a live actor process
+            killed.append(victim)
+
+    monkeypatch.setattr(RayBackend, "after_submit", kill_in_round_two)
+    caplog.set_level(logging.WARNING, logger="sim.backends.ray")
+    ray_ = run_metrics(make_cfg, tmp_path / "ray", *run, "backend=ray")
+    assert killed
+    assert_same_metrics(seq, ray_)
+    assert ray_["retries"].tolist()[1:] == [0.0, 1.0, 0.0]  # round 3 runs on the replacement
+    assert any("died in round 2" in r.getMessage() and "re-running" in r.getMessage() for r in caplog.records)
+
+
+# ---- an existing cluster -----------------------------------------------------------------------
+
+def _processes_of(group: int, marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pgid = os.getpgid(int(pid))
+        except OSError:
+            continue
+        if pgid == group or marker in cmd:
+            found.append(f"{pid} {cmd[:80]}")
+    return found
+
+
+@pytest.mark.slow
+def test_runs_on_an_existing_cluster_by_address(make_cfg, tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, client, agent, agent_grpc, metrics, env_agent = (free_port() for _ in range(6))
+    head = subprocess.Popen(
+        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={env_agent}"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+                time.sleep(0.2)
+        run = ("num_clients=6", "model.hidden=[8]", "rounds=2", "participation.clients_per_round=4")
+        result = subprocess.run(
+            [sys.executable, "-m", "sim", "progress=false", *run, "backend=ray", f"backend.address=127.0.0.1:{port}",
+             f"hydra.run.dir={tmp_path / 'cluster'}"],
+            cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started (never `ray stop`)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        deadline = time.monotonic() + 20
+        while _processes_of(head.pid, temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _processes_of(head.pid, temp_dir)
+        for line in left:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not left, left
+    seq = run_metrics(make_cfg, tmp_path / "seq", *run, "backend=sequential")
+    assert_same_metrics(seq, pd.read_csv(tmp_path / "cluster" / "metrics.csv"))
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(ConfigError) as info:
+        build_backend({"name": "ray"})
+    assert info.value.field == "backend.name" and 'pip install "gossipsoup[ray]"' in str(info.value)
+
+
+def test_importing_the_backends_does_not_import_ray():
+    code = "import sys, sim.backends, sim.experiment; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:{port}", "127.0.0.1:{port}", "nohost"])
+def test_an_unreachable_address_is_a_config_error_at_once(make_cfg, address):
+    address = address.format(port=free_port())  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        validate_config(make_cfg("backend=ray", f"backend.address={address}"))
+    assert time.monotonic() - t0 < 30
+    assert info.value.field == "backend.address"
+
+
+@pytest.mark.slow
+def test_an_unreachable_address_exits_2_within_30_s():
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "sim", "backend=ray", f"backend.address=ray://127.0.0.1:{free_port()}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert result.returncode == 2
+    assert "backend.address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpus_asked_where_there_are_none(make_cfg, ray_session, monkeypatch):
+    if ray_session.cluster_resources().get("GPU", 0) > 0:
+        pytest.skip("this machine has GPUs")
+    # a Ray the backend would start on this GPU-less machine: refused while the config is validated
+    monkeypatch.setattr(ray_session, "is_initialized", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        validate_config(make_cfg("backend=ray", "backend.num_gpus=1"))
+    assert info.value.field == "backend.num_gpus"
+    monkeypatch.undo()
+    # a running Ray without GPUs: refused at setup, before any actor starts
+    exp = build_experiment(make_cfg("num_clients=4", "participation.clients_per_round=2", "backend=ray",
+                                    "backend.num_gpus=0.5"))
+    with pytest.raises(ConfigError) as info:
+        exp.backend.setup(exp.setup)
+    exp.backend.close()
+    assert info.value.field == "backend.num_gpus" and "no GPU" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        validate_config(make_cfg("backend=ray", "backend.device=cuda"))
+    assert info.value.field == "backend.device"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("backend.num_actors=0", "backend.num_actors"), ("backend.num_cpus=0", "backend.num_cpus"),
+    ("backend.num_gpus=-1", "backend.num_gpus"), ("backend.aggregate_on=gpu", "backend.aggregate_on"),
+    ("backend.device=tpu", "backend.device"), ("backend.max_retries=-1", "backend.max_retries"),
+    ("backend.inner=ray", "backend.inner"), ("+backend.colour=red", "backend"),
+])
+def test_bad_options_name_their_field(make_cfg, override, field):
+    with pytest.raises(ConfigError) as info:
+        validate_config(make_cfg("backend=ray", override))
+    assert info.value.field == field
