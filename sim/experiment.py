@@ -23,7 +23,6 @@ from .models import build_model, validate_model_config
 from .participation import build_participation
 from .training import TrainConfig
 from strategies import Strategy, build_strategy
-from topologies import build_topology, validate_topology_config
 
 from .gossip.config import GossipConfig
 
@@ -37,6 +36,12 @@ def _int_at_least(cfg: DictConfig, field: str, minimum: int) -> int:
     return value
 
 
+def _build_topology(cfg: DictConfig, seed: int):
+    from topologies import build_topology
+
+    return build_topology(cfg.topology, int(cfg.num_clients), seed)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Every check that needs no data; raises ConfigError on the first bad value."""
     mode = cfg.get("mode")
@@ -48,6 +53,8 @@ def validate_config(cfg: DictConfig) -> None:
                           "for other graphs set mode=gossip")
     num_clients = _int_at_least(cfg, "num_clients", 1)
     if mode == "gossip":
+        from topologies import validate_topology_config  # networkx and scipy: only gossip needs them
+
         validate_topology_config(cfg.topology, num_clients)
         GossipConfig.from_config(cfg.get("gossip"))
     _int_at_least(cfg, "rounds", 1)
@@ -154,7 +161,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         participation=None if gossip else build_participation(cfg.participation, int(cfg.num_clients), seed,
                                                                label_counts(data)),
         backend=build_backend(cfg.backend),
-        topology=build_topology(cfg.topology, int(cfg.num_clients), seed) if gossip else None,
+        topology=_build_topology(cfg, seed) if gossip else None,
         gossip=GossipConfig.from_config(cfg.get("gossip")) if gossip else None,
     )
 

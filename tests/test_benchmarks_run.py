@@ -1,0 +1,20 @@
+"""The benchmark scripts run end to end at tiny sizes (their figures are for people, not asserts)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_scale_smoke_prints_its_tables():
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_scale.py"), "--smoke",
+                           "--parts", "w2", "scale", "aggregate"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "W2: synchronous gossip" in out and "Scale:" in out and "Aggregation:" in out
+    w2_rows = [line.split() for line in out.splitlines() if line.startswith(("sequential", "vectorized"))]
+    assert len(w2_rows) == 2 and w2_rows[0][-1] == w2_rows[1][-1]  # same accuracy on both backends
