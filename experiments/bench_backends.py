@@ -135,14 +135,14 @@ def main() -> None:
                                                   "final_accuracy": f["final_accuracy"]}))
     base = steady(overhead[0][1]["per_round"])
     print(f"\n1. Per-round overhead, no-op training, {R} rounds (median of rounds 2..{R - 1})")
-    print(f"{'backend':<32} {'ms/round':>9} {'vs sequential':>14} {'setup_s':>8}")
+    print(f"{'backend':<32} {'ms/round':>9} {'time vs seq':>14} {'setup_s':>8}")
     for name, r in overhead:
         ms = 1000 * steady(r["per_round"])
         print(f"{name:<32} {ms:>9.2f} {ms / (1000 * base):>13.1f}x {r['setup_s']:>8.1f}")
 
     seq = e2e[0][1]
     print(f"\n2. End to end, W1, {args.rounds} rounds (loop_s: the round loop; setup_s: data, model, Ray, actors)")
-    print(f"{'backend':<32} {'loop_s':>8} {'vs sequential':>14} {'ms/round':>9} {'final_acc':>10} {'setup_s':>8}")
+    print(f"{'backend':<32} {'loop_s':>8} {'time vs seq':>14} {'ms/round':>9} {'final_acc':>10} {'setup_s':>8}")
     for name, r in e2e:
         print(f"{name:<32} {r['loop_s']:>8.2f} {r['loop_s'] / seq['loop_s']:>13.2f}x "
               f"{1000 * steady(r['per_round']):>9.1f} {r['final_accuracy']:>10.4f} {r['setup_s']:>8.1f}")
