@@ -103,24 +103,26 @@ def test_pool_size_follows_cpus_and_gpus_per_actor():
 
 # ---- equivalence with the sequential reference -------------------------------------------------
 
+@pytest.fixture(scope="class")
+def pool(ray_session):
+    """One 2-actor backend for the tests of a class, released when the class is done (the session's
+    2 CPUs hold one pool at a time)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["progress=false", *SMALL,
+                                                       "participation.clients_per_round=8", "strategy=fisher_merge"])
+    exp = build_experiment(cfg)
+    setup = dataclasses.replace(exp.setup, train=TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9))
+    backend = RayBackend()
+    backend.setup(setup)
+    yield exp, setup, backend
+    backend.close()
+    assert ray_session.is_initialized()  # a Ray the backend did not start stays up
+
+
 class TestOnePool:
-    """Tests that call ``train`` directly share one 2-actor backend, released when the class is done
-    (the session's 2 CPUs hold one pool at a time)."""
-
-    @pytest.fixture(scope="class")
-    def pool(self, ray_session):
-        from hydra import compose, initialize_config_module
-
-        with initialize_config_module(config_module="configs", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["progress=false", *SMALL,
-                                                           "participation.clients_per_round=8", "strategy=fisher_merge"])
-        exp = build_experiment(cfg)
-        setup = dataclasses.replace(exp.setup, train=TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9))
-        backend = RayBackend()
-        backend.setup(setup)
-        yield exp, setup, backend
-        backend.close()
-        assert ray_session.is_initialized()  # a Ray the backend did not start stays up
+    """Tests that call ``train`` directly share one 2-actor backend (the ``pool`` fixture)."""
 
     def test_ray_batches_equal_sequential_per_client(self, pool):
         exp, setup, ray_backend = pool
