@@ -82,6 +82,18 @@ def batch_schedule(num_samples: int, cfg: TrainConfig, generator: torch.Generato
             return batches[: cfg.local_steps]
 
 
+def steps_per_client(sizes: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """``[K]`` minibatch steps that :func:`batch_schedule` gives clients of ``sizes`` rows.
+
+    The count follows from the row count and the config alone (the generator only orders the rows),
+    so backends can plan work (sorting, chunking) before drawing anything.
+    """
+    sizes = sizes.to(torch.long)
+    if cfg.local_steps is not None:
+        return torch.where(sizes > 0, torch.full_like(sizes, cfg.local_steps), torch.zeros_like(sizes))
+    return cfg.epochs * ((sizes + cfg.batch_size - 1) // cfg.batch_size)
+
+
 def batch_loss(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the model with flat ``params`` on one batch (vmap-able)."""

@@ -251,7 +251,22 @@ class ReplyAggregator:
 
 
 # ---- the message-API adapter -----------------------------------------------------------------
-class GossipsoupStrategy(FlowerFedAvg):
+class AggregatorHolder:
+    """What both adapters (message API here, legacy API in ``flower_legacy``) share: a
+    :class:`ReplyAggregator` built from the same arguments, and its state as ``adapter.state``."""
+
+    aggregator: ReplyAggregator
+
+    def _hold(self, strategy: Strategy, layout: Layout, **options: Any) -> None:
+        self.aggregator = ReplyAggregator(strategy, layout, **options)
+
+    @property
+    def state(self) -> State | None:
+        """The strategy's memory across rounds (tensors and numbers: a checkpoint can save it)."""
+        return self.aggregator.state
+
+
+class GossipsoupStrategy(AggregatorHolder, FlowerFedAvg):
     """A gossipsoup :class:`~strategies.base.Strategy` running as Flower's message-API strategy.
 
     ``strategy``/``layout``: the rule and the model's layout (``Layout.from_module(model)``).
@@ -265,13 +280,8 @@ class GossipsoupStrategy(FlowerFedAvg):
                  validate: Callable[[torch.Tensor], float] | None = None, on_invalid: str = "error",
                  initial_params: torch.Tensor | None = None, **fedavg_kwargs: Any):
         super().__init__(**fedavg_kwargs)
-        self.aggregator = ReplyAggregator(strategy, layout, num_clients=num_clients, validate=validate,
-                                          on_invalid=on_invalid, initial_params=initial_params)
-
-    @property
-    def state(self) -> State | None:
-        """The strategy's memory across rounds (tensors and numbers: a checkpoint can save it)."""
-        return self.aggregator.state
+        self._hold(strategy, layout, num_clients=num_clients, validate=validate, on_invalid=on_invalid,
+                   initial_params=initial_params)
 
     def summary(self) -> None:
         super().summary()

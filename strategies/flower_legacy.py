@@ -32,8 +32,8 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from sim.layout import Layout
 
-from .base import State, Strategy
-from .flower import REQUIRES_KEY, ClientUpdate, ReplyAggregator, from_arrayrecord, log
+from .base import Strategy
+from .flower import REQUIRES_KEY, AggregatorHolder, ClientUpdate, from_arrayrecord, log
 
 
 def to_ndarrays(layout: Layout, flat: torch.Tensor) -> list[np.ndarray]:
@@ -68,7 +68,7 @@ def decode_extra(layout: Layout, value: Any) -> dict[str, np.ndarray] | str:
     return {s.name: flat[s.slice].reshape(s.shape) for s in layout}
 
 
-class GossipsoupLegacyStrategy(LegacyFedAvg):
+class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
     """A gossipsoup strategy behind ``flwr.server.strategy.FedAvg``'s interface.
 
     Arguments as for :class:`strategies.flower.GossipsoupStrategy`; other keywords go to the legacy
@@ -81,12 +81,8 @@ class GossipsoupLegacyStrategy(LegacyFedAvg):
         if initial_params is not None and fedavg_kwargs.get("initial_parameters") is None:
             fedavg_kwargs["initial_parameters"] = ndarrays_to_parameters(to_ndarrays(layout, initial_params))
         super().__init__(**fedavg_kwargs)
-        self.aggregator = ReplyAggregator(strategy, layout, num_clients=num_clients, validate=validate,
-                                          on_invalid=on_invalid, initial_params=initial_params)
-
-    @property
-    def state(self) -> State | None:
-        return self.aggregator.state
+        self._hold(strategy, layout, num_clients=num_clients, validate=validate, on_invalid=on_invalid,
+                   initial_params=initial_params)
 
     def __repr__(self) -> str:
         return f"GossipsoupLegacyStrategy({self.aggregator.strategy.name}, on_invalid={self.aggregator.on_invalid!r})"

@@ -58,6 +58,12 @@ CASES = {
                                                "dataset.val_fraction"),
     "interpolation alpha above 1": (["strategy=interpolate", "strategy.alpha=1.5"], "strategy.alpha"),
     "init checkpoint missing": (["model.init_checkpoint=/nonexistent/model.safetensors"], "model.init_checkpoint"),
+    "unknown backend": (["backend=gpu"], "backend"),
+    "unknown vectorized kernel": (["backend.kernel=fast"], "backend.kernel"),
+    "dense kernel for a cnn": (["model=cnn", "backend=vectorized", "backend.kernel=dense"], "backend.kernel"),
+    "eval_nodes zero": (["mode=gossip", "topology=ring", "gossip.eval_nodes=0"], "gossip.eval_nodes"),
+    "batch_exchanges not a boolean": (["mode=gossip", "topology=ring", "gossip.schedule=async",
+                                       "gossip.batch_exchanges=maybe"], "gossip.batch_exchanges"),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
 }
 

@@ -3,9 +3,9 @@
 A :class:`TrainingActor` is one process that hosts many virtual clients. It receives the run's data
 once, at creation (an object reference that Ray resolves to zero-copy numpy arrays in the node's
 shared memory), builds the same :class:`TrainingSetup` the driver has and trains every chunk of
-clients it is sent with an in-process backend (``sequential`` by default). The training code is
-therefore the reference code itself, which is why the ray backend's numbers equal the sequential
-ones. Models come and go as numpy arrays, which Ray moves without pickling their contents.
+clients it is sent with an in-process backend (``backend.inner``: ``auto`` by default, i.e. the
+vectorized backend unless the model has BatchNorm). Both draw every client's batches as the
+sequential reference does, which is why the ray backend's numbers equal the sequential ones. Models come and go as numpy arrays, which Ray moves without pickling their contents.
 
 The :class:`AggregatorActor` runs ``strategy.aggregate`` away from the driver, on a GPU when it was
 given one. Strategies are written for CPU tensors; inside ``torch.device("cuda")`` their own

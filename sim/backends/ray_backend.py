@@ -152,11 +152,8 @@ class RayBackend:
     def _start_pool(self, setup: TrainingSetup) -> None:
         resources = ray.cluster_resources()
         ray_cluster.check_gpus(resources, self.num_gpus, self.device)
-        agg_gpus = 0.0
-        if self.aggregate_on == "worker":
-            agg_gpus = self.aggregator_num_gpus if self.aggregator_num_gpus is not None else (
-                DEFAULT_AGGREGATOR_GPUS if resources.get("GPU", 0) > 0 and self.device != "cpu" else 0.0)
-        size = ray_cluster.pool_size(self.num_actors, self.num_cpus, self.num_gpus, resources, agg_gpus)
+        self._agg_gpus = self._aggregator_gpus(resources) if self.aggregate_on == "worker" else 0.0
+        size = ray_cluster.pool_size(self.num_actors, self.num_cpus, self.num_gpus, resources, self._agg_gpus)
         self._setup = setup
         self._local.setup(setup)
         self._costs = torch.tensor(client_costs(setup.data.client_sizes, setup.train), dtype=torch.long)
@@ -165,7 +162,7 @@ class RayBackend:
         self.actors = [self._new_actor() for _ in range(size)]
         waits = [a.ready.remote() for a in self.actors]
         if self.aggregate_on == "worker":
-            self.aggregator = AggregatorActor.options(num_cpus=0, num_gpus=agg_gpus).remote(self.num_threads, self.device)
+            self.aggregator = self._new_aggregator()
             waits.append(self.aggregator.ready.remote())
         try:
             info = ray.get(waits, timeout=self.start_timeout_s)
@@ -346,15 +343,18 @@ class RayBackend:
                             info.round, type(exc).__name__, attempt + 1, self.max_retries)
                 if stats is not None:
                     stats["retries"] += 1
-                self.aggregator = AggregatorActor.options(num_cpus=0, num_gpus=self._aggregator_gpus()).remote(
-                    self.num_threads, self.device)
+                self.aggregator = self._new_aggregator()
             except ray.exceptions.RayTaskError as exc:
                 _reraise(exc)
 
-    def _aggregator_gpus(self) -> float:
+    def _aggregator_gpus(self, resources: dict) -> float:
+        """The aggregator's GPU share: as configured, else a slice of a GPU where the cluster has one."""
         if self.aggregator_num_gpus is not None:
             return self.aggregator_num_gpus
-        return DEFAULT_AGGREGATOR_GPUS if ray.cluster_resources().get("GPU", 0) > 0 and self.device != "cpu" else 0.0
+        return DEFAULT_AGGREGATOR_GPUS if resources.get("GPU", 0) > 0 and self.device != "cpu" else 0.0
+
+    def _new_aggregator(self):
+        return AggregatorActor.options(num_cpus=0, num_gpus=self._agg_gpus).remote(self.num_threads, self.device)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ import heapq
 
 import torch
 
-from sim.training import TrainConfig
+from sim.training import TrainConfig, steps_per_client
 
 #: a client costs its steps plus this much (fetching its rows, setting up its generator, returning it)
 PER_CLIENT_COST = 1
@@ -23,12 +23,7 @@ PER_CLIENT_COST = 1
 
 def client_costs(sizes: torch.Tensor, cfg: TrainConfig) -> list[int]:
     """Work of each client (``sizes`` = its training rows): SGD steps plus a fixed per-client cost."""
-    sizes = sizes.to(torch.long)
-    if cfg.local_steps is not None:
-        steps = torch.where(sizes > 0, torch.full_like(sizes, cfg.local_steps), torch.zeros_like(sizes))
-    else:
-        steps = cfg.epochs * ((sizes + cfg.batch_size - 1) // cfg.batch_size)
-    return (steps + PER_CLIENT_COST).tolist()
+    return (steps_per_client(sizes, cfg) + PER_CLIENT_COST).tolist()
 
 
 def balanced_chunks(costs: list[int], bins: int) -> list[list[int]]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sim.seeding import torch_generators
-from sim.training import TrainConfig
+from sim.training import TrainConfig, steps_per_client
 
 
 @dataclass
@@ -58,13 +58,9 @@ def stacked_schedule(sizes: list[int], clients: list[int], rounds: list[int], cf
                      seed: int) -> StackedSchedule:
     """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once."""
     sizes_t = torch.tensor(sizes, dtype=torch.long)
-    nb = (sizes_t + cfg.batch_size - 1) // cfg.batch_size
-    if cfg.local_steps is None:
-        num_perms = torch.where(sizes_t > 0, torch.full_like(sizes_t, cfg.epochs), torch.zeros_like(sizes_t))
-        steps = nb * cfg.epochs
-    else:
-        num_perms = torch.where(sizes_t > 0, (cfg.local_steps + nb - 1) // nb.clamp_min(1), torch.zeros_like(sizes_t))
-        steps = torch.where(sizes_t > 0, torch.full_like(sizes_t, cfg.local_steps), torch.zeros_like(sizes_t))
+    steps = steps_per_client(sizes_t, cfg)
+    nb = ((sizes_t + cfg.batch_size - 1) // cfg.batch_size).clamp_min(1)  # batches per permutation
+    num_perms = torch.where(sizes_t > 0, (steps + nb - 1) // nb, torch.zeros_like(sizes_t))
     generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])
     pieces = [torch.randperm(n, generator=g) for n, g, m in zip(sizes, generators, num_perms.tolist())
               for _ in range(m)]

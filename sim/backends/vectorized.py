@@ -76,6 +76,7 @@ class VectorizedBackend:
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         self._setup = setup
+        self._chunk = self.chunk_size or self._auto_chunk()
         model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
         self._trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
 
@@ -101,8 +102,11 @@ class VectorizedBackend:
         self._setup = None
 
     # ---- training -----------------------------------------------------------------------------
-    def _auto_chunk(self, max_batch: int) -> int:
+    def _auto_chunk(self) -> int:
+        """Clients per pass that fit a quarter of the free memory (read once per run, at setup)."""
         s = self._setup
+        sizes = s.data.client_sizes
+        max_batch = int(min(s.train.batch_size, int(sizes.max()) if len(sizes) else 1))
         p, d = s.layout.size, int(s.data.x[0].numel()) if len(s.data.x) else 1
         # params, momentum, grad, update temporaries and autograd copies of the weights (~8 x P),
         # plus the padded batch and a generous allowance for activations
@@ -127,7 +131,7 @@ class VectorizedBackend:
         # clients with the most steps first, so step s only touches the prefix still training, and
         # chunks hold clients of similar length
         order = torch.argsort(schedule.steps, descending=True, stable=True)
-        chunk = self.chunk_size or self._auto_chunk(int(min(s.train.batch_size, int(sizes.max()) if K else 1)))
+        chunk = self._chunk
         for lo in range(0, K, chunk):
             rows = order[lo:lo + chunk]
             index = schedule.index(rows, first_rows[rows])
