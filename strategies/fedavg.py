@@ -17,6 +17,9 @@ WEIGHTINGS = ("samples", "uniform")
 
 
 def client_weights(weighting: str, info: AggregationInfo, count: int) -> torch.Tensor:
+    """``samples``: by training rows, as McMahan et al. and Flower (``num-examples``) do; ``uniform``:
+    every participant alike, as Reddi et al.'s Algorithm 2 averages the updates (the server optimizers
+    share this function)."""
     if weighting == "samples":
         return info.num_samples.to(torch.float64)
     return torch.ones(count, dtype=torch.float64)

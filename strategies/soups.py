@@ -6,9 +6,21 @@
   best and add each next candidate if the uniform average of soup + candidate scores at least as
   well (``>=``; ``strict=true`` uses ``>`` as the authors' ``main.py`` does). The soup is the uniform
   average of the kept models.
-- ``fisher_merge`` (Matena & Raffel 2022): ``theta = sum_i l_i F_i theta_i / sum_i l_i F_i``
-  elementwise, ``F_i`` the diagonal Fisher of model i (see ``sim/fisher.py``) floored at
-  ``fisher_floor`` so that entries where every Fisher is 0 (buffers) fall back to the average.
+- ``fisher_merge`` (Matena & Raffel 2022, as ``mmatena/model_merging``'s ``merging.py`` computes it):
+  ``theta = sum_i c_i F'_i theta_i / sum_i c_i F'_i`` elementwise over the parameter entries, ``F_i``
+  the diagonal Fisher of model i (see ``sim/fisher.py``) and ``c_i = l_i`` (``weighting``):
+  - ``normalize_fishers=true`` (the reference's default) divides ``c_i`` by the L2 norm of model i's
+    whole Fisher (``sqrt(sum F_i^2)`` over every parameter entry), so a model whose Fisher is large
+    everywhere does not outweigh the rest; a Fisher that is 0 everywhere is left as it is.
+  - ``F'_i = max(F_i, fisher_floor)`` for the *target* model only when ``favor_target_model=true``
+    (the reference's default), for every model when false. Where no model has Fisher, the merge then
+    keeps the target's value (favoured) or the ``c_i``-weighted mean (not favoured).
+  The target is ``info.self_index`` when the caller sets it (gossip: the receiving node's own model),
+  else row 0: the first checkpoint in ``python -m sim.merge`` (the reference's convention: the first
+  model is the target), the first received model (lowest client id) on an FL server. Which model is
+  the target only matters at entries where some model's Fisher is below the floor;
+  ``favor_target_model=false`` makes the rule symmetric. Buffers (no Fisher, e.g. BatchNorm
+  statistics) are averaged with the ``l_i``.
 - ``interpolate`` (WiSE-FT, Wortsman et al. 2022): ``(1 - alpha) base + alpha mean(models)``, base the
   reference model (the FL global model, or in gossip the node's own model).
 - ``sparse_soup`` (Zimmer, Spiegel, Pokutta, "Sparse Model Soups", ICLR 2024): models retrained from
@@ -18,6 +30,9 @@
   (the shared mask when every model kept it; the soup is then as sparse as the common mask),
   ``mask=first`` zeroes the entries that are zero in the first model (its mask is the shared one),
   ``mask=union`` zeroes entries zero in any model (only the common support survives).
+  It is a rule for ``python -m sim.merge`` only: gossipsoup's local training does not keep pruned
+  weights at zero, so in an FL or gossip run no entry stays zero through a round and the rule would
+  be a plain average. ``SparseSoup.offline_only`` says why, and runs refuse the rule before any work.
 """
 
 from __future__ import annotations
@@ -105,9 +120,12 @@ class FisherMerge(Strategy):
     name = "fisher_merge"
     requires = frozenset({"fisher"})
 
-    def __init__(self, weighting: str = "uniform", fisher_floor: float = 1e-6):
+    def __init__(self, weighting: str = "uniform", fisher_floor: float = 1e-6, normalize_fishers: bool = True,
+                 favor_target_model: bool = True):
         self.weighting = _check_weighting(weighting)
         self.fisher_floor = check_positive(self.name, "fisher_floor", fisher_floor)
+        self.normalize_fishers = _check_bool("normalize_fishers", normalize_fishers)
+        self.favor_target_model = _check_bool("favor_target_model", favor_target_model)
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         fisher = info.extras.get("fisher")
@@ -118,9 +136,25 @@ class FisherMerge(Strategy):
             raise RunError(f"fisher_merge got Fisher diagonals of shape {tuple(fisher.shape)} for models of "
                            f"shape {tuple(models.shape)}; they must match.")
         lam = client_weights(self.weighting, info, len(models)).to(torch.float64)
-        weights = lam[:, None] * fisher.to(torch.float64).clamp_min(self.fisher_floor)  # [K, P]
-        merged = (weights * models.to(torch.float64)).sum(0) / weights.sum(0)
+        params = info.layout.trainable_mask()
+        x, f = models.to(torch.float64), fisher.to(torch.float64)[:, params]  # [K, P], [K, p]
+        coeff = lam / fisher_norms(f) if self.normalize_fishers else lam
+        floored = torch.ones(len(models), dtype=torch.bool)
+        if self.favor_target_model:  # only the target's Fisher is floored; the donors' are used as they are
+            floored[:] = False
+            floored[0 if info.self_index is None else info.self_index] = True
+        f = torch.where(floored[:, None], f.clamp_min(self.fisher_floor), f)
+        weights = coeff[:, None] * f
+        merged = lam @ x / lam.sum()  # buffers have no Fisher: their l_i-weighted mean
+        merged[params] = (weights * x[:, params]).sum(0) / weights.sum(0)
         return merged.to(models.dtype), state
+
+
+def fisher_norms(fisher: torch.Tensor) -> torch.Tensor:
+    """Each model's Fisher L2 norm over all its entries (``_l2_norm_of_fisher``); 0 becomes 1 so that an
+    all-zero Fisher (a saturated model) leaves its coefficient alone instead of dividing by zero."""
+    norms = fisher.square().sum(1).sqrt()
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 class Interpolate(Strategy):
@@ -141,6 +175,11 @@ class Interpolate(Strategy):
 
 class SparseSoup(Strategy):
     name = "sparse_soup"
+    #: why FL and gossip runs refuse this rule (``sim.experiment.validate_config`` reads it)
+    offline_only = ("sparse_soup merges checkpoints that share a pruning mask, but local training here does not "
+                    "keep pruned weights at zero: after one round no entry is zero in every model and the rule is "
+                    "a plain average. Merge masked checkpoints offline with `python -m sim.merge CHECKPOINTS "
+                    "--method sparse_soup`, or use uniform_soup / fedavg as the run's rule.")
 
     def __init__(self, mask: str = "intersection", weighting: str = "uniform"):
         if mask not in SPARSE_MASKS:

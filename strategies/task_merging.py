@@ -36,7 +36,7 @@ from sim.errors import ConfigError
 from sim.layout import Layout
 from sim.seeding import torch_generator
 
-from .base import AggregationInfo, State, Strategy, check_positive
+from .base import AggregationInfo, State, Strategy, check_positive, check_unit_interval
 from .fedavg import WEIGHTINGS, client_weights
 
 METHODS = ("task_arithmetic", "ties", "dare")
@@ -84,9 +84,7 @@ class TaskArithmetic(Strategy):
         self.method = method
         self.name = method  # the run's label: task_arithmetic, ties or dare
         self.scaling = check_positive(method, "scaling", scaling)
-        ok = isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1
-        if not ok:
-            raise ConfigError("strategy.density", density, f"a number in (0, 1] for {method}")
+        check_unit_interval(method, "density", density, closed_right=True, closed_left=False)
         if method == "task_arithmetic" and density != 1:
             raise ConfigError("strategy.density", density, "1 for task_arithmetic",
                               "Only ties (magnitude trim) and dare (random drop) sparsify the deltas.")
@@ -97,8 +95,8 @@ class TaskArithmetic(Strategy):
         if not isinstance(sign_consensus, bool):
             raise ConfigError("strategy.sign_consensus", sign_consensus, "true or false")
         self.sign_consensus = sign_consensus or method == "ties"
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError("strategy.seed", seed, "an integer")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError("strategy.seed", seed, "an integer >= 0")
         self.seed = seed
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:

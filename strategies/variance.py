@@ -6,20 +6,28 @@ fix rescales each merged layer around its mean back to a target variance:
 
     w' = (w - mean(w)) * sqrt((v_t + eps) / (Var(w) + eps)) + mean(w)
 
-Variants, as read in the first author's code (DFL_torch ``model_variance_correct.py``, DFL2):
+where ``w`` is the merged tensor and ``Var(w)`` its own variance. Variants (``variant``), as read in
+the first author's code (DFL_torch ``model_average.py`` / ``model_variance_correct.py``, and DFL2):
 
-- ``follow_others``: merge as gossip averaging does (the topology's mixing row, or uniform), target
-  ``v_t`` = mean over the *received* models of the layer's variance;
-- ``conservative``: merge ``c self + (1 - c) mean(received)``, target
-  ``c Var(self) + (1 - c) mean Var(received)``. Var(self) is the node's own variance before the
-  merge (DFL_torch reads it after the merge, which looks unintended; DFL2's "self" variant reads it
-  before).
+- ``reference`` (the default): DFL_torch's ``VC`` preset, ``ConservativeModelAverager(0.5)`` with a
+  ``FollowOthers`` corrector. Merge ``c * self + (1 - c) * mean(received)`` (``c = 0.5``; received =
+  the neighbours' models only), target ``v_t`` = mean over the received models of the tensor's
+  variance; every parameter is rescaled (``correct`` defaults to ``weights_and_biases``);
+- ``follow_others``: merge as gossip averaging does (the topology's mixing row, or uniform), the
+  same target; weight tensors only by default;
+- ``conservative``: merge as ``reference``, target ``c Var(self) + (1 - c) mean Var(received)``.
+  Var(self) is the node's own variance before the merge (DFL_torch reads it after the merge, which
+  looks unintended; DFL2's "self" variant reads it before).
 
-``correct="weights"`` rescales weight tensors only (DFL2); ``"weights_and_biases"`` also biases
-(DFL_torch). Buffers (e.g. BatchNorm running statistics) are never rescaled, and one-element tensors
-are left alone. Variances are unbiased (N-1) over all elements of a tensor, eps = 1e-4 as in
-DFL_torch. As an FL server rule all K models count as received: the merge is their average and the
-target their mean variance.
+``correct``: ``weights`` rescales weight tensors (2-D and more, and 1-D parameters not named bias,
+e.g. a norm layer's scale), ``weights_and_biases`` also biases; null takes the variant's default.
+Buffers (e.g. BatchNorm running statistics) are never rescaled; the ``c * self + (1 - c) * mean``
+merge keeps the receiver's own (as DFL_torch does), follow_others averages them with the
+parameters. One-element tensors are left alone. Variances are unbiased (N-1) over all elements of
+a tensor, eps = 1e-4 as in DFL_torch; eps must be > 0 (with 0 a constant tensor, e.g. zero biases,
+gives 0/0). A node that received nothing keeps its model (DFL_torch merges only once models
+arrived). As an FL server rule there is no "self": all K models count as received, the merge is
+their average and the target their mean variance.
 """
 
 from __future__ import annotations
@@ -29,10 +37,25 @@ import torch
 from sim.errors import ConfigError
 from sim.layout import Layout
 
-from .base import AggregationInfo, State, Strategy, check_positive, check_unit_interval, weighted_average
-from .gossip import GOSSIP_WEIGHTS, uniform_rows
+from .base import (
+    AggregationInfo,
+    State,
+    Strategy,
+    check_positive,
+    check_unit_interval,
+    weighted_average,
+)
+from .gossip import (
+    GOSSIP_WEIGHTS,
+    conservative_merge,
+    conservative_merge_all,
+    merge_weights,
+    received_mean,
+    uniform_rows,
+)
 
-VARIANTS = ("follow_others", "conservative")
+#: variant -> its default for ``correct``
+VARIANTS = {"reference": "weights_and_biases", "follow_others": "weights", "conservative": "weights"}
 CORRECTED = {"weights": ("weight",), "weights_and_biases": ("weight", "bias")}
 
 
@@ -64,35 +87,39 @@ def layer_variances(models: torch.Tensor, layout: Layout, kinds: tuple[str, ...]
 class VarianceCorrected(Strategy):
     name = "variance_corrected"
 
-    def __init__(self, variant: str = "follow_others", c: float = 0.5, correct: str = "weights",
+    def __init__(self, variant: str = "reference", c: float = 0.5, correct: str | None = None,
                  weights: str = "mixing", eps: float = 1e-4):
         if variant not in VARIANTS:
             raise ConfigError("strategy.variant", variant, f"one of {', '.join(VARIANTS)}")
+        correct = VARIANTS[variant] if correct is None else correct
         if correct not in CORRECTED:
-            raise ConfigError("strategy.correct", correct, f"one of {', '.join(CORRECTED)}")
+            raise ConfigError("strategy.correct", correct, f"null or one of {', '.join(CORRECTED)}")
         if weights not in GOSSIP_WEIGHTS:
             raise ConfigError("strategy.weights", weights, f"one of {', '.join(GOSSIP_WEIGHTS)}")
         self.variant, self.correct, self.weights = variant, correct, weights
         self.c = check_unit_interval(self.name, "c", c, closed_right=True)
-        self.eps = check_positive(self.name, "eps", eps, allow_zero=True)
+        self.eps = check_positive(self.name, "eps", eps)  # finite and > 0: with 0, a constant tensor gives 0/0
         self.kinds = CORRECTED[correct]
+        # the merge: follow_others uses gossip averaging's row, the others c * self + (1 - c) * mean
+        self.merge_rule = weights if variant == "follow_others" else "conservative"
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         k = len(models)
         variances = layer_variances(models, info.layout, self.kinds)  # [K, L]
-        if info.self_index is None or k == 1:  # FL server, or a node that received nothing
+        if info.self_index is None:  # FL server: every model counts as received
             merged = weighted_average(models, torch.ones(k, dtype=torch.float64))
             return rescale_to_variance(merged, variances.mean(0), info.layout, self.kinds, self.eps), state
+        if k == 1:  # a node that received nothing keeps its model
+            return models[0].clone(), state
         others = torch.ones(k, dtype=torch.bool)
         others[info.self_index] = False
         target = variances[others].mean(0)
         if self.variant == "conservative":
-            merged = self.c * models[info.self_index] + (1 - self.c) * models[others].mean(0)
             target = self.c * variances[info.self_index] + (1 - self.c) * target
+        if self.merge_rule == "conservative":
+            merged = conservative_merge(models, info, self.c)
         else:
-            use_mixing = self.weights == "mixing" and info.mixing_weights is not None
-            w = info.mixing_weights.to(torch.float64) if use_mixing else torch.ones(k, dtype=torch.float64)
-            merged = weighted_average(models, w)
+            merged = weighted_average(models, merge_weights(self.merge_rule, self.c, info, k))
         return rescale_to_variance(merged, target, info.layout, self.kinds, self.eps), state
 
     def aggregate_all(self, received: torch.Tensor, models: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -100,21 +127,16 @@ class VarianceCorrected(Strategy):
         what each node received (see ``sim.gossip.sync.received_matrix``): the received models'
         mean and mean layer variance are two sparse products, the rescaling one pass over ``[N, P]``.
         Equal to calling :meth:`aggregate` node by node; nodes that received nothing keep their model."""
-        received = received.coalesce()
-        rows, cols = received.indices()
-        off = rows != cols
-        n = models.shape[0]
-        count = torch.bincount(rows[off], minlength=n)
-        others = torch.sparse_coo_tensor(received.indices()[:, off], 1.0 / count[rows[off]].to(models.dtype),
-                                         received.shape, check_invariants=False).coalesce()
+        mean, count = received_mean(received)
         variances = layer_variances(models, layout, self.kinds)  # [N, L]
-        mean_received_var = torch.sparse.mm(others, variances)
+        target = torch.sparse.mm(mean.to(models.dtype), variances)
         if self.variant == "conservative":
-            merged = self.c * models + (1 - self.c) * torch.sparse.mm(others, models)
-            target = self.c * variances + (1 - self.c) * mean_received_var
+            target = self.c * variances + (1 - self.c) * target
+        if self.merge_rule == "conservative":
+            merged = conservative_merge_all(received, models, self.c, layout)
         else:
-            mixing = received if self.weights == "mixing" else uniform_rows(received)
-            merged, target = torch.sparse.mm(mixing.to(models.dtype), models), mean_received_var
+            mixing = received if self.merge_rule == "mixing" else uniform_rows(received)
+            merged = torch.sparse.mm(mixing.to(models.dtype), models)
         out = rescale_to_variance(merged, target, layout, self.kinds, self.eps)
         alone = count == 0
         out[alone] = models[alone]

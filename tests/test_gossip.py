@@ -1,14 +1,24 @@
 """Gossip learning loops: equivalences, losses, churn and determinism on small seeded runs."""
 
+from itertools import pairwise
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from sim.experiment import build_experiment
+from sim.cli import preflight
+from sim.errors import ConfigError
+from sim.experiment import build_experiment, validate_config
 from sim.gossip import AsyncGossip, SyncGossip
+from sim.gossip.config import GossipConfig
+from sim.gossip.nodes import initial_node_params
+from sim.layout import Layout
 from sim.results import MetricsLog
 from sim.run import run_experiment
+from sim.seeding import torch_generator
+from sim.training import local_train
 
 SMALL = ("num_clients=8", "model=logreg", "train.epochs=1", "rounds=3", "partition=iid")
 
@@ -31,10 +41,14 @@ def test_sync_gossip_on_complete_graph_equals_fedavg_with_full_participation(mak
 @pytest.mark.parametrize("drop_prob", [0.0, 0.4])
 @pytest.mark.parametrize("strategy", [
     ("strategy=gossip_avg",), ("strategy=gossip_avg", "strategy.weights=uniform"),
-    ("strategy=variance_corrected",), ("strategy=variance_corrected", "strategy.weights=uniform"),
+    ("strategy=gossip_avg", "strategy.weights=conservative"),
+    ("strategy=variance_corrected",), ("strategy=variance_corrected", "strategy.c=0.2"),
+    ("strategy=variance_corrected", "strategy.variant=follow_others"),
+    ("strategy=variance_corrected", "strategy.variant=follow_others", "strategy.weights=uniform"),
     ("strategy=variance_corrected", "strategy.variant=conservative", "strategy.c=0.3",
      "strategy.correct=weights_and_biases"),
-], ids=["gossip_avg", "gossip_avg-uniform", "variance", "variance-uniform", "variance-conservative"])
+], ids=["gossip_avg", "gossip_avg-uniform", "gossip_avg-conservative", "variance-reference", "variance-reference-c",
+        "variance-follow_others", "variance-follow_others-uniform", "variance-conservative"])
 def test_whole_graph_merge_equals_per_node_strategy_calls(make_cfg, strategy, drop_prob):
     # Prepare: independent random node models, so every node's merge and rescaling differ
     exp = build_experiment(make_cfg(*SMALL, "mode=gossip", "topology=random_regular", "topology.degree=3",
@@ -133,5 +147,104 @@ def test_async_batches_hold_several_deliveries(make_cfg):
     exp.backend.setup(exp.setup)
     runner = AsyncGossip(exp, exp.topology, exp.gossip)
     runner.run(MetricsLog("/dev/null"), lambda row: None)
-    assert sum(runner.batch_sizes) == runner.counts["trainings"] == runner.counts["merges"]
+    # update_merge (the default order): each delivery trains the receiver's model and the received one
+    assert sum(runner.batch_sizes) == runner.counts["trainings"] // 2 == runner.counts["merges"]
     assert max(runner.batch_sizes) >= 3
+
+
+def test_independent_inits_start_norm_scales_at_one_and_keep_buffers():
+    # Prepare: a model with a LayerNorm, a BatchNorm (running statistics) and plain Linear layers
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3),
+                                torch.nn.BatchNorm1d(3))
+    layout = Layout.from_module(model)
+    initial = layout.flatten(model)
+    # Execute
+    nodes = initial_node_params(initial, layout, 3, GossipConfig(shared_init=False), seed=0)
+    # Assert: scales 1, biases 0, buffers as the model's, weight matrices drawn per node
+    for name in ("1.weight", "3.weight", "3.running_var"):
+        assert torch.equal(layout.view(nodes, name), torch.ones(3, layout.spec(name).numel)), name
+    for name in ("0.bias", "1.bias", "2.bias", "3.bias", "3.running_mean"):
+        assert torch.equal(layout.view(nodes, name), torch.zeros(3, layout.spec(name).numel)), name
+    first = layout.view(nodes, "0.weight").reshape(3, -1)
+    assert not torch.equal(first[0], first[1]) and first.abs().max() <= (6 / 9) ** 0.5
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_async_update_merge_trains_both_models_before_merging(make_cfg, batch):
+    # Prepare: two nodes with different models; node 1 pushes its model to node 0
+    exp = build_experiment(make_cfg(*SMALL, "num_clients=2", "mode=gossip", "topology=complete",
+                                    "strategy=gossip_avg", "gossip.schedule=async", "backend=vectorized",
+                                    f"gossip.batch_exchanges={str(batch).lower()}"))
+    exp.backend.setup(exp.setup)
+    runner = AsyncGossip(exp, exp.topology, exp.gossip)
+    runner.params = torch.randn(2, exp.layout.size, generator=torch.Generator().manual_seed(3))
+    own, received = runner.params[0].clone(), runner.params[1].clone()
+    # Execute: one delivery
+    runner.receive(0, 1, received)
+    runner.flush()
+    # Assert: node 0 trained its own model (its training 0) and the received one (training 1), then averaged
+    x, y = exp.data.client(0)
+    by_hand = [local_train(exp.model, exp.layout, start, x, y, exp.train, torch_generator(0, "train", n, 0)).params
+               for n, start in ((0, own), (1, received))]
+    assert torch.allclose(runner.params[0], (by_hand[0] + by_hand[1]) / 2, atol=1e-6)
+    assert torch.equal(runner.params[1], received)
+    assert runner.trained.tolist() == [2, 0] and runner.counts["trainings"] == 2 and runner.counts["merges"] == 1
+
+
+def test_async_rows_record_the_training_loss_since_the_previous_evaluation(make_cfg, tmp_path):
+    # Prepare / Execute: half-round evaluations, so rows hold a few trainings each
+    args = ("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async", "gossip.eval_interval=0.5")
+    rows = _run(make_cfg, tmp_path, *args)
+    exp = build_experiment(make_cfg(*SMALL, *args))
+    exp.backend.setup(exp.setup)
+    runner = AsyncGossip(exp, exp.topology, exp.gossip)
+    seen = []
+    original = runner.record_losses
+
+    def spy(ids, losses):
+        seen.append((ids.clone(), losses.clone()))
+        original(ids, losses)
+
+    runner.record_losses = spy
+    runner.run(MetricsLog("/dev/null"), lambda row: None)
+    # Assert: each row's train_loss is the size-weighted mean of its own trainings, in event order
+    ids, losses = torch.cat([i for i, _ in seen]), torch.cat([v for _, v in seen]).double()
+    sizes = exp.data.client_sizes[ids].double()
+    assert len(ids) == rows["num_participants"].sum() > 20
+    bounds = np.cumsum([0, *rows["num_participants"]])
+    expected = [float((sizes[a:b] * losses[a:b]).sum() / sizes[a:b].sum()) if b > a else np.nan
+                for a, b in pairwise(bounds)]
+    assert np.isnan(rows["train_loss"].iloc[0])  # the start: no training yet
+    assert rows["train_loss"].iloc[1:].notna().sum() >= 4
+    assert np.allclose(rows["train_loss"], expected, rtol=1e-6, equal_nan=True)
+
+
+def test_gossip_mode_brings_a_gossip_graph_and_rule_that_the_command_line_can_override(make_cfg):
+    default = make_cfg("mode=gossip")
+    assert (default.mode, default.topology.name, default.strategy.name) == ("gossip", "random_regular", "gossip_avg")
+    chosen = make_cfg("mode=gossip", "topology=ring", "strategy=variance_corrected")
+    assert (chosen.topology.name, chosen.strategy.name) == ("ring", "variance_corrected")
+    fl = make_cfg()
+    assert (fl.mode, fl.topology.name, fl.strategy.name) == ("federated", "star", "fedavg")
+    # an experiment that picks gossip still lets the command line pick FL
+    back = make_cfg("experiment=vanishing_variance", "mode=federated", "topology=star", "strategy=fedavg")
+    assert back.mode == "federated" and isinstance(back.mode, str)
+    for path in sorted((Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml")):
+        validate_config(make_cfg(f"experiment={path.stem}"))
+    with pytest.raises(ConfigError) as err:
+        preflight(["mode=foo"])
+    assert err.value.field == "mode"
+
+
+def test_variance_correction_lifts_gossip_off_the_plateau_of_plain_averaging(make_cfg, tmp_path):
+    # Prepare: experiments/vanishing_variance.md, scaled down (16 nodes, 40 rounds): independent inits
+    small = ("experiment=vanishing_variance", "num_clients=16", "rounds=40", "eval_every=40", "model.hidden=[32,32]")
+    # Execute: the reference rule against the same 0.5 / 0.5 merge without the rescaling
+    run_experiment(make_cfg(*small, "strategy=variance_corrected"), tmp_path / "vc")
+    run_experiment(make_cfg(*small, "strategy=gossip_avg", "strategy.weights=conservative"), tmp_path / "plain")
+    corrected, plain = pd.read_csv(tmp_path / "vc" / "metrics.csv"), pd.read_csv(tmp_path / "plain" / "metrics.csv")
+    # Assert: plain averaging collapses the weight variance and stalls; the correction keeps it and learns
+    var = "weight_var/net.0.weight"
+    start = corrected[var].iloc[0]
+    assert plain[var].iloc[-1] < 0.1 * start < 0.9 * start < corrected[var].iloc[-1]
+    assert corrected["test_accuracy"].iloc[-1] > plain["test_accuracy"].iloc[-1] + 0.05

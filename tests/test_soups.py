@@ -81,24 +81,103 @@ def test_greedy_soup_without_validation_split_is_a_config_error():
 
 # ---- Fisher merging ------------------------------------------------------------------------------
 def test_fisher_merge_with_equal_fishers_is_the_plain_average():
-    fisher = torch.rand(6, generator=torch.Generator().manual_seed(0)).expand(3, 6)
-    out, _ = FisherMerge().aggregate(MODELS, info(extras={"fisher": fisher}), {})
-    assert torch.allclose(out, MODELS.mean(0), atol=1e-6)
+    fisher = 0.5 + torch.rand(6, generator=torch.Generator().manual_seed(0)).expand(3, 6)
+    for normalize in (True, False):
+        for favor in (True, False):
+            merge = FisherMerge(normalize_fishers=normalize, favor_target_model=favor)
+            out, _ = merge.aggregate(MODELS, info(extras={"fisher": fisher}), {})
+            assert torch.allclose(out, MODELS.mean(0), atol=1e-6)
     assert FisherMerge.requires == frozenset({"fisher"})
 
 
-def test_fisher_merge_weights_toward_the_larger_fisher():
-    models = torch.tensor([[0.0, 0.0, 2.0, 4.0, 0.0, 0.0],
-                           [4.0, 4.0, 6.0, 0.0, 2.0, 2.0]])
-    fisher = torch.tensor([[1.0, 3.0, 0.0, 1.0, 1.0, 1.0],
-                           [3.0, 1.0, 0.0, 1.0, 1.0, 1.0]])
-    out, _ = FisherMerge().aggregate(models, info(k=2, extras={"fisher": fisher}), {})
-    # (1*0 + 3*4) / 4 = 3 ; (3*0 + 1*4) / 4 = 1 ; both zero -> floored equal -> mean 4 ; means 2, 1, 1
-    assert torch.allclose(out, torch.tensor([3.0, 1.0, 4.0, 2.0, 1.0, 1.0]))
-    weighted, _ = FisherMerge(weighting="samples").aggregate(models, info(k=2, num_samples=[1, 3],
-                                                                          extras={"fisher": fisher}), {})
-    # l = [1, 3]: 3*3*4 / (1 + 9) = 3.6 ; 1*3*4 / (3 + 3) = 2 ; (2 + 18) / 4 = 5 ; 4 / 4 ; 6 / 4 ; 6 / 4
-    assert torch.allclose(weighted, torch.tensor([3.6, 2.0, 5.0, 1.0, 1.5, 1.5]))
+# theta_0 = 2, theta_1 = 8 everywhere; ||F_0|| = 5, ||F_1|| = 10; a floor of 1 makes the sums easy
+PAIR = torch.tensor([[2.0] * 6, [8.0] * 6])
+PAIR_FISHER = torch.tensor([[3.0, 0.0, 0.0, 4.0, 0.0, 0.0],
+                            [2.0, 4.0, 0.0, 0.0, 4.0, 8.0]])
+
+
+@pytest.mark.parametrize("normalize, favor, expected", [
+    # c = [1/5, 1/10]; target F'_0 = max(F_0, 1) = [3, 1, 1, 4, 1, 1] -> [.6, .2, .2, .8, .2, .2];
+    # donor F_1 unfloored -> [.2, .4, 0, 0, .4, .8]; theta = 2 + 6 * w_1 / (w_0 + w_1)
+    (True, True, [3.5, 6.0, 2.0, 2.0, 6.0, 6.8]),
+    # donor floored too: F'_1 = [2, 4, 1, 1, 4, 8] -> [.2, .4, .1, .1, .4, .8]: columns 2, 3 change
+    (True, False, [3.5, 6.0, 4.0, 2 + 6 * 0.1 / 0.9, 6.0, 6.8]),
+    # c = [1, 1]: w_0 = [3, 1, 1, 4, 1, 1], w_1 = [2, 4, 0, 0, 4, 8]
+    (False, True, [4.4, 6.8, 2.0, 2.0, 6.8, 2 + 6 * 8 / 9]),
+    (False, False, [4.4, 6.8, 5.0, 3.2, 6.8, 2 + 6 * 8 / 9]),
+])
+def test_fisher_merge_by_hand_for_each_reference_option(normalize, favor, expected):
+    merge = FisherMerge(fisher_floor=1.0, normalize_fishers=normalize, favor_target_model=favor)
+    out, _ = merge.aggregate(PAIR, info(k=2, extras={"fisher": PAIR_FISHER}), {})
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+
+
+def test_fisher_merge_target_is_the_receivers_own_model_and_samples_weight_the_coefficients():
+    gossip = info(k=2, extras={"fisher": PAIR_FISHER})
+    gossip.self_index = 1  # the receiver is row 1: its Fisher is floored, row 0's is not
+    out, _ = FisherMerge(fisher_floor=1.0).aggregate(PAIR, gossip, {})
+    # c = [1/5, 1/10]; F'_1 = [2, 4, 1, 1, 4, 8] -> [.2, .4, .1, .1, .4, .8]; w_0 = [.6, 0, 0, .8, 0, 0]
+    assert torch.allclose(out, torch.tensor([3.5, 8.0, 8.0, 2 + 6 * 0.1 / 0.9, 8.0, 8.0]), atol=1e-6)
+    weighted, _ = FisherMerge(fisher_floor=1.0, normalize_fishers=False, weighting="samples").aggregate(
+        PAIR, info(k=2, num_samples=[1, 3], extras={"fisher": PAIR_FISHER}), {})
+    # l = [1, 3]: w_0 = [3, 1, 1, 4, 1, 1], w_1 = 3 * [2, 4, 0, 0, 4, 8]
+    assert torch.allclose(weighted, torch.tensor([2 + 6 * 6 / 9, 2 + 6 * 12 / 13, 2.0, 2.0, 2 + 6 * 12 / 13,
+                                                  2 + 6 * 24 / 25]), atol=1e-6)
+
+
+def reference_fisher_merge(variables, fishers, coefficients, floor, favor_target_model, normalize_fishers):
+    """``mmatena/model_merging``'s ``generate_merged_for_coeffs_set`` + ``_merge_with_coeffs``, re-expressed
+    over lists (model -> variable -> tensor); model 0 is the target."""
+    if normalize_fishers:
+        norms = [sum(float((d ** 2).sum()) for d in f) ** 0.5 for f in fishers]
+        coefficients = [c / n for c, n in zip(coefficients, norms, strict=True)]
+    out = []
+    for i in range(len(variables[0])):
+        lhs, rhs = 0.0, 0.0
+        for j, (mvars, coeff, fisher) in enumerate(zip(variables, coefficients, fishers, strict=True)):
+            diag = fisher[i]
+            if not favor_target_model or j == 0:
+                diag = torch.maximum(diag, torch.tensor(floor, dtype=diag.dtype))
+            lhs = lhs + coeff * diag
+            rhs = rhs + coeff * diag * mvars[i]
+        out.append(rhs / lhs)
+    return out
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("favor", [True, False])
+def test_fisher_merge_matches_the_reference_formula(normalize, favor):
+    g = torch.Generator().manual_seed(4)
+    layout = Layout.from_module(torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)))
+    models = torch.randn(3, layout.size, generator=g, dtype=torch.float64)
+    scale = torch.tensor([[1.0], [30.0], [0.2]], dtype=torch.float64)  # Fishers of very different sizes
+    fisher = torch.rand(3, layout.size, generator=g, dtype=torch.float64) ** 4 * scale
+    fisher[fisher < 0.01] = 0.0  # exact zeros, where the floor decides
+    fisher[1, :7] = 1e-9  # below the floor in a donor
+    lam = [0.5, 0.3, 0.2]
+
+    def split(flat):
+        return [flat[s.slice] for s in layout.specs]
+
+    expected = reference_fisher_merge([split(m) for m in models], [split(f) for f in fisher], lam, 1e-3,
+                                      favor, normalize)
+    i = AggregationInfo(client_ids=torch.arange(3), num_samples=torch.tensor([5, 3, 2]), round=1, num_clients=3,
+                        layout=layout, reference=torch.zeros(layout.size), extras={"fisher": fisher})
+    out, _ = FisherMerge(weighting="samples", fisher_floor=1e-3, normalize_fishers=normalize,
+                         favor_target_model=favor).aggregate(models, i, {})
+    assert torch.allclose(out, torch.cat(expected), atol=1e-12, rtol=1e-12)
+    assert (out - models.mean(0)).abs().max() > 0.1  # far from the plain mean: the Fisher decides
+
+
+def test_fisher_merge_averages_buffers_with_the_model_weights():
+    layout = Layout.from_module(torch.nn.BatchNorm1d(1))  # weight, bias, running_mean, running_var
+    models = torch.tensor([[1.0, 0.0, 2.0, 1.0], [3.0, 2.0, 6.0, 3.0]])
+    fisher = torch.tensor([[1.0, 1.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])  # buffers have no Fisher
+    i = AggregationInfo(client_ids=torch.arange(2), num_samples=torch.tensor([1, 3]), round=1, num_clients=2,
+                        layout=layout, reference=torch.zeros(4), extras={"fisher": fisher})
+    out, _ = FisherMerge(weighting="samples", normalize_fishers=False).aggregate(models, i, {})
+    # weight (1*1*1 + 3*3*3) / (1 + 9) = 2.8 ; bias (0 + 3*2) / 4 = 1.5 ; buffers (1 x + 3 y) / 4
+    assert torch.allclose(out, torch.tensor([2.8, 1.5, 5.0, 2.5]))
 
 
 def test_fisher_merge_without_fisher_extras_is_a_run_error():
@@ -204,7 +283,7 @@ def brute_force_fisher(model, layout, params, x):
         logp = torch.log_softmax(model(xi.unsqueeze(0))[0], dim=0)
         for c in range(len(logp)):
             grads = torch.autograd.grad(logp[c], [own[n] for n in names], retain_graph=True)
-            for n, gr in zip(names, grads):
+            for n, gr in zip(names, grads, strict=True):
                 total[layout.spec(n).slice] += logp[c].exp().detach() * gr.reshape(-1) ** 2
     return total / len(x)
 
@@ -237,6 +316,8 @@ def test_diagonal_fisher_matches_brute_force_and_zeroes_buffers():
     (lambda: GreedySoup(strict="yes"), "strategy.strict"),
     (lambda: FisherMerge(fisher_floor=0.0), "strategy.fisher_floor"),
     (lambda: FisherMerge(weighting="fisher"), "strategy.weighting"),
+    (lambda: FisherMerge(normalize_fishers="yes"), "strategy.normalize_fishers"),
+    (lambda: FisherMerge(favor_target_model=1), "strategy.favor_target_model"),
     (lambda: Interpolate(alpha=1.5), "strategy.alpha"),
     (lambda: Interpolate(alpha=-0.1), "strategy.alpha"),
     (lambda: Interpolate(base="checkpoint"), "strategy.base"),

@@ -5,13 +5,17 @@ phase) and contacts one random neighbour of the graph of the current period: ``p
 model, ``pull`` asks for the neighbour's model, ``push_pull`` does both. A message arrives after the
 configured delay, unless it is dropped (probability ``drop_prob``) or its receiver is offline when
 it arrives. A receiver merges the model with its own through the strategy, then trains the result
-(``merge_update``), or trains the received model first and then merges (``update_merge``).
+(``merge_update``), or trains both its own model and the received one on its data and then merges
+the two (``update_merge``, as gossipy's ``CreateModelMode.UPDATE_MERGE`` and Ormandi et al. do).
 Churn: ``probability`` draws each node online with ``online_prob`` anew for every ``wake_interval``
 of time; ``sessions`` alternates exponential online / offline sessions. Offline nodes neither send
 nor receive. Evaluation events run every ``eval_interval``; the run lasts ``rounds * wake_interval``.
 
 Determinism: all random choices come from one stream consumed in event order, events are ordered by
-(time, sequence number), and node k's n-th training uses ``torch_generator(seed, "train", n, k)``.
+(time, sequence number), and node k's n-th training uses ``torch_generator(seed, "train", n, k)``;
+under ``update_merge`` a delivery is two trainings of node k, its own model first (count n), then
+the received model (count n + 1). An evaluation row's ``train_loss`` is the mean local training
+loss (weighted by the nodes' sizes) of the trainings since the previous evaluation.
 
 Batched exchanges (``gossip.batch_exchanges``, on by default): a delivery's merge and training do
 not draw from the event stream, and they only touch the receiver's model, state and training count.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -65,6 +69,7 @@ class AsyncGossip:
         self.pending: dict[int, tuple[int, torch.Tensor]] = {}  # receiver -> (sender, model), in event order
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.batch_sizes: list[int] = []  # deliveries trained per backend call (for benchmarks)
+        self.loss_sum, self.loss_weight = 0.0, 0.0  # size-weighted training losses since the last evaluation
 
     # ---- scheduling ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, *data) -> None:
@@ -106,16 +111,31 @@ class AsyncGossip:
             self.push(t + self.delay(), DELIVER, sender, receiver, model)
 
     def train_nodes(self, nodes: list[int], starts: torch.Tensor) -> torch.Tensor:
-        """Train each node from its start, at its own count of trainings so far."""
+        """Train ``starts[j]`` on node ``nodes[j]``'s data, at the node's next count of trainings; a
+        node listed twice trains at its next two counts, in list order."""
+        counts: dict[int, int] = {}
+        rounds = []
+        for node in nodes:
+            counts[node] = counts.get(node, int(self.trained[node]))
+            rounds.append(counts[node])
+            counts[node] += 1
         ids = torch.tensor(nodes)
-        batch = self.exp.backend.train(ids, starts, torch.from_numpy(self.trained[nodes]),
-                                       self.exp.strategy.requires)
-        self.trained[nodes] += 1
+        batch = self.exp.backend.train(ids, starts, torch.tensor(rounds), self.exp.strategy.requires)
+        for node, count in counts.items():
+            self.trained[node] = count
         self.counts["trainings"] += len(nodes)
         for key, value in batch.stats.items():  # e.g. the Ray backend's retries, summed per evaluation
             self.backend_stats[key] = self.backend_stats.get(key, 0) + value
-        check_finite(batch.params, batch.client_ids, int(self.trained[nodes].max()), "models")
+        check_finite(batch.params, batch.client_ids, max(rounds) + 1, "models")
+        self.record_losses(ids, batch.train_loss)
         return batch.params
+
+    def record_losses(self, ids: torch.Tensor, losses: torch.Tensor) -> None:
+        """Add trainings' losses, weighted by the nodes' sizes as synchronous rounds weight them."""
+        ok = ~torch.isnan(losses)
+        weights = self.sizes[ids][ok].to(torch.float64)
+        self.loss_sum += float((weights * losses[ok].double()).sum())
+        self.loss_weight += float(weights.sum())
 
     def merge(self, node: int, own: torch.Tensor, received: torch.Tensor, sender: int) -> torch.Tensor:
         members = torch.tensor([node, sender])
@@ -147,14 +167,15 @@ class AsyncGossip:
         models = [self.pending[n][1] for n in nodes]
         self.pending = {}
         if self.cfg.order == "merge_update":
-            starts = [self.merge(n, self.params[n], m, s) for n, m, s in zip(nodes, models, senders)]
+            starts = [self.merge(n, self.params[n], m, s) for n, m, s in zip(nodes, models, senders, strict=True)]
             trained = self.train_nodes(nodes, torch.stack(starts))
             for k, n in enumerate(nodes):
                 self.params[n] = trained[k]
-        else:
-            trained = self.train_nodes(nodes, torch.stack(models))
-            for k, (n, s) in enumerate(zip(nodes, senders)):
-                self.params[n] = self.merge(n, self.params[n], trained[k], s)
+        else:  # update_merge: every node trains its own model, then the received one, in one call
+            trained = self.train_nodes(nodes + nodes, torch.stack([self.params[n] for n in nodes] + models))
+            k = len(nodes)
+            for j, (n, s) in enumerate(zip(nodes, senders, strict=True)):
+                self.params[n] = self.merge(n, trained[j], trained[k + j], s)
         self.batch_sizes.append(len(nodes))
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -232,9 +253,13 @@ class AsyncGossip:
         self.last_counts = dict(c)
         delta = {k: c[k] - last.get(k, 0) for k in c}
         stats, self.backend_stats = self.backend_stats, {key: 0 for key in self.backend_stats}
-        return {"num_participants": delta["trainings"], "messages_sent": delta["sent"],
-                "messages_lost": delta["lost"], "merges": delta["merges"], "bytes_up": delta["bytes"],
-                "bytes_down": delta["bytes"], **stats}
+        row = {"num_participants": delta["trainings"], "messages_sent": delta["sent"],
+               "messages_lost": delta["lost"], "merges": delta["merges"], "bytes_up": delta["bytes"],
+               "bytes_down": delta["bytes"], **stats}
+        if self.loss_weight > 0:  # rows without trainings (the start) leave train_loss empty, as sync rounds do
+            row["train_loss"] = self.loss_sum / self.loss_weight
+        self.loss_sum, self.loss_weight = 0.0, 0.0
+        return row
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data

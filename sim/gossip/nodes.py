@@ -17,22 +17,24 @@ def initial_node_params(initial: torch.Tensor, layout: Layout, num_nodes: int, c
     """``[N, P]`` start models: the FL init shared by all, or an independent Xavier init per node.
 
     Independent inits are what a system without a server has, and the setting in which plain
-    averaging shrinks weight variance (Tian et al. 2024): weights Xavier-uniform from the node's own
-    stream, biases zero (as DFL_torch does), buffers as in the model.
+    averaging shrinks weight variance (Tian et al. 2024): weight matrices and kernels Xavier-uniform
+    from the node's own stream, biases zero (as DFL_torch does); other 1-D weights (a norm layer's
+    scale) and buffers (BatchNorm statistics) as the model's own init, which every node shares, so a
+    norm scale starts at 1 and not at 0.
     """
-    if cfg.shared_init:
-        return initial.expand(num_nodes, -1).clone()
     out = initial.expand(num_nodes, -1).clone()
+    if cfg.shared_init:
+        return out
     for i in range(num_nodes):
         g = torch_generator(seed, "init", "node", i)
         for spec in layout.of_kind("weight", "bias"):
             view = out[i, spec.slice]
-            if spec.kind == "weight" and len(spec.shape) >= 2:
+            if spec.kind == "bias":
+                view.zero_()
+            elif len(spec.shape) >= 2:
                 receptive = spec.numel // (spec.shape[0] * spec.shape[1])
                 bound = (6.0 / ((spec.shape[0] + spec.shape[1]) * receptive)) ** 0.5
                 view.uniform_(-bound, bound, generator=g)
-            else:
-                view.zero_()
     return out
 
 
@@ -75,5 +77,5 @@ def weight_variance_columns(layout: Layout, params: torch.Tensor) -> dict[str, f
     This is the quantity that averaging uncorrelated models shrinks (the vanishing variance).
     """
     variances = layer_variances(params.reshape(-1, layout.size), layout, ("weight",)).mean(0)
-    return {f"weight_var/{spec.name}": float(v) for spec, v in zip(layout.of_kind("weight"), variances)
+    return {f"weight_var/{spec.name}": float(v) for spec, v in zip(layout.of_kind("weight"), variances, strict=True)
             if spec.numel > 1}

@@ -10,16 +10,21 @@ matrix of what each node received (``received_matrix``), as a few sparse ``[N, N
 products; they give the same numbers as the per-node calls, which every other rule gets.
 
 ``gossip.order``: ``update_merge`` trains then merges (D-PSGD); ``merge_update`` merges then trains.
+A rule that needs per-model extras (fisher_merge) merges with the extras of the models it merges:
+those the backend computed at the end of the round's training, or, for ``merge_update``'s first merge
+(before any training), extras of the initial models computed before round 1. A message carries its
+model and the sender's extras; ``bytes_up`` / ``bytes_down`` count both.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from sim.backends.base import client_extras
 from sim.checks import check_finite
 from sim.results import MetricsLog
 from sim.seeding import numpy_rng
@@ -61,7 +66,8 @@ class SyncGossip:
         self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.fast_path = True
-        self._received: tuple[torch.Tensor, torch.Tensor] | None = None  # one sparse W @ X for linear stateless rules; tests turn it off to compare
+        # the static graph's received matrix, built once for aggregate_all; tests turn the fast path off to compare
+        self._received: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def train(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.exp.backend.train(self.ids, params, round_, self.exp.strategy.requires)
@@ -69,6 +75,14 @@ class SyncGossip:
         self.extras = batch.extras
         self.stats = batch.stats
         return batch.params, batch.train_loss
+
+    def initial_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The extras of the nodes' initial models, for a first merge that comes before any training."""
+        return client_extras(self.exp.setup, self.ids.tolist(), params, self.exp.strategy.requires)
+
+    def bytes_per_message(self) -> int:
+        """One model plus the sender's extras of the last training (e.g. its Fisher diagonal)."""
+        return self.bytes_per_model + sum(v[0].numel() * v.element_size() for v in self.extras.values())
 
     def mix(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, int, int]:
         """Merge every node with its neighbours; returns (new params, messages sent, messages lost)."""
@@ -122,18 +136,22 @@ class SyncGossip:
         start = time.perf_counter()
         log.append({"round": 0, **self.evaluate(params), "num_participants": 0, "bytes_up": 0, "bytes_down": 0,
                     "messages_sent": 0, "messages_lost": 0, "wall_s": 0.0})
+        if cfg.order == "merge_update" and exp.strategy.requires:
+            self.extras = self.initial_extras(params)
         for round_ in range(1, rounds + 1):
             if cfg.order == "update_merge":
                 params, losses = self.train(params, round_)
+                message_bytes = self.bytes_per_message()
                 params, sent, lost = self.mix(params, round_)
             else:
+                message_bytes = self.bytes_per_message()
                 params, sent, lost = self.mix(params, round_)
                 params, losses = self.train(params, round_)
             ok = ~torch.isnan(losses)
             weights = self.sizes.to(torch.float64)[ok]
             row = {"round": round_, "num_participants": self.n,
                    "train_loss": float((weights * losses[ok].double()).sum() / weights.sum()) if ok.any() else np.nan,
-                   "bytes_up": sent * self.bytes_per_model, "bytes_down": (sent - lost) * self.bytes_per_model,
+                   "bytes_up": sent * message_bytes, "bytes_down": (sent - lost) * message_bytes,
                    "messages_sent": sent, "messages_lost": lost, **self.stats}
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate(params))
