@@ -17,27 +17,24 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from .errors import ConfigError, GossipsoupError
+from .schema import CONFIG_MODULE, check_keys, group_options
+from .validation import choice
 
-CONFIG_MODULE = "configs"
 CONFIG_NAME = "config"
 # flags of Hydra that ask for information or pick other config files: no preflight then
 _SKIP_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--config-path", "-cp",
                "--config-dir", "-cd", "--shell-completion", "-sc", "--version"}
 
 
-def _config_groups() -> dict[str, list[str]]:
-    root = Path(__file__).resolve().parent.parent / CONFIG_MODULE
-    try:
-        import configs
-
-        root = Path(configs.__file__).parent
-    except ImportError:
-        pass
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in root.iterdir() if d.is_dir()
-            and not d.name.startswith("_")}
+def _input_line(ov: Override) -> str:
+    """The override as the user wrote it; Hydra types it Optional, but its parser always fills it in."""
+    if ov.input_line is None:
+        raise AssertionError(f"Hydra parsed an override without its text: {ov}")
+    return ov.input_line
 
 
 def _override_variants(args: list[str]) -> list[list[str]]:
@@ -45,7 +42,7 @@ def _override_variants(args: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(args)
-    groups = _config_groups()
+    groups = group_options()
     base, sweeps = [], []
     for ov in parsed:
         key = ov.key_or_group
@@ -58,11 +55,10 @@ def _override_variants(args: list[str]) -> list[list[str]]:
                 values = []
             sweeps.append((ov, values))
         else:
-            base.append(ov.input_line)
+            base.append(_input_line(ov))
         for value in (values if ov.is_sweep_override() else [ov.value()]):
             if key in groups and isinstance(value, str) and value not in groups[key]:
-                raise ConfigError(key, value, f"one of {', '.join(groups[key])}",
-                                  f"(The {key} options are the files in configs/{key}/.)")
+                choice(key, value, groups[key], f"(The {key} options are the files in configs/{key}/.)")
     variants = [base]
     for ov, values in sweeps:
         prefix = "+" if ov.is_add() else ("++" if ov.is_force_add() else "")
@@ -73,9 +69,7 @@ def _override_variants(args: list[str]) -> list[list[str]]:
 
 def preflight(argv: list[str]) -> None:
     """Compose and validate the config of every value a command line names; ConfigError if any fails."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from hydra import initialize_config_module
 
     from .experiment import validate_config
 
@@ -96,19 +90,67 @@ def preflight(argv: list[str]) -> None:
             args.append(arg)
     if skip:
         return
+    from hydra.errors import HydraException
+
     try:
         variants = _override_variants(args)
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            for overrides in variants:
-                validate_config(compose(config_name=config_name, overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).strip().replace("\n\n", " ").replace("\n", " ")
-        named = re.search(r"(?:override|Key) '([^']+)'", message)
-        field = named.group(1) if named else "command line"
-        value = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a),
-                     " ".join(args))
-        raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)",
-                          message) from None
+    except HydraException as exc:  # a malformed override
+        _raise_hydra_error(" ".join(str(exc).split()), args)
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for overrides in variants:
+            validate_config(_compose(config_name, overrides))
+
+
+def _compose(config_name: str, overrides: list[str]):
+    """The config Hydra would run, with Hydra's record of the chosen options (the key schema needs them).
+
+    Hydra refuses ``key=value`` for a key that does not exist and suggests adding it with ``+key``;
+    that advice is wrong here (nothing would read the key), so such a key is put into the config
+    and reported by the same schema check as ``+key=value``, with the closest existing key.
+    """
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    unknown: list[tuple[str, object]] = []
+    remaining = list(overrides)
+    while True:
+        try:
+            cfg = compose(config_name=config_name, overrides=remaining, return_hydra_config=True)
+            break
+        except (HydraException, OmegaConfBaseException) as exc:
+            message = " ".join(str(exc).split())
+            named = re.match(r"Could not override '([^']+)'", message)
+            parsed = OverridesParser.create().parse_overrides(remaining)
+            bad = [ov for ov in parsed if named and ov.key_or_group == named.group(1)]
+            if not bad:
+                _raise_hydra_error(message, remaining)
+            unknown.append((bad[0].key_or_group, bad[0].value()))
+            remaining = [_input_line(ov) for ov in parsed if ov.key_or_group != bad[0].key_or_group]
+    if unknown:
+        key, value = unknown[0]
+        try:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, value, force_add=True)
+        except (OmegaConfBaseException, ValueError):
+            raise ConfigError(key, value, "an existing config key (see python -m sim --cfg job)",
+                              "No config file has this key.") from None
+        check_keys(cfg)
+        raise ConfigError(key, value, "an existing config key (see python -m sim --cfg job)")
+    return cfg
+
+
+def _raise_hydra_error(message: str, args: list[str]) -> None:
+    """Any other composition error as one ConfigError, without Hydra's advice to append keys with ``+``."""
+    message = re.sub(r"To append to your config use \+\S+", "", message).strip()
+    named = re.search(r"(?:override|Key) '([^']+)'", message)
+    field = named.group(1) if named else "command line"
+    value = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a),
+                 " ".join(args))
+    raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)",
+                      message) from None
 
 
 def _discard_output_dir(out_dir: Path) -> None:

@@ -12,28 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from strategies import Strategy, build_strategy
 
 from .backends import Backend, TrainingSetup, build_backend
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
+from .gossip.config import GossipConfig
 from .layout import Layout
 from .models import build_model, validate_model_config
 from .participation import build_participation
+from .schema import check_keys, config_dict
 from .training import TrainConfig
-from strategies import Strategy, build_strategy
-
-from .gossip.config import GossipConfig
+from .validation import boolean, choice, integer
 
 MODES = ("federated", "gossip")
+MAX_EVALS_PER_ROUND = 100  # async gossip: evaluations per wake_interval of simulated time
 
 
 def _int_at_least(cfg: DictConfig, field: str, minimum: int) -> int:
-    value = cfg.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(field, value, f"an integer >= {minimum}")
-    return value
+    return integer(field, cfg.get(field), minimum)
 
 
 def _build_topology(cfg: DictConfig, seed: int):
@@ -43,25 +44,31 @@ def _build_topology(cfg: DictConfig, seed: int):
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Every check that needs no data; raises ConfigError on the first bad value."""
-    mode = cfg.get("mode")
-    if mode not in MODES:
-        raise ConfigError("mode", mode, f"one of {', '.join(MODES)}")
+    """Every check that needs no data; raises ConfigError on the first bad value.
+
+    Keys no config file declares come first (a typo must not be reported as some other value's
+    problem); the ``gossip`` block is checked in FL runs too, so that a bad value is refused
+    whichever mode a sweep runs first.
+    """
+    check_keys(cfg)
+    mode = choice("mode", cfg.get("mode"), MODES)
     topology = cfg.get("topology", {}).get("name")
     if mode == "federated" and topology != "star":
         raise ConfigError("topology.name", topology, "star in mode=federated (FL is gossip on a star); "
                           "for other graphs set mode=gossip")
     num_clients = _int_at_least(cfg, "num_clients", 1)
+    rounds = _int_at_least(cfg, "rounds", 1)
     if mode == "gossip":
-        from topologies import validate_topology_config  # networkx and scipy: only gossip needs them
+        from topologies import (
+            validate_topology_config,  # networkx and scipy: only gossip needs them
+        )
 
         validate_topology_config(cfg.topology, num_clients)
-        GossipConfig.from_config(cfg.get("gossip"))
-    _int_at_least(cfg, "rounds", 1)
+    _check_gossip_run(GossipConfig.from_config(cfg.get("gossip")), rounds, active=mode == "gossip")
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "seed", 0)
-    if not isinstance(cfg.get("save_model"), bool):
-        raise ConfigError("save_model", cfg.get("save_model"), "true or false")
+    boolean("save_model", cfg.get("save_model"), "(write the final model as model.safetensors)")
+    boolean("progress", cfg.get("progress", True), "(one progress bar line per run)")
     validate_data_config(cfg.dataset, cfg.partition, num_clients)
     validate_model_config(cfg.model)
     init = cfg.model.get("init_checkpoint")
@@ -69,10 +76,41 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("model.init_checkpoint", str(init), "null or the path of an existing .safetensors file",
                           "No file exists there.")
     TrainConfig.from_config(cfg.train)
-    build_strategy(cfg.strategy)
-    if mode == "federated":
-        build_participation(cfg.participation, num_clients, cfg.seed)
+    strategy = build_strategy(cfg.strategy)
+    offline_only = getattr(strategy, "offline_only", None)  # why only `python -m sim.merge` can apply the rule
+    if offline_only:
+        raise ConfigError("strategy", strategy.name, "a rule for FL or gossip runs", offline_only)
+    if mode == "federated":  # gossip nodes all take part; its clients_per_round may exceed a small num_clients
+        build_participation(cfg.participation, num_clients, cfg.seed, rounds=rounds)
     build_backend(cfg.backend)
+
+
+def _check_gossip_run(gossip: GossipConfig, rounds: int, active: bool) -> None:
+    """Asynchronous settings that would leave nothing to report, or queue more evaluations than any run needs.
+
+    The asynchronous run lasts ``rounds * wake_interval``; an evaluation interval longer than that
+    would give a run with only the time-0 evaluation, a delay never shorter than the run would
+    deliver no model at all, and an interval far below ``wake_interval`` (say wake_interval=1e12
+    with eval_interval=1) would queue billions of evaluations. All are refused before any work.
+    """
+    if not active or gossip.schedule != "async":
+        return
+    horizon = rounds * gossip.wake_interval
+    if gossip.eval_interval < gossip.wake_interval / MAX_EVALS_PER_ROUND:
+        raise ConfigError("gossip.eval_interval", gossip.eval_interval,
+                          f"at least gossip.wake_interval / {MAX_EVALS_PER_ROUND} = "
+                          f"{gossip.wake_interval / MAX_EVALS_PER_ROUND:g}",
+                          f"That is {horizon / gossip.eval_interval:.3g} evaluations of every node; time is in units "
+                          "of gossip.wake_interval, so scale both together.")
+    if gossip.eval_interval > horizon:
+        raise ConfigError("gossip.eval_interval", gossip.eval_interval,
+                          f"at most the run's length, rounds * gossip.wake_interval = {horizon:g}",
+                          "Otherwise no evaluation would happen after time 0.")
+    shortest = {"constant": gossip.delay_value, "uniform": gossip.delay_low}.get(gossip.delay, 0.0)
+    if shortest >= horizon:
+        field = "gossip.delay_low" if gossip.delay == "uniform" else "gossip.delay_value"
+        raise ConfigError(field, shortest, f"a delay below the run's length, rounds * gossip.wake_interval = "
+                          f"{horizon:g}", "No message would arrive before the run ends.")
 
 
 @dataclass
@@ -107,10 +145,8 @@ class Experiment:
         return validate
 
 
-def label_counts(data: FederatedData) -> "np.ndarray":
+def label_counts(data: FederatedData) -> np.ndarray:
     """``[N, C]`` rows of each label per client (participation may be correlated with it)."""
-    import numpy as np
-
     client_of_row = torch.repeat_interleave(torch.arange(data.num_clients), data.client_sizes)
     flat = client_of_row * data.num_classes + data.y
     return np.asarray(torch.bincount(flat, minlength=data.num_clients * data.num_classes)
@@ -121,9 +157,10 @@ def initial_from_checkpoint(path: str, layout: Layout) -> torch.Tensor:
     """Start from a saved model (fine-tuning a pre-trained one); its layout must match the model's."""
     from .checkpoint import load_checkpoint
 
-    saved_layout, params, _ = load_checkpoint(path)
+    saved_layout, params, _ = load_checkpoint(path, "model.init_checkpoint")
     if saved_layout != layout:
-        pairs = list(zip(layout.specs, saved_layout.specs))
+        # strict=False: the layouts may differ in length; the first mismatch within the shorter one is reported
+        pairs = list(zip(layout.specs, saved_layout.specs, strict=False))
         first = next(((a, b) for a, b in pairs if a.name != b.name or a.shape != b.shape), None)
         detail = (f"The first mismatched tensor is {first[0].name} {list(first[0].shape)} (model) against "
                   f"{first[1].name} {list(first[1].shape)} (checkpoint)." if first else
@@ -159,7 +196,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         train=TrainConfig.from_config(cfg.train),
         strategy=strategy,
         participation=None if gossip else build_participation(cfg.participation, int(cfg.num_clients), seed,
-                                                               label_counts(data)),
+                                                               label_counts(data), int(cfg.rounds)),
         backend=build_backend(cfg.backend),
         topology=_build_topology(cfg, seed) if gossip else None,
         gossip=GossipConfig.from_config(cfg.get("gossip")) if gossip else None,
@@ -167,4 +204,4 @@ def build_experiment(cfg: DictConfig) -> Experiment:
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return config_dict(cfg)

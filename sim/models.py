@@ -7,6 +7,7 @@ backend. Models hold no buffers that change in training, which keeps them servab
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .seeding import derived_seed
+from .validation import choice, integer, is_int
 
 MODEL_NAMES = ("logreg", "mlp", "cnn")
 
@@ -32,7 +34,7 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [num_features, *hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], num_classes))
         self.net = nn.Sequential(*layers)
@@ -62,20 +64,28 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.reshape(-1, *self.input_shape)))
 
 
+def _int_list(value) -> list | None:
+    """The list of positive integers in ``value``, or None when it is anything else."""
+    from omegaconf import ListConfig
+
+    if not isinstance(value, (list, tuple, ListConfig)):
+        return None
+    items = list(value)
+    return items if all(is_int(v) and v >= 1 for v in items) else None
+
+
 def validate_model_config(model_cfg) -> None:
-    name = model_cfg.get("name")
-    if name not in MODEL_NAMES:
-        raise ConfigError("model.name", name, f"one of {', '.join(MODEL_NAMES)}")
+    name = choice("model.name", model_cfg.get("name"), MODEL_NAMES)
     if name == "mlp":
-        hidden = list(model_cfg.get("hidden") or [])
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ConfigError("model.hidden", hidden, "a non-empty list of positive integers, e.g. [64] or [128,64]")
+        hidden = _int_list(model_cfg.get("hidden"))
+        if not hidden:
+            raise ConfigError("model.hidden", model_cfg.get("hidden"),
+                              "a non-empty list of positive integers, e.g. [64] or [128,64]")
     if name == "cnn":
-        channels = list(model_cfg.get("channels") or [])
-        if len(channels) != 2 or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ConfigError("model.channels", channels, "two positive integers, e.g. [16,32]")
-        if not isinstance(model_cfg.get("hidden"), int) or model_cfg.get("hidden") < 1:
-            raise ConfigError("model.hidden", model_cfg.get("hidden"), "a positive integer for the cnn")
+        channels = _int_list(model_cfg.get("channels"))
+        if channels is None or len(channels) != 2:
+            raise ConfigError("model.channels", model_cfg.get("channels"), "two positive integers, e.g. [16,32]")
+        integer("model.hidden", model_cfg.get("hidden"), 1, allowed="a positive integer for the cnn")
 
 
 def build_model(model_cfg, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Module:
@@ -87,6 +97,7 @@ def build_model(model_cfg, input_shape: Sequence[int], num_classes: int, seed: i
         num_features *= int(d)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(seed, "init"))
+        model: nn.Module
         if name == "logreg":
             model = LogisticRegression(num_features, num_classes)
         elif name == "mlp":
@@ -96,7 +107,8 @@ def build_model(model_cfg, input_shape: Sequence[int], num_classes: int, seed: i
                 raise ConfigError(
                     "model.name", name,
                     "a model that accepts flat inputs (logreg or mlp) for this dataset",
-                    f"The cnn needs images shaped (channels, height, width); this dataset's examples are {tuple(input_shape)}.",
+                    "The cnn needs images shaped (channels, height, width); "
+                    f"this dataset's examples are {tuple(input_shape)}.",
                 )
             model = SmallCNN(input_shape, num_classes, list(model_cfg["channels"]), int(model_cfg["hidden"]))
     return model

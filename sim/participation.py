@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .seeding import numpy_rng
 from .patterns import PATTERNS, check_probability_config, client_probabilities
+from .seeding import numpy_rng
+from .validation import choice, integer
 
-__all__ = ["UniformParticipation", "HeterogeneousParticipation", "build_participation", "PARTICIPATION_NAMES"]
+__all__ = ["PARTICIPATION_NAMES", "HeterogeneousParticipation", "UniformParticipation", "build_participation"]
 
 
 class UniformParticipation:
@@ -30,8 +31,8 @@ class UniformParticipation:
     name = "uniform"
 
     def __init__(self, num_clients: int, seed: int, clients_per_round: int = 10):
-        if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int) or clients_per_round < 1:
-            raise ConfigError("participation.clients_per_round", clients_per_round, "an integer >= 1")
+        integer("participation.clients_per_round", clients_per_round, 1,
+                detail="With 0 clients per round nobody would ever train.")
         if clients_per_round > num_clients:
             raise ConfigError("participation.clients_per_round", clients_per_round,
                               f"at most num_clients ({num_clients})",
@@ -66,6 +67,13 @@ class HeterogeneousParticipation:
         """Each client's long-run participation rate (what the known-probability oracle uses)."""
         return torch.from_numpy(self.pattern.long_run_rate())
 
+    def first_active_round(self, rounds: int) -> int | None:
+        """The first of rounds 1..``rounds`` in which someone takes part (None: nobody ever does)."""
+        found = next((r for r in range(1, rounds + 1) if len(self.sample(r))), None)
+        self.pattern.reset()
+        self._last_round = 0
+        return found
+
     def sample(self, round_: int) -> torch.Tensor:
         if round_ != self._last_round + 1:
             self.pattern.reset()
@@ -79,12 +87,14 @@ class HeterogeneousParticipation:
 PARTICIPATION_NAMES = ("uniform", *PATTERNS)
 
 
-def build_participation(participation_cfg, num_clients: int, seed: int, label_counts: np.ndarray | None = None):
-    """Build the participation model; without ``label_counts`` only the config is checked."""
+def build_participation(participation_cfg, num_clients: int, seed: int, label_counts: np.ndarray | None = None,
+                        rounds: int | None = None):
+    """Build the participation model; without ``label_counts`` only the config is checked.
+
+    With ``rounds``, a pattern under which nobody would take part in the whole run is refused.
+    """
     cfg = dict(participation_cfg)
-    name = cfg.pop("name", None)
-    if name not in PARTICIPATION_NAMES:
-        raise ConfigError("participation.name", name, f"one of {', '.join(PARTICIPATION_NAMES)}")
+    name = choice("participation.name", cfg.pop("name", None), PARTICIPATION_NAMES)
     if name == "uniform":
         try:
             return UniformParticipation(num_clients=num_clients, seed=seed, **cfg)
@@ -99,4 +109,11 @@ def build_participation(participation_cfg, num_clients: int, seed: int, label_co
     if label_counts is None and prob_cfg.get("probability", "correlated") == "correlated":
         return None  # the config is fine; p_n needs the clients' labels
     p = client_probabilities(prob_cfg, num_clients, seed, label_counts)
-    return HeterogeneousParticipation(name, num_clients, seed, p, cfg)
+    participation = HeterogeneousParticipation(name, num_clients, seed, p, cfg)
+    if rounds is not None and participation.first_active_round(rounds) is None:
+        period = ", or lower participation.period" if name == "cyclic" else ""
+        raise ConfigError("participation", name, "a pattern under which some client takes part",
+                          f"With these settings and seed={seed} no client takes part in any of the {rounds} "
+                          "round(s): the run would only evaluate the initial model. Raise rounds, "
+                          f"participation.mean or participation.p{period}.")
+    return participation

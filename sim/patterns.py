@@ -18,29 +18,26 @@ import numpy as np
 
 from .errors import ConfigError
 from .seeding import numpy_rng
+from .validation import choice, integer, number
 
 PROBABILITY_KINDS = ("correlated", "constant")
 
 
-def _number(field: str, value, ok, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ConfigError(f"participation.{field}", value, allowed)
-    return float(value)
+def _probability(field: str, value, detail: str = "") -> float:
+    """A probability in (0, 1]: with 0 a client would never take part."""
+    return number(f"participation.{field}", value, 0, 1, lo_open=True, allowed="a probability in (0, 1]",
+                  detail=detail)
 
 
 def check_probability_config(cfg: dict) -> None:
-    kind = cfg.get("probability", "correlated")
-    if kind not in PROBABILITY_KINDS:
-        raise ConfigError("participation.probability", kind, f"one of {', '.join(PROBABILITY_KINDS)}")
-    if kind == "constant":
-        if cfg.get("p") is None:
-            raise ConfigError("participation.p", None, "a probability in (0, 1]",
-                              "probability=constant needs p, the participation probability of every client.")
-        _number("p", cfg["p"], lambda v: 0 < v <= 1, "a probability in (0, 1]")
-    else:
-        _number("mean", cfg.get("mean", 0.1), lambda v: 0 < v <= 1, "a number in (0, 1]")
-        _number("alpha", cfg.get("alpha", 0.1), lambda v: v > 0, "a number > 0")
-        _number("floor", cfg.get("floor", 0.02), lambda v: 0 < v <= 1, "a probability in (0, 1]")
+    """Every value read on either branch is checked, so a typo never waits for the other one."""
+    kind = choice("participation.probability", cfg.get("probability", "correlated"), PROBABILITY_KINDS)
+    if kind == "constant" or cfg.get("p") is not None:
+        _probability("p", cfg.get("p"), "probability=constant needs p, the participation probability of every client."
+                     if cfg.get("p") is None else "")
+    _probability("mean", cfg.get("mean", 0.1))
+    number("participation.alpha", cfg.get("alpha", 0.1), 0, lo_open=True)
+    _probability("floor", cfg.get("floor", 0.02), "The floor keeps every client's p_n above 0.")
 
 
 def client_probabilities(cfg: dict, num_clients: int, seed: int, label_counts: np.ndarray | None) -> np.ndarray:
@@ -87,7 +84,7 @@ class Markov:
         unknown = set(options) - {"q"}
         if unknown:
             raise ConfigError("participation", sorted(unknown), "only q for markov")
-        _number("q", options.get("q", 0.05), lambda v: 0 < v <= 1, "a probability in (0, 1]")
+        _probability("q", options.get("q", 0.05), "With q=0 an inactive client never becomes active.")
 
     def long_run_rate(self) -> np.ndarray:
         return self.to_active / (self.to_active + self.to_inactive)
@@ -113,9 +110,7 @@ class Cyclic:
         unknown = set(options) - {"period"}
         if unknown:
             raise ConfigError("participation", sorted(unknown), "only period for cyclic")
-        period = options.get("period", 100)
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ConfigError("participation.period", period, "an integer >= 1")
+        integer("participation.period", options.get("period", 100), 1)
 
     def long_run_rate(self) -> np.ndarray:
         return self.active_len / (self.active_len + self.inactive_len)
@@ -132,4 +127,4 @@ class Cyclic:
         return self.active.copy()
 
 
-PATTERNS = {"bernoulli": Bernoulli, "markov": Markov, "cyclic": Cyclic}
+PATTERNS: dict[str, type[Bernoulli | Markov | Cyclic]] = {"bernoulli": Bernoulli, "markov": Markov, "cyclic": Cyclic}

@@ -1,8 +1,10 @@
 """Compare finished runs: ``python -m sim.report DIR [DIR...] [--out OUT] [--target ACC]``.
 
 Finds every run (a folder with ``summary.json``) under the DIRs, skips the ones that did not
-complete, groups the rest by strategy and setting (the config keys that differ between runs, seed
-aside), prints a markdown table of mean ± std over seeds, and writes ``report.parquet`` (groups),
+complete, refuses (exit 2, naming the file) a completed run whose summary.json or metrics.csv is
+garbled, groups the rest by strategy and setting (the config keys that differ between runs, seed
+aside), prints a markdown table of mean ± std over seeds (time: the rounds' loop, without setup and
+process warm-up), and writes ``report.parquet`` (groups),
 ``runs.parquet`` (one row per run), ``report.md`` and ``comparison.png`` into OUT
 (default ``DIR/report`` of the first DIR).
 """
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _warn_skipped(skipped: list) -> None:
     if not skipped:
         return
-    print(f"warning: skipped {len(skipped)} run(s) that did not complete or could not be read:",
+    print(f"warning: skipped {len(skipped)} run(s) that did not complete:",
           file=sys.stderr)
     for s in skipped:
         print(f"  {s.path}: {s.reason}", file=sys.stderr)
@@ -51,20 +53,23 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
         raise ConfigError("--out", str(out), "a folder (it is created if missing)",
                           "A file of that name exists.")
     runs, skipped = load_runs(dirs)
+    if not runs and not skipped:
+        raise ConfigError("DIR", " ".join(str(d) for d in dirs), "run or multirun folders",
+                          "No summary.json was found under them, so they hold no run.")
     if not runs:
         raise ConfigError(
             "DIR", " ".join(str(d) for d in dirs),
             'folders holding at least one completed run (a summary.json with status "completed")',
-            f"Found {len(skipped)} run(s), none completed and readable"
+            f"Found {len(skipped)} run(s), none completed"
             + (": " + "; ".join(f"{s.path} ({s.reason})" for s in skipped[:5]) if skipped else "")
             + ".",
         )
     check_metric(runs, metric)
 
-    from sim.results import atomic_write_text as write_text_atomic
-    from sim.results import write_atomic
     from sim.reporting.plot import plot_comparison
     from sim.reporting.tables import group_table, runs_table, to_markdown, x_axis_name
+    from sim.results import atomic_write_text as write_text_atomic
+    from sim.results import write_atomic
 
     _warn_skipped(skipped)
     runs_df = runs_table(runs, metric, target)

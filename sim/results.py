@@ -12,15 +12,16 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 BASE_COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "num_participants",
                 "bytes_up", "bytes_down", "wall_s")
 
 
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+def write_atomic(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     Takes a callback so that writers that want a path (parquet, savefig) are atomic too.

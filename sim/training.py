@@ -11,14 +11,15 @@ dampening, no Nesterov).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .errors import ConfigError
 from .layout import Layout
+from .validation import integer, number, optional_integer
 
 
 @dataclass(frozen=True)
@@ -32,24 +33,18 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg) -> "TrainConfig":
-        """Validate a ``train`` config group and turn it into a TrainConfig."""
+    def from_config(cls, cfg) -> TrainConfig:
+        """Validate a ``train`` config group and turn it into a TrainConfig (every float finite)."""
         get = cfg.get
-        checks = [
-            ("epochs", get("epochs", 1), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            ("batch_size", get("batch_size", 10), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            ("lr", get("lr", 0.05), lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
-            ("momentum", get("momentum", 0.0), lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
-            ("weight_decay", get("weight_decay", 0.0), lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0"),
-            ("local_steps", get("local_steps"), lambda v: v is None or (isinstance(v, int) and v >= 1), "null or an integer >= 1"),
-            ("label_smoothing", get("label_smoothing", 0.0), lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
-        ]
-        values = {}
-        for field, value, ok, allowed in checks:
-            if isinstance(value, bool) or not ok(value):
-                raise ConfigError(f"train.{field}", value, allowed)
-            values[field] = value
-        return cls(**values)
+        return cls(
+            epochs=integer("train.epochs", get("epochs", 1), 1),
+            batch_size=integer("train.batch_size", get("batch_size", 10), 1),
+            lr=number("train.lr", get("lr", 0.05), 0, lo_open=True),
+            momentum=number("train.momentum", get("momentum", 0.0), 0, 1, hi_open=True),
+            weight_decay=number("train.weight_decay", get("weight_decay", 0.0), 0),
+            local_steps=optional_integer("train.local_steps", get("local_steps"), 1, "train epochs instead"),
+            label_smoothing=number("train.label_smoothing", get("label_smoothing", 0.0), 0, 1, hi_open=True),
+        )
 
 
 @dataclass
@@ -70,16 +65,17 @@ def batch_schedule(num_samples: int, cfg: TrainConfig, generator: torch.Generato
     if num_samples == 0:
         return []
     batches: list[torch.Tensor] = []
-    epochs = cfg.epochs if cfg.local_steps is None else None
+    steps = cfg.local_steps
+    epochs = cfg.epochs
     while True:
         perm = torch.randperm(num_samples, generator=generator)
         batches.extend(perm.split(cfg.batch_size))
-        if epochs is not None:
+        if steps is None:
             epochs -= 1
             if epochs == 0:
                 return batches
-        elif len(batches) >= cfg.local_steps:
-            return batches[: cfg.local_steps]
+        elif len(batches) >= steps:
+            return batches[:steps]
 
 
 def steps_per_client(sizes: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -101,6 +97,13 @@ def batch_loss(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.
     return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
+# a buffer passed in comes back as a buffer (the vectorized backend writes it into its own rows)
+@overload
+def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor,
+             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None,
+             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None,
              cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One ``torch.optim.SGD`` step; elementwise, so it serves ``[P]`` and ``[K, P]`` alike."""

@@ -8,13 +8,15 @@ kept per gossip node without the strategy knowing where it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from sim.errors import ConfigError
 from sim.layout import Layout
+from sim.validation import number
 
 State = dict[str, Any]
 
@@ -39,7 +41,8 @@ class AggregationInfo:
 class Strategy:
     """Base class: override ``aggregate`` (and ``init_state`` when the rule keeps memory)."""
 
-    name: ClassVar[str] = "strategy"
+    #: the run's label in reports; a class default that an instance may refine (fedadam, ties)
+    name: str = "strategy"
     #: per-client extras the engine must compute and pass in ``info.extras`` (e.g. {"fisher"})
     requires: ClassVar[frozenset[str]] = frozenset()
     #: True when the rule cannot work without ``info.validate`` (greedy soups)
@@ -73,18 +76,16 @@ def weighted_average(models: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 
 
 def check_positive(strategy: str, field: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ConfigError(f"strategy.{field}", value, f"a number {'>=' if allow_zero else '>'} 0 for {strategy}")
-    return float(value)
+    """A finite number > 0 (>= 0 with ``allow_zero``): an infinite step or scale would make every model NaN."""
+    return number(f"strategy.{field}", value, 0, lo_open=not allow_zero,
+                  allowed=f"a finite number {'>=' if allow_zero else '>'} 0 for {strategy}")
 
 
-def check_unit_interval(strategy: str, field: str, value: Any, closed_right: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (
-        value <= 1 if closed_right else value < 1)
-    if not ok:
-        raise ConfigError(f"strategy.{field}", value, f"a number in [0, 1{']' if closed_right else ')'} for {strategy}")
-    return float(value)
+def check_unit_interval(strategy: str, field: str, value: Any, closed_right: bool = False,
+                        closed_left: bool = True) -> float:
+    interval = f"{'[' if closed_left else '('}0, 1{']' if closed_right else ')'}"
+    return number(f"strategy.{field}", value, 0, 1, lo_open=not closed_left, hi_open=not closed_right,
+                  allowed=f"a number in {interval} for {strategy}")
 
 
 def build_strategy(strategy_cfg) -> Strategy:
@@ -97,6 +98,8 @@ def build_strategy(strategy_cfg) -> Strategy:
 
     cfg = dict(strategy_cfg)
     name = cfg.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("strategy.name", name, "a non-empty label (the run's name in reports)")
     target = cfg.pop("_target_", None)
     if not target:
         raise ConfigError("strategy._target_", target, "the dotted path of a Strategy class",
@@ -104,7 +107,9 @@ def build_strategy(strategy_cfg) -> Strategy:
     try:
         cls = get_class(target)
     except Exception:
-        raise ConfigError("strategy._target_", target, "an importable Strategy class, e.g. strategies.fedavg.FedAvg") from None
+        raise ConfigError(
+            "strategy._target_", target, "an importable Strategy class, e.g. strategies.fedavg.FedAvg"
+        ) from None
     try:
         strategy = cls(**cfg)
     except TypeError as exc:

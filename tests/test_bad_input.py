@@ -65,6 +65,29 @@ CASES = {
     "batch_exchanges not a boolean": (["mode=gossip", "topology=ring", "gossip.schedule=async",
                                        "gossip.batch_exchanges=maybe"], "gossip.batch_exchanges"),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
+    # every float must be finite (inf passed `v > 0`); one case per module that checks numbers
+    "lr infinite": (["train.lr=inf"], "train.lr"),
+    "strategy number not a number": (["strategy=fedadam", "strategy.tau=nan"], "strategy.tau"),
+    "async wake interval infinite": (["mode=gossip", "topology=ring", "gossip.schedule=async",
+                                      "gossip.wake_interval=inf"], "gossip.wake_interval"),
+    "participation alpha infinite": (["participation=bernoulli", "participation.alpha=inf"], "participation.alpha"),
+    # keys: the schema is the chosen option's YAML file
+    "appended unknown key": (["+train.foo=1"], "train.foo"),
+    "misspelt key gets a suggestion": (["train.lrr=0.1"], "Did you mean train.lr?"),
+    "gossip block checked in federated mode": (["gossip.drop_prob=2"], "gossip.drop_prob"),
+    # values that would make the run meaningless
+    "async evaluation after the run ends": (["mode=gossip", "topology=ring", "gossip.schedule=async", "rounds=2",
+                                             "gossip.eval_interval=5"], "gossip.eval_interval"),
+    "nobody ever takes part": (["participation=bernoulli", "participation.probability=constant",
+                                "participation.p=1e-9", "rounds=2"], "participation"),
+    "train_classes the data lack": (["dataset.train_classes=[12]"], "dataset.train_classes"),
+    # backend keys: integers >= 1, finite numbers, real booleans, an honest message without a GPU
+    "negative threads": (["backend.num_threads=-2"], "backend.num_threads"),
+    "fractional threads": (["backend=vectorized", "backend.num_threads=1.5"], "backend.num_threads"),
+    "zero chunk": (["backend=vectorized", "backend.chunk_size=0"], "backend.chunk_size"),
+    "infinite cpus": (["backend=ray", "backend.num_cpus=inf"], "backend.num_cpus"),
+    "noop_train not a boolean": (["backend=ray", "backend.noop_train=1"], "backend.noop_train"),
+    "a GPU on a machine without one": (["backend=ray", "backend.num_gpus=1"], "CPU(s) and no GPU"),
 }
 
 
@@ -77,8 +100,8 @@ def _check_clean_failure(proc, field, tmp_path):
 
 
 def _run(tmp_path, args):
-    return subprocess.run([sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    argv = [sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"]
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -87,12 +110,18 @@ def test_bad_config_value(case, tmp_path):
     _check_clean_failure(_run(tmp_path, args), field, tmp_path)
 
 
-@pytest.mark.parametrize("case", ["keys missing", "mismatched lengths"])
+@pytest.mark.parametrize("case", ["keys missing", "mismatched lengths", "NaN features", "huge label"])
 def test_bad_npz_file(case, tmp_path):
     arrays = _arrays()
     if case == "keys missing":
         del arrays["y_train"]
         expect = "y_train"
+    elif case == "NaN features":
+        arrays["x_train"][3, 1] = np.nan
+        expect = "x_train holds NaN at row 3"
+    elif case == "huge label":
+        arrays["y_test"][2] = 10 ** 12
+        expect = "y_test holds 1000000000000 at row 2"
     else:
         arrays["y_train"] = arrays["y_train"][:-5]
         expect = "x_train"
@@ -133,3 +162,184 @@ def test_nan_from_a_client_exits_3_without_traceback(tmp_path):
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: round ") and "NaN or Inf" in proc.stderr
     assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+# ---- sim.merge, sim.report and model.init_checkpoint: bad files and options -------------------------------------
+# (appended section: checkpoints, run folders and tool options are refused naming the file or option)
+
+_LAYOUT_KEY = "gossipsoup_layout"
+
+
+def _run_module(tmp_path, module, args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _check_refused(proc, fragments, tmp_path, before):
+    """Exit 2, one ``error:`` paragraph naming ``fragments``, no traceback, nothing new under tmp_path."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: ") and "\n\n" not in proc.stderr.strip(), proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, (fragment, proc.stderr)
+    assert set(tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def merge_runs(tmp_path_factory):
+    """Two run folders (summary.json with the resolved config + model.safetensors), no training."""
+    import json
+
+    from hydra import compose, initialize_config_module
+
+    from sim.checkpoint import save_checkpoint
+    from sim.experiment import build_experiment, resolved_config
+
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["progress=false", "model.hidden=[16]"])
+    exp = build_experiment(cfg)
+    root = tmp_path_factory.mktemp("merge_runs")
+    for i in range(2):
+        run = root / f"r{i}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "config": resolved_config(cfg)}))
+        save_checkpoint(run / "model.safetensors", exp.layout, exp.initial_params + 0.01 * i)
+    return root, exp.layout, exp.initial_params.clone()
+
+
+def _checkpoint_bytes(case, layout, params):
+    """The bytes of a checkpoint broken in the way ``case`` names, and a fragment the error must name."""
+    from safetensors.torch import save
+
+    tensors = {k: v.contiguous().clone() for k, v in layout.to_state_dict(params).items()}
+    good = save(tensors, metadata={_LAYOUT_KEY: layout.to_json()})
+    if case == "not safetensors":
+        return b"PK\x03\x04 a zip file, say", "valid safetensors"
+    if case == "truncated":
+        return good[: len(good) // 2], "valid safetensors"
+    if case == "layout metadata missing":
+        return save(tensors, metadata={"note": "from elsewhere"}), _LAYOUT_KEY
+    if case == "layout metadata garbled":
+        return save(tensors, metadata={_LAYOUT_KEY: layout.to_json()[:-7]}), "garbled"
+    if case == "a tensor disagrees with the layout":  # same numel, so a reshape(-1) would not notice
+        tensors["net.2.weight"] = tensors["net.2.weight"].T.contiguous()
+        return save(tensors, metadata={_LAYOUT_KEY: layout.to_json()}), "net.2.weight has shape [16, 10]"
+    tensors["net.2.bias"][3] = float("nan")
+    tensors["net.2.bias"][5] = float("inf")
+    return save(tensors, metadata={_LAYOUT_KEY: layout.to_json()}), "net.2.bias holds 2 NaN or Inf"
+
+
+CHECKPOINT_CASES = ["not safetensors", "truncated", "layout metadata missing", "layout metadata garbled",
+                    "a tensor disagrees with the layout", "NaN and Inf values"]
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_merge_refuses_a_bad_checkpoint_naming_the_file(case, merge_runs, tmp_path):
+    root, layout, params = merge_runs
+    data, fragment = _checkpoint_bytes(case, layout, params)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data)
+    before = set(tmp_path.rglob("*"))
+    proc = _run_module(tmp_path, "sim.merge", [str(root / "r0"), str(bad)])
+    _check_refused(proc, ["CHECKPOINT", str(bad), fragment], tmp_path, before)
+
+
+@pytest.mark.parametrize("case", ["layout metadata garbled", "NaN and Inf values"])
+def test_init_checkpoint_refuses_a_bad_checkpoint_naming_the_file(case, merge_runs, tmp_path):
+    _, layout, params = merge_runs
+    data, fragment = _checkpoint_bytes(case, layout, params)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data)
+    proc = _run(tmp_path, ["model.hidden=[16]", f"model.init_checkpoint={bad}", "rounds=1"])
+    _check_clean_failure(proc, "model.init_checkpoint", tmp_path)
+    assert str(bad) in proc.stderr and fragment in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["not JSON", "no config", "config not usable"])
+def test_merge_refuses_a_garbled_summary_naming_it(case, merge_runs, tmp_path):
+    import json
+    import shutil
+
+    root, _, _ = merge_runs
+    run = tmp_path / "garbled"
+    shutil.copytree(root / "r0", run)
+    text = {"not JSON": '{"status": "completed", "config": {"seed": 0',
+            "no config": json.dumps({"status": "completed"}),
+            "config not usable": json.dumps({"status": "completed", "config": {"seed": 0, "mode": "federated"}})}
+    (run / "summary.json").write_text(text[case])
+    before = set(tmp_path.rglob("*"))
+    proc = _run_module(tmp_path, "sim.merge", [str(run), str(root / "r1")])
+    _check_refused(proc, ["summary.json", str(run / "summary.json")], tmp_path, before)
+
+
+MERGE_OPTION_CASES = {
+    "--set without =": (["--method", "interpolate", "--set", "alpha"], ["--set='alpha'", "alpha, base"]),
+    "--set text for a number": (["--method", "interpolate", "--set", "alpha=abc"], ["--set='alpha=abc'", "NUMBER"]),
+    "--set an unknown option": (["--method", "interpolate", "--set", "alpah=0.3"], ["--set", "Did you mean 'alpha'"]),
+    "--set a class key": (["--set", "_target_=os.system"], ["--set", "uniform_soup options are weighting"]),
+    "unknown --method": (["--method", "fisher_merg"], ["--method='fisher_merg'", "Did you mean 'fisher_merge'"]),
+    "--out an existing folder": (["--out", "{tmp}"], ["--out", "existing folder"]),
+    "--csv an existing folder": (["--csv", "{tmp}"], ["--csv", "existing folder"]),
+    "--fisher-rows zero": (["--method", "fisher_merge", "--fisher-rows", "0"], ["--fisher-rows=0", ">= 1"]),
+    "--fisher-rows negative": (["--fisher-rows", "-4"], ["--fisher-rows=-4"]),
+    "--shift-pixels negative": (["--shift-pixels", "-1"], ["--shift-pixels=-1"]),
+    "--shift-noise nan": (["--shift-noise", "nan"], ["--shift-noise=nan", "finite"]),
+    "--shift-noise inf": (["--shift-noise", "inf"], ["--shift-noise=inf", "finite"]),
+    "--fisher-rows not a number": (["--fisher-rows", "many"], ["--fisher-rows", "invalid int value"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MERGE_OPTION_CASES))
+def test_merge_refuses_a_bad_option_before_any_work(case, merge_runs, tmp_path):
+    root, _, _ = merge_runs
+    args, fragments = MERGE_OPTION_CASES[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    before, before_runs = set(tmp_path.rglob("*")), set(root.rglob("*"))
+    proc = _run_module(tmp_path, "sim.merge", [str(root / "r0"), str(root / "r1"), *args])
+    _check_refused(proc, fragments, tmp_path, before)
+    assert set(root.rglob("*")) == before_runs  # no merged_*.safetensors beside r0 either
+
+
+def _report_run(folder, summary=None, metrics="round,test_accuracy,wall_s\n0,0.1,0.0\n1,0.5,1.0\n"):
+    import json
+
+    folder.mkdir(parents=True)
+    summary = {"status": "completed", "config": {"seed": 0, "strategy": {"name": "fedavg"}}} \
+        if summary is None else summary
+    (folder / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
+    if metrics is not None:
+        (folder / "metrics.csv").write_text(metrics)
+    return folder
+
+
+REPORT_CASES = {  # case: (how run 1 of two is broken, file named, fragment)
+    "summary not JSON": ({"summary": '{"status": "compl'}, "summary.json", "readable summary.json"),
+    "summary a list": ({"summary": "[1, 2]"}, "summary.json", "holds a list"),
+    "summary without config": ({"summary": {"status": "completed"}}, "summary.json", "'config'"),
+    "metrics header only": ({"metrics": "round,test_accuracy,wall_s\n"}, "metrics.csv", "only the header"),
+    "metrics empty file": ({"metrics": ""}, "metrics.csv", "readable metrics.csv"),
+    "metrics missing": ({"metrics": None}, "metrics.csv", "missing"),
+    "metrics text in a number cell": ({"metrics": "round,test_accuracy\n0,0.1\n1,high\n"}, "metrics.csv",
+                                      "Line 3 has 'high'"),
+    "metrics text in the round cell": ({"metrics": "round,test_accuracy\n0,0.1\none,0.5\n"}, "metrics.csv",
+                                       "round cells"),
+    "metric never evaluated": ({"metrics": "round,test_accuracy\n0,\n1,\n"}, "metrics.csv", "Every test_accuracy"),
+}
+
+
+@pytest.mark.parametrize("case", [*REPORT_CASES, "empty folder", "folder without runs"])
+def test_report_refuses_a_garbled_run_naming_the_file(case, tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    if case in REPORT_CASES:
+        broken, name, fragment = REPORT_CASES[case]
+        _report_run(root / "0")
+        _report_run(root / "1", **broken)
+        fragments = [f"{name}=", str(root / "1" / name), fragment]
+    else:
+        if case == "folder without runs":
+            (root / "notes.txt").write_text("nothing ran here\n")
+        fragments = ["DIR=", "No summary.json"]
+    before = set(tmp_path.rglob("*"))
+    proc = _run_module(tmp_path, "sim.report", [str(root)])
+    _check_refused(proc, fragments, tmp_path, before)

@@ -51,7 +51,12 @@ def fedadam_cfg(lr: float) -> dict:
 
 
 def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", wall: float = 10.0,
-              x: str = "round") -> Path:
+              x: str = "round", setup: float = 5.0, timing: str = "loop_s") -> Path:
+    """A run whose rounds took ``wall`` seconds and its whole job ``wall + setup``.
+
+    ``timing``: what the run recorded of its loop time: ``loop_s`` (summary.json and metrics.csv, as
+    sim.run writes), ``metrics`` (only metrics.csv's wall_s column) or ``none``.
+    """
     d.mkdir(parents=True)
     n = len(acc)
     metrics = pd.DataFrame({
@@ -62,14 +67,18 @@ def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", w
         "bytes_up": [100] * n, "bytes_down": [100] * n,
         "wall_s": [wall * i / (n - 1) for i in range(n)],
     })
+    if timing == "none":
+        metrics = metrics.drop(columns="wall_s")
     metrics.to_csv(d / "metrics.csv", index=False)
     last = max(i for i, a in enumerate(acc) if not math.isnan(a))
     summary = {
         "status": status,
         "final": {"round": n - 1, "test_accuracy": acc[last], "test_loss": 1 - acc[last]},
         "best": {"test_accuracy": max(a for a in acc if not math.isnan(a)), "round": 0},
-        "wall_s": wall, "config": cfg, "versions": {"python": "3.11"},
+        "wall_s": wall + setup, "config": cfg, "versions": {"python": "3.11"},
     }
+    if timing == "loop_s":
+        summary["loop_s"] = wall
     (d / "summary.json").write_text(json.dumps(summary))
     return d
 
@@ -82,7 +91,8 @@ def multirun(tmp_path: Path) -> Path:
         (fedadam_cfg(0.1), s, FEDADAM[s]) for s in range(3)
     ]
     for i, (strategy, seed, acc) in enumerate(jobs):
-        write_run(root / str(i), config(strategy, seed), acc, wall=10.0 + i)
+        # job 0 of a sweep also pays the process warm-up (imports, first data load)
+        write_run(root / str(i), config(strategy, seed), acc, wall=10.0 + i, setup=30.0 if i == 0 else 1.0)
     write_run(root / "6", config(FEDAVG_CFG, 3), SLOW, status="failed")
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
@@ -108,17 +118,18 @@ def test_multirun_groups_numbers_and_files(multirun: Path, tmp_path: Path, capsy
     g = groups.set_index("strategy")
     finals = {"fedavg": [0.88, 0.90, 0.95], "fedadam": [0.96, 0.93, 0.94]}
     bests = {"fedavg": [0.88, 0.91, 0.95], "fedadam": [0.96, 0.97, 0.94]}
-    for s in finals:
-        assert g.loc[s, "final_acc_mean"] == pytest.approx(statistics.mean(finals[s]))
-        assert g.loc[s, "final_acc_std"] == pytest.approx(statistics.stdev(finals[s]))
+    for s, final in finals.items():
+        assert g.loc[s, "final_acc_mean"] == pytest.approx(statistics.mean(final))
+        assert g.loc[s, "final_acc_std"] == pytest.approx(statistics.stdev(final))
         assert g.loc[s, "best_acc_mean"] == pytest.approx(statistics.mean(bests[s]))
         assert g.loc[s, "best_acc_std"] == pytest.approx(statistics.stdev(bests[s]))
     assert g.loc["fedavg", "final_acc_std"] == pytest.approx(math.sqrt(0.0013))
     assert g.loc["fedavg", "rounds_to_target_mean"] == 3.0  # (4 + 2) / 2, seed 0 never reaches
     assert g.loc["fedadam", "rounds_to_target_mean"] == 2.0  # (1 + 2 + 3) / 3
     assert list(g["reached"]) == ["3/3", "2/3"]
-    assert g.loc["fedavg", "wall_s_mean"] == pytest.approx(11.0)
-    assert g.loc["fedadam", "wall_s_mean"] == pytest.approx(14.0)
+    assert g.loc["fedavg", "loop_s_mean"] == pytest.approx(11.0)  # loop time: job 0's warm-up not charged
+    assert g.loc["fedadam", "loop_s_mean"] == pytest.approx(14.0)
+    assert set(g["loop_s_from"]) == {"summary loop_s"}
 
     runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == 6
@@ -131,7 +142,7 @@ def test_multirun_groups_numbers_and_files(multirun: Path, tmp_path: Path, capsy
     assert set(runs["run_dir"]) == {str(multirun / str(i)) for i in range(6)}
 
     md = (out / "report.md").read_text()
-    assert md in printed
+    assert md in printed and "†" not in md
     assert "| fedavg " in md and "0.9100 ± 0.0361" in md and "2/3" in md
     png = (out / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -144,7 +155,7 @@ def test_labels_when_settings_and_options_differ(multirun: Path, single: Path, t
     out = tmp_path / "rep2"
     assert main([str(multirun), str(single.parent), "--out", str(out)]) == 0
     groups = pd.read_parquet(out / "report.parquet")
-    assert list(zip(groups["strategy"], groups["setting"])) == [
+    assert list(zip(groups["strategy"], groups["setting"], strict=True)) == [
         ("fedadam(server_lr=0.01)", "partition.alpha=0.1"),
         ("fedadam(server_lr=0.1)", "partition.alpha=1"),
         ("fedavg", "partition.alpha=1"),
@@ -157,6 +168,22 @@ def test_labels_when_settings_and_options_differ(multirun: Path, single: Path, t
     md = (out / "report.md").read_text()
     assert "0.7000 ± —" in md and "partition.alpha=0.1" in md
     assert len(pd.read_parquet(out / "runs.parquet")) == 7
+
+
+def test_runs_without_loop_s_fall_back_to_the_loop_clock_then_to_labelled_wall_time(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    write_run(root / "0", config(FEDAVG_CFG, 0), FEDAVG[0], wall=8.0, timing="metrics")
+    write_run(root / "1", config(FEDAVG_CFG, 1), FEDAVG[1], wall=10.0, timing="metrics")
+    write_run(root / "2", config(fedadam_cfg(0.1), 0), FEDADAM[0], wall=6.0, setup=4.0, timing="none")
+    out = tmp_path / "rep"
+    assert main([str(root), "--out", str(out)]) == 0
+    groups = pd.read_parquet(out / "report.parquet").set_index("strategy")
+    assert groups.loc["fedavg", "loop_s_mean"] == pytest.approx(9.0)  # metrics.csv's wall_s: the loop clock
+    assert groups.loc["fedavg", "loop_s_from"] == "metrics.csv wall_s"
+    assert groups.loc["fedadam", "loop_s_mean"] == pytest.approx(10.0)  # whole job: 6 s loop + 4 s setup
+    assert groups.loc["fedadam", "loop_s_from"] == "summary wall_s"
+    md = (out / "report.md").read_text()
+    assert "10.0 †" in md and "9.0 †" not in md and "† whole-job wall time" in md and "loop s (mean)" in md
 
 
 def test_target_metric_default_out_and_time_axis(multirun: Path, tmp_path: Path) -> None:
@@ -206,7 +233,7 @@ def test_errors_exit_2_and_write_nothing(args, fragment, multirun, tmp_path, cap
 def test_module_entry_point(multirun: Path, tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
-                         cwd=root, capture_output=True, text=True, timeout=60)
+                         cwd=root, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2 and res.stderr.startswith("error: DIR=") and res.stdout == ""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from sim.errors import ConfigError
+from sim.validation import boolean, choice, did_you_mean, integer, is_int, number
 
 from .mixing import MIXING_RULES
 
@@ -37,27 +38,12 @@ TOPOLOGIES = tuple(SPECS)
 SINGLE_NODE_OK = ("complete", "star")  # the only builders that make sense with one node
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _int(field: str, value, lo: int, hi: int | None = None, detail: str = "") -> int:
-    if not _is_int(value) or value < lo or (hi is not None and value > hi):
-        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-        raise ConfigError(field, value, allowed, detail)
-    return int(value)
-
-
-def _bool(field: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(field, value, "true or false")
-    return value
+    return integer(field, value, lo, hi, detail=detail)
 
 
 def _prob(field: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(field, value, "a number in [0, 1]")
-    return float(value)
+    return number(field, value, 0, 1)
 
 
 def most_square(n: int) -> tuple[int, int]:
@@ -89,7 +75,7 @@ def _torus_shape(p: dict, n: int) -> None:
 
 def _check_params(name: str, p: dict, n: int) -> None:
     if "time_varying" in p:
-        _bool("topology.time_varying", p["time_varying"])
+        boolean("topology.time_varying", p["time_varying"])
     if "max_tries" in p:
         _int("topology.max_tries", p["max_tries"], 1)
     if name == "torus":
@@ -109,10 +95,9 @@ def _check_params(name: str, p: dict, n: int) -> None:
         elif p["mean_degree"] is None:
             raise ConfigError("topology.p", None, "a number in [0, 1] (or set topology.mean_degree)")
         else:
-            md = p["mean_degree"]
-            if isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 <= md <= n - 1:
-                raise ConfigError("topology.mean_degree", md, f"a number in [0, num_clients - 1 = {n - 1}]")
-            p["edge_p"] = float(md) / (n - 1)
+            md = number("topology.mean_degree", p["mean_degree"], 0, n - 1,
+                        allowed=f"a number in [0, num_clients - 1 = {n - 1}]")
+            p["edge_p"] = md / (n - 1)
     elif name == "small_world":
         _int("topology.k", p["k"], 2, n - 1, f"num_clients is {n}.")
         if p["k"] % 2:
@@ -121,7 +106,7 @@ def _check_params(name: str, p: dict, n: int) -> None:
     elif name == "scale_free":
         _int("topology.m", p["m"], 1, n - 1, f"num_clients is {n}.")
     elif name == "exponential":
-        _bool("topology.one_peer", p["one_peer"])
+        boolean("topology.one_peer", p["one_peer"])
     elif name == "file":
         path = p["path"]
         if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "???"):
@@ -142,22 +127,19 @@ def normalize(topology_cfg, num_nodes: int) -> dict:
     if not isinstance(topology_cfg, Mapping):
         raise ConfigError("topology", topology_cfg, "a mapping of settings with a name")
     given = {str(k): v for k, v in topology_cfg.items()}
-    name = given.get("name")
-    if name not in SPECS:
-        raise ConfigError("topology.name", name, f"one of {', '.join(TOPOLOGIES)}")
-    if not _is_int(num_nodes) or num_nodes < 1:
+    name = choice("topology.name", given.get("name"), TOPOLOGIES)
+    if not is_int(num_nodes) or num_nodes < 1:
         raise ConfigError("num_clients", num_nodes, "an integer >= 1")
     if num_nodes < 2 and name not in SINGLE_NODE_OK:
         raise ConfigError("num_clients", num_nodes, f"at least 2 for topology.name={name}",
                           f"Only {' and '.join(SINGLE_NODE_OK)} accept a single node.")
     defaults = {**COMMON, **SPECS[name]}
-    for key in given:
+    for key, value in given.items():
         if key not in defaults:
-            raise ConfigError(f"topology.{key}", given[key],
-                              f"a key that topology.name={name} takes: {', '.join(defaults)}")
+            raise ConfigError(f"topology.{key}", value, f"a key that topology.name={name} takes: "
+                              f"{', '.join(defaults)}", did_you_mean(key, defaults).strip())
     p = {**defaults, **given}
-    if p["mixing"] not in MIXING_RULES:
-        raise ConfigError("topology.mixing", p["mixing"], f"one of {', '.join(MIXING_RULES)}")
-    _bool("topology.allow_disconnected", p["allow_disconnected"])
+    choice("topology.mixing", p["mixing"], MIXING_RULES)
+    boolean("topology.allow_disconnected", p["allow_disconnected"])
     _check_params(name, p, num_nodes)
     return p

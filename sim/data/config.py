@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import ConfigError
+from ..validation import choice, in_range, is_int, is_number
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "train_classes": None},
@@ -30,6 +32,8 @@ PARTITION_DEFAULTS: dict[str, dict[str, Any]] = {
     "label_mix": {"alpha": 0.1},
     "natural": {},
 }
+# Class counts known without reading the data (synthetic: its num_classes setting).
+KNOWN_CLASSES = {"digits": 10}
 # Sources that know which client owns each row (npz only when the file has client_train).
 NATURAL_SOURCES = ("synthetic", "npz")
 
@@ -38,10 +42,8 @@ def as_dict(cfg: Any) -> dict[str, Any]:
     """A plain dict from a DictConfig or mapping; OmegaConf's ``???`` is kept as the string."""
     if cfg is None:
         return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        DictConfig = ()  # type: ignore[assignment]
+    from omegaconf import DictConfig, OmegaConf
+
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     if not isinstance(cfg, Mapping):
@@ -51,24 +53,17 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 def _with_defaults(cfg: Any, group: str, defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
     values = as_dict(cfg)
-    name = values.get("name")
-    if name not in defaults:
-        raise ConfigError(f"{group}.name", name, "one of " + ", ".join(defaults))
+    name = choice(f"{group}.name", values.get("name"), defaults)
     return {**defaults[name], **values}
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_number(cfg: dict, group: str, key: str, lo: float, allowed: str, *, strict: bool = False,
                   integer: bool = False) -> None:
     v = cfg.get(key)
-    ok = (_is_int(v) if integer else _is_number(v)) and (v > lo if strict else v >= lo)
+    if integer:
+        ok = is_int(v) and in_range(v, lo, None, lo_open=strict)
+    else:
+        ok = is_number(v) and in_range(v, lo, None, lo_open=strict)
     if not ok:
         raise ConfigError(f"{group}.{key}", v, allowed)
 
@@ -76,7 +71,7 @@ def _check_number(cfg: dict, group: str, key: str, lo: float, allowed: str, *, s
 def _check_fractions(ds: dict) -> None:
     for key in ("test_fraction", "val_fraction"):
         v = ds.get(key)
-        if not (_is_number(v) and 0 <= v < 1):
+        if not (is_number(v) and 0 <= v < 1):
             raise ConfigError(f"dataset.{key}", v, "a number in [0, 1)")
     total = ds["test_fraction"] + ds["val_fraction"]
     if total >= 1:
@@ -111,7 +106,7 @@ def _check_npz(ds: dict) -> None:
                           f"No file exists at {os.path.abspath(path)}.")
     shape = ds.get("input_shape")
     if shape is not None and not (isinstance(shape, (list, tuple)) and shape
-                                  and all(_is_int(d) and d >= 1 for d in shape)):
+                                  and all(is_int(d) and d >= 1 for d in shape)):
         raise ConfigError("dataset.input_shape", shape, "null or a list of positive integers, e.g. [1, 28, 28]")
 
 
@@ -133,17 +128,33 @@ def _check_partition(part: dict, dataset_name: str) -> None:
                           f"{' and '.join(NATURAL_SOURCES)} (npz with a client_train array).")
 
 
+def check_train_classes(classes: Any, num_classes: int | None) -> None:
+    """``dataset.train_classes``: null, or labels the data set has (when its class count is known).
+
+    A label the data lack would leave its rows empty and surface later as a misleading error about
+    num_clients (more clients than training rows); it is reported here, naming this field.
+    """
+    if classes is None:
+        return
+    if not (isinstance(classes, (list, tuple)) and classes and all(is_int(c) and c >= 0 for c in classes)):
+        raise ConfigError("dataset.train_classes", classes,
+                          "null (all) or a non-empty list of labels, e.g. [0,1,2,3,4]")
+    if not is_int(num_classes):
+        return  # the class count is only known once the data are loaded
+    missing = sorted({c for c in classes if c >= num_classes})
+    if missing:
+        raise ConfigError("dataset.train_classes", list(classes), f"labels in 0..{num_classes - 1}",
+                          f"The data set has {num_classes} classes; {missing} is not one of them.")
+
+
 def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> tuple[dict, dict]:
     """The two configs as plain dicts with defaults filled in, after every data-free check."""
-    if not _is_int(num_clients) or num_clients <= 0:
+    if not is_int(num_clients) or num_clients <= 0:
         raise ConfigError("num_clients", num_clients, "an integer >= 1")
     ds = _with_defaults(dataset_cfg, "dataset", DATASET_DEFAULTS)
     part = _with_defaults(partition_cfg, "partition", PARTITION_DEFAULTS)
     _check_fractions(ds)
-    classes = ds.get("train_classes")
-    if classes is not None and not (isinstance(classes, (list, tuple)) and classes
-                                    and all(_is_int(c) and c >= 0 for c in classes)):
-        raise ConfigError("dataset.train_classes", classes, "null (all) or a non-empty list of labels, e.g. [0,1,2,3,4]")
+    check_train_classes(ds.get("train_classes"), KNOWN_CLASSES.get(ds["name"]) or ds.get("num_classes"))
     if ds["name"] == "digits" and ds.get("data_seed") is not None:
         _check_number(ds, "dataset", "data_seed", 0, "null or an integer >= 0", integer=True)
     if ds["name"] == "synthetic":

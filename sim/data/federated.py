@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .config import checked_configs
 from .partition import partition_rows
-from .sources import load_pool
+from .sources import Pool, load_pool
 from .types import FederatedData
 
 
@@ -17,11 +18,17 @@ def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
-def keep_classes(pool, classes) -> "Pool":
+def keep_classes(pool: Pool, classes) -> Pool:
     """Training rows of the listed labels only (a source split, e.g. for pre-training);
     validation and test keep every class so the model is scored on the whole task."""
     from dataclasses import replace
 
+    present = set(np.unique(pool.y).tolist())
+    absent = sorted({int(c) for c in classes} - present)
+    if absent:
+        raise ConfigError("dataset.train_classes", list(classes), "labels that the training rows have",
+                          f"No training row of {pool.name} has label {absent}; its labels are "
+                          f"{sorted(present) if len(present) <= 20 else f'{min(present)}..{max(present)}'}.")
     keep = np.isin(pool.y, np.asarray(list(classes)))
     groups = None if pool.groups is None else pool.groups[keep]
     return replace(pool, x=pool.x[keep], y=pool.y[keep], groups=groups)

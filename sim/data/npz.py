@@ -12,11 +12,13 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import ConfigError
 from .sources import Pool, carve_splits
 
 REQUIRED = ("x_train", "y_train")
+MAX_CLASSES = 100_000  # more outputs than any classification data set here needs (ImageNet-21k: 21,841)
 
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
@@ -34,28 +36,66 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
         raise ConfigError("dataset.path", path, allowed, f"Reading it failed: {err}") from None
 
 
+def _is_real(a: np.ndarray) -> bool:
+    return any(np.issubdtype(a.dtype, t) for t in (np.integer, np.floating, np.bool_))
+
+
+def _scalar(value: np.generic) -> str:
+    """A numpy scalar as the user would write it: -1 rather than np.float64(-1.0)."""
+    x = value.item()
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _where(bad: ArrayLike) -> str:
+    """"row 3" (and how many rows in all) for a boolean row mask with at least one True."""
+    rows = np.flatnonzero(bad)
+    more = f" and {len(rows) - 1} other row(s)" if len(rows) > 1 else ""
+    return f"row {int(rows[0])}{more}"
+
+
 def _as_labels(arrays: dict[str, np.ndarray], key: str, path: str) -> np.ndarray:
-    """Integer-valued, non-negative labels as int64 (float files with whole numbers are fine)."""
+    """Whole-number labels in ``[0, MAX_CLASSES)`` as int64 (float files with whole numbers are fine).
+
+    The model gets ``max label + 1`` outputs, so a stray huge label would silently build a giant
+    output layer; labels must be class indices 0..C-1.
+    """
     y = arrays[key].reshape(-1)
-    whole = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_) or (
-        np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y)) and np.all(y == np.round(y))))
-    if not whole:
-        raise ConfigError("dataset.path", path, f"integer class labels in {key}",
-                          f"{key} has dtype {y.dtype} with values that are not whole numbers.")
-    y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise ConfigError("dataset.path", path, f"class labels >= 0 in {key}",
-                          f"{key} contains {int(y.min())}.")
-    return y
+    if not _is_real(y):
+        raise ConfigError("dataset.path", path, f"integer class labels in {key}", f"Array {key} has dtype {y.dtype}.")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ConfigError("dataset.path", path, f"integer class labels in {key}",
+                              f"Array {key} holds {_scalar(y[i])} at {_where(bad)}, which is not a whole number.")
+    for bad, allowed in ((y < 0, f"class labels >= 0 in {key}"),
+                         (y >= MAX_CLASSES, f"class labels below {MAX_CLASSES} in {key}")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ConfigError("dataset.path", path, allowed,
+                              f"Array {key} holds {_scalar(y[i])} at {_where(bad)}. Labels are class indices "
+                              "(the model gets max label + 1 outputs); map other ids with "
+                              "np.unique(y, return_inverse=True).")
+    return y.astype(np.int64)
 
 
 def _as_features(arrays: dict[str, np.ndarray], key: str, path: str) -> np.ndarray:
+    """Finite float32 rows: a NaN or Inf input would only show up later, as a diverged training run."""
     x = arrays[key]
-    if not (np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)):
-        raise ConfigError("dataset.path", path, f"a numeric array in {key}", f"{key} has dtype {x.dtype}.")
+    if not _is_real(x):
+        raise ConfigError("dataset.path", path, f"a numeric (real) array in {key}", f"Array {key} has dtype {x.dtype}.")
     if x.ndim == 0:
-        raise ConfigError("dataset.path", path, f"an array with one row per example in {key}", f"{key} is a scalar.")
-    return x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float32)
+        raise ConfigError("dataset.path", path, f"an array with one row per example in {key}",
+                          f"Array {key} is a scalar.")
+    with np.errstate(over="ignore"):  # values beyond float32 become Inf, reported just below
+        flat = x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float32)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = "NaN" if np.isnan(flat[i]).any() else "Inf (or a value beyond float32's range)"
+        raise ConfigError("dataset.path", path, f"finite features in {key}",
+                          f"Array {key} holds {what} at {_where(bad)}.")
+    return flat
 
 
 def _client_index(arrays: dict[str, np.ndarray], path: str) -> np.ndarray | None:
@@ -82,7 +122,7 @@ def _check_keys(arrays: dict[str, np.ndarray], path: str) -> None:
                           f"The file has {have} but no {lack}.")
 
 
-def _check_lengths(path: str, **arrays: np.ndarray) -> None:
+def _check_lengths(path: str, **arrays: np.ndarray | None) -> None:
     lengths = {k: len(v) for k, v in arrays.items() if v is not None}
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{k} has {n} rows" for k, n in lengths.items())

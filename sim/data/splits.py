@@ -8,12 +8,13 @@ the split is vectorized (100k clients cost one sort, not a Python loop) and repr
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Guards floor(fraction * n) against 0.29 * 100 == 28.999999999999996.
 _EPS = 1e-9
 
 
-def floor_quota(fraction: float, counts: np.ndarray) -> np.ndarray:
+def floor_quota(fraction: float, counts: ArrayLike) -> np.ndarray:
     """``floor(fraction * count)`` per group: with fraction < 1 every group keeps at least one row."""
     return np.floor(fraction * np.asarray(counts, dtype=np.float64) + _EPS).astype(np.int64)
 

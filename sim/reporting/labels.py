@@ -95,7 +95,7 @@ def differing_keys(flats: list[dict[str, object]]) -> list[str]:
 
 def _label(flat: dict[str, object], keys: list[str]) -> tuple[str, tuple]:
     values = [flat.get(k, MISSING) for k in keys]
-    label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, values))
+    label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, values, strict=True))
     return label, tuple(_sort_value(v) for v in values)
 
 

@@ -44,10 +44,10 @@ def plot_comparison(
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     for ax in axes[len(setting_order):]:
         ax.set_visible(False)
-    for ax, setting in zip(axes, setting_order):
+    for ax, setting in zip(axes[: len(setting_order)], setting_order, strict=True):
         for strategy in strategy_order:
             members = [
-                r for r, s, t in zip(runs, settings, strategies) if (s, t) == (setting, strategy)
+                r for r, s, t in zip(runs, settings, strategies, strict=True) if (s, t) == (setting, strategy)
             ]
             points = [curve(r, metric) for r in members]
             data = [(c["x"].to_numpy(float), c["y"].to_numpy(float)) for c in points if len(c)]

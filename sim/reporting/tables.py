@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -10,17 +11,24 @@ from sim.reporting.labels import setting_labels, strategy_labels
 from sim.reporting.runs import Run, curve
 
 RUN_COLUMNS = [
-    "strategy", "setting", "seed", "final_acc", "best_acc", "rounds_to_target", "wall_s", "run_dir",
+    "strategy", "setting", "seed", "final_acc", "best_acc", "rounds_to_target", "loop_s", "loop_s_from",
+    "run_dir",
 ]
 GROUP_COLUMNS = [
     "strategy", "setting", "runs", "final_acc_mean", "final_acc_std", "best_acc_mean",
-    "best_acc_std", "rounds_to_target_mean", "reached", "wall_s_mean",
+    "best_acc_std", "rounds_to_target_mean", "reached", "loop_s_mean", "loop_s_from",
 ]
+# Where a run's time comes from, best first. summary.json's loop_s and metrics.csv's wall_s column are
+# the same clock (started when the rounds start); summary.json's wall_s also counts data loading, model
+# and backend setup, and in a sweep the process warm-up that only its first job pays.
+LOOP_SOURCES = ("summary loop_s", "metrics.csv wall_s")
+WHOLE_JOB = "summary wall_s"
 
 
-def _float(v: object) -> float:
+def _float(v: Any) -> float:
+    """Any summary or CSV value as a float; NaN for what is no number (None, text)."""
     try:
-        return float(v)  # type: ignore[arg-type]
+        return float(v)
     except (TypeError, ValueError):
         return math.nan
 
@@ -30,12 +38,10 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
     configs = [r.config for r in runs]
     settings, strategies = setting_labels(configs), strategy_labels(configs)
     rows, keys = [], []
-    for run, (setting, skey), (strategy, tkey) in zip(runs, settings, strategies):
+    for run, (setting, skey), (strategy, tkey) in zip(runs, settings, strategies, strict=True):
         c = curve(run, metric)
         reached = c[c["y"] >= target]
-        wall = _float(run.summary.get("wall_s"))
-        if math.isnan(wall) and "wall_s" in run.metrics.columns:
-            wall = _float(pd.to_numeric(run.metrics["wall_s"], errors="coerce").max())
+        seconds, source = loop_seconds(run)
         seed = run.config.get("seed")
         rows.append({
             "strategy": strategy,
@@ -44,7 +50,8 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
             "final_acc": float(c["y"].iloc[-1]) if len(c) else math.nan,
             "best_acc": float(c["y"].max()) if len(c) else math.nan,
             "rounds_to_target": float(reached["x"].iloc[0]) if len(reached) else math.nan,
-            "wall_s": wall,
+            "loop_s": seconds,
+            "loop_s_from": source,
             "run_dir": str(run.path),
         })
         keys.append((skey, tkey, seed if isinstance(seed, int) else math.inf, str(run.path)))
@@ -52,6 +59,19 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
     df = pd.DataFrame([rows[i] for i in order], columns=RUN_COLUMNS)
     df["seed"] = df["seed"].astype("Int64")
     return df
+
+
+def loop_seconds(run: Run) -> tuple[float, str]:
+    """(seconds the rounds took, where that figure comes from); NaN when the run recorded no time."""
+    candidates = (
+        run.summary.get("loop_s"),
+        pd.to_numeric(run.metrics["wall_s"], errors="coerce").max() if "wall_s" in run.metrics.columns else None,
+        run.summary.get("wall_s"),
+    )
+    for value, source in zip(candidates, (*LOOP_SOURCES, WHOLE_JOB), strict=True):
+        if not math.isnan(seconds := _float(value)):
+            return seconds, source
+    return math.nan, ""
 
 
 def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +89,8 @@ def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
             "best_acc_std": g["best_acc"].std(ddof=1),
             "rounds_to_target_mean": hit.mean() if len(hit) else math.nan,
             "reached": f"{len(hit)}/{len(g)}",
-            "wall_s_mean": g["wall_s"].mean(),
+            "loop_s_mean": g["loop_s"].mean(),
+            "loop_s_from": WHOLE_JOB if (g["loop_s_from"] == WHOLE_JOB).any() else g["loop_s_from"].iloc[0],
         })
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
@@ -90,13 +111,14 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
     """A padded GitHub markdown table; accuracies to 4 decimals as mean ± std (ddof=1)."""
     to_target = "rounds" if x == "round" else x
     header = ["strategy", "setting", "runs", f"final {metric}", f"best {metric}",
-              f"{to_target} to ≥ {target:g} (mean)", "reached", "wall s (mean)"]
+              f"{to_target} to ≥ {target:g} (mean)", "reached", "loop s (mean)"]
     right = [False, False, True, True, True, True, True, True]
     body = [
         [
             _cell(r.strategy), _cell(r.setting), str(r.runs),
             _pm(r.final_acc_mean, r.final_acc_std), _pm(r.best_acc_mean, r.best_acc_std),
-            _num(r.rounds_to_target_mean, 1), r.reached, _num(r.wall_s_mean, 1),
+            _num(r.rounds_to_target_mean, 1), r.reached,
+            _num(r.loop_s_mean, 1) + (" †" if r.loop_s_from == WHOLE_JOB else ""),
         ]
         for r in groups.itertuples(index=False)
     ]
@@ -104,12 +126,16 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
     widths = [max(w, 3) for w in widths]
 
     def line(cells: list[str]) -> str:
-        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
         return "| " + " | ".join(padded) + " |"
 
-    rules = [("-" * (w - 1) + ":") if r else "-" * w for w, r in zip(widths, right)]
+    rules = [("-" * (w - 1) + ":") if r else "-" * w for w, r in zip(widths, right, strict=True)]
     rule = "| " + " | ".join(rules) + " |"
-    return "\n".join([line(header), rule, *(line(row) for row in body)]) + "\n"
+    table = "\n".join([line(header), rule, *(line(row) for row in body)]) + "\n"
+    if (groups["loop_s_from"] == WHOLE_JOB).any():
+        table += ("\n† whole-job wall time (setup and process warm-up included): these runs' summary.json has "
+                  "no loop_s and their metrics.csv no wall_s column.\n")
+    return table
 
 
 def x_axis_name(runs: list[Run]) -> str:
@@ -117,4 +143,4 @@ def x_axis_name(runs: list[Run]) -> str:
     return names[0] if len(names) == 1 else " / ".join(names)
 
 
-__all__ = ["runs_table", "group_table", "to_markdown", "x_axis_name"]
+__all__ = ["group_table", "runs_table", "to_markdown", "x_axis_name"]
