@@ -75,7 +75,7 @@ def train_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor,
     cfg = train_config(config, cfg)
     server_round = int(config.get("server-round", 0))
     result = local_train(model, layout, params, x, y, cfg, torch_generator(seed, "train", server_round, client))
-    metrics = {"num-examples": result.num_samples, "train-steps": result.steps}
+    metrics: dict[str, int | float] = {"num-examples": result.num_samples, "train-steps": result.steps}
     if result.steps:
         metrics["train-loss"] = result.loss
     content = RecordDict({"arrays": to_arrayrecord(layout, result.params), "metrics": MetricRecord(metrics)})
@@ -96,7 +96,7 @@ def evaluate_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tens
                    arrayrecord_key: str = "arrays") -> Message:
     """Score the received model on ``(x, y)``: ``num-examples``, ``accuracy`` and ``loss``."""
     params = received_model(msg, layout, arrayrecord_key)
-    metrics = {"num-examples": int(len(y))}
+    metrics: dict[str, int | float] = {"num-examples": int(len(y))}
     if len(y):
         acc, loss = evaluate(model, layout, params, x, y)
         metrics.update(accuracy=float(acc), loss=float(loss))
@@ -116,10 +116,13 @@ def cached_experiment(overrides: tuple[str, ...]):
     from hydra import compose, initialize_config_module
 
     from .experiment import build_experiment
+    from .threads import configure_for_experiment
 
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
-    return build_experiment(cfg)
+    exp = build_experiment(cfg)
+    configure_for_experiment(exp)  # torch's threads as in a simulator run (sim/threads.py)
+    return exp
 
 
 def model_message(layout: Layout, params: torch.Tensor, config: dict | None = None, *, node_id: int = 1,

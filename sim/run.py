@@ -25,6 +25,7 @@ from .experiment import build_experiment, resolved_config
 from .federated import run_federated
 from .gossip import run_gossip
 from .results import MetricsLog, plot_accuracy, write_json
+from .threads import configure_for_experiment, configure_threads
 
 log = logging.getLogger("sim")
 
@@ -51,7 +52,10 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     """Build, run and record one experiment; returns the summary written to summary.json."""
     out = Path(out_dir)
     t0 = time.perf_counter()
+    # torch's threads (sim/threads.py): one while the data and model are built, then the run's own count
+    configure_threads(cfg.get("backend", {}).get("num_threads"), 1, 1)
     exp = build_experiment(cfg)  # raises ConfigError before any result file exists
+    threads = configure_for_experiment(exp)
     setup_s = time.perf_counter() - t0
     show = bool(cfg.get("progress", True)) if progress is None else progress
     label = f"{exp.strategy.name} seed={cfg.seed}"
@@ -62,7 +66,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     metrics = MetricsLog(out / "metrics.csv")
     summary: dict[str, Any] = {
         "status": "running", "strategy": exp.strategy.name, "seed": int(cfg.seed),
-        "num_parameters": exp.layout.size, "backend": exp.backend.name, "config": resolved_config(cfg), "versions": package_versions(),
+        "num_parameters": exp.layout.size, "backend": exp.backend.name, "threads": threads.as_dict(),
+        "config": resolved_config(cfg), "versions": package_versions(),
     }
     if gossip:
         summary["topology"] = exp.topology.summary()
@@ -78,6 +83,9 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     chosen = getattr(exp.backend, "chosen", None)  # backend=auto says which backend it picked
     if chosen is not None:
         summary["backend"] = f"auto: {chosen.name}"
+    actor_threads = getattr(exp.backend, "actor_threads", None)  # backend=ray: torch threads in each actor
+    if actor_threads is not None:
+        summary["threads"]["actor"] = actor_threads
     try:
         if gossip:
             node_params = run_gossip(exp, metrics, on_round)

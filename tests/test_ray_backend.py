@@ -7,7 +7,9 @@ backend must use it as it is and never shut it down. The cluster test starts its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -26,14 +28,15 @@ import torch
 
 pytest.importorskip("ray")
 
-from sim.backends import SequentialBackend, build_backend  # noqa: E402
-from sim.backends.ray_backend import RayBackend  # noqa: E402
-from sim.backends.ray_chunks import balanced_chunks, client_costs  # noqa: E402
-from sim.backends.ray_cluster import pool_size  # noqa: E402
-from sim.errors import ConfigError, RunError  # noqa: E402
-from sim.experiment import build_experiment, validate_config  # noqa: E402
-from sim.run import run_experiment  # noqa: E402
-from sim.training import TrainConfig, batch_schedule  # noqa: E402
+from sim.backends import SequentialBackend, build_backend
+from sim.backends.ray_backend import RayBackend
+from sim.backends.ray_chunks import balanced_chunks, client_costs
+from sim.backends.ray_cluster import pool_size
+from sim.errors import ConfigError, RunError
+from sim.experiment import build_experiment, validate_config
+from sim.run import run_experiment
+from sim.threads import usable_cores
+from sim.training import TrainConfig, batch_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ("num_clients=8", "model.hidden=[16]", "rounds=3", "partition=dirichlet", "partition.alpha=0.3")
@@ -149,6 +152,11 @@ class TestOnePool:
         single = ray_backend.train(ids[:1], exp.initial_params, 1)  # at most driver_max_clients: in the driver
         assert torch.allclose(single.params, seq.train(ids[:1], exp.initial_params, 1).params)
 
+    def test_actors_take_the_runs_thread_rule(self, pool, ray_session):
+        _, _, backend = pool
+        assert backend.actor_threads == 1  # a small model, 1 CPU per actor: one thread
+        assert [i["threads"] for i in ray_session.get([a.ready.remote() for a in backend.actors])] == [1, 1]
+
     def test_retries_are_bounded(self, pool, ray_session, monkeypatch):
         exp, _, backend = pool
         monkeypatch.setattr(backend, "max_retries", 0)
@@ -183,12 +191,15 @@ def test_aggregation_on_a_worker_falls_back_to_the_cpu_and_equals_the_driver(mak
     run = (*SMALL, "strategy=fedadam", "participation.clients_per_round=5")  # a rule with server state
     driver = run_metrics(make_cfg, tmp_path / "driver", *run, "backend=sequential")
     exp = build_experiment(make_cfg(*run, "backend=ray", "backend.aggregate_on=worker", "backend.device=auto",
-                                    "backend.num_cpus=2"))
+                                    "backend.num_cpus=2", "backend.num_threads=2"))
     assert isinstance(exp.backend, RayBackend)
     exp.backend.setup(exp.setup)
     try:
         assert len(exp.backend.actors) == 1  # 2 CPUs per actor on a 2-CPU Ray
-        assert ray_session.get(exp.backend.aggregator.ready.remote())["device"] == "cpu"  # no GPU here
+        aggregator = ray_session.get(exp.backend.aggregator.ready.remote())
+        assert aggregator["device"] == "cpu"  # no GPU here
+        # backend.num_threads reaches every actor (their environment says OMP_NUM_THREADS=1)
+        assert ray_session.get(exp.backend.actors[0].ready.remote())["threads"] == 2 == aggregator["threads"]
         from sim.federated import run_federated
         from sim.results import MetricsLog
 
@@ -240,49 +251,97 @@ def _processes_of(group: int, marker: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-def test_runs_on_an_existing_cluster_by_address(make_cfg, tmp_path):
-    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
+@contextlib.contextmanager
+def separate_head(env: dict[str, str] | None = None):
+    """A Ray head of its own (1 CPU, 127.0.0.1), started by ``ray start`` in a process group of its own;
+    yields (GCS port, its temp root). Stops exactly that group and whatever else ran under its temp root
+    (never `ray stop`, which would stop every Ray of this user). Its temp dir is ``ROOT/ray``, so a
+    process with ``RAY_TMPDIR=ROOT`` finds the head's ``ray_current_cluster`` file as a plain
+    ``ray.init()`` finds that of a ``ray start`` in /tmp/ray."""
+    root = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, client, agent, agent_grpc, metrics, env_agent = (free_port() for _ in range(6))
     head = subprocess.Popen(
         ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats",
+         "--include-dashboard=false", f"--temp-dir={root}/ray", "--block", "--disable-usage-stats",
          f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
          f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={env_agent}"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    left: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-                time.sleep(0.2)
-        run = ("num_clients=6", "model.hidden=[8]", "rounds=2", "participation.clients_per_round=4")
-        result = subprocess.run(
-            [sys.executable, "-m", "sim", "progress=false", *run, "backend=ray", f"backend.address=127.0.0.1:{port}",
-             f"hydra.run.dir={tmp_path / 'cluster'}"],
-            cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-3000:]
+        deadline = time.monotonic() + 90
+        recorded = Path(root) / "ray" / "ray_current_cluster"  # written once the head is completely up
+        while not recorded.is_file():
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.2)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        yield port, root
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started (never `ray stop`)
+        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         deadline = time.monotonic() + 20
-        while _processes_of(head.pid, temp_dir) and time.monotonic() < deadline:
+        while _processes_of(head.pid, root) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = _processes_of(head.pid, temp_dir)
+        left = _processes_of(head.pid, root)
         for line in left:
             os.kill(int(line.split()[0]), signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     assert not left, left
+
+
+def run_cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sim", "progress=false", *overrides, f"hydra.run.dir={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+                          check=False)
+
+
+@pytest.mark.slow
+def test_runs_on_an_existing_cluster_by_address(make_cfg, tmp_path):
+    run = ("num_clients=6", "model.hidden=[8]", "rounds=2", "participation.clients_per_round=4")
+    with separate_head() as (port, _):
+        result = run_cli(tmp_path / "cluster", *run, "backend=ray", f"backend.address=127.0.0.1:{port}")
+        assert result.returncode == 0, result.stderr[-3000:]
     seq = run_metrics(make_cfg, tmp_path / "seq", *run, "backend=sequential")
     assert_same_metrics(seq, pd.read_csv(tmp_path / "cluster" / "metrics.csv"))
+
+
+NULL_RUN = ("num_clients=6", "model.hidden=[8]", "rounds=2", "participation.clients_per_round=4", "backend=ray")
+
+
+def _assert_own_local_ray(result: subprocess.CompletedProcess, out: Path) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    cores = usable_cores()
+    if cores > 1:  # the head has 1 CPU, so its pool would be one actor; a Ray of our own has one per core
+        assert f"ray backend: {cores} training actor(s)" in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_address_null_starts_its_own_ray_while_another_runs(tmp_path):
+    with separate_head() as (_, root):
+        # root/ray/ray_current_cluster names the head: a plain ray.init() with RAY_TMPDIR=root would join it
+        result = run_cli(tmp_path / "run", *NULL_RUN, env={"RAY_TMPDIR": root})
+        _assert_own_local_ray(result, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_address_null_ignores_a_stale_session_file(tmp_path):
+    root = tempfile.mkdtemp(prefix="gsray", dir="/tmp")
+    try:
+        (Path(root) / "ray").mkdir()
+        (Path(root) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # a head long gone
+        result = run_cli(tmp_path / "run", *NULL_RUN, env={"RAY_TMPDIR": root})
+        _assert_own_local_ray(result, tmp_path / "run")
+    finally:
+        left = _processes_of(-1, root)
+        for line in left:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not left, left
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -312,11 +371,13 @@ def test_an_unreachable_address_is_a_config_error_at_once(make_cfg, address):
 @pytest.mark.slow
 def test_an_unreachable_address_exits_2_within_30_s():
     t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "sim", "backend=ray", f"backend.address=ray://127.0.0.1:{free_port()}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    port = free_port()
+    result = subprocess.run([sys.executable, "-m", "sim", "backend=ray", f"backend.address=ray://127.0.0.1:{port}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert time.monotonic() - t0 < 30
     assert result.returncode == 2
     assert "backend.address" in result.stderr and "Traceback" not in result.stderr
+    assert f"connection refused at 127.0.0.1:{port}" in result.stderr and "is not allowed" not in result.stderr
 
 
 def test_gpus_asked_where_there_are_none(make_cfg, ray_session, monkeypatch):
@@ -344,7 +405,7 @@ def test_gpus_asked_where_there_are_none(make_cfg, ray_session, monkeypatch):
     ("backend.num_actors=0", "backend.num_actors"), ("backend.num_cpus=0", "backend.num_cpus"),
     ("backend.num_gpus=-1", "backend.num_gpus"), ("backend.aggregate_on=gpu", "backend.aggregate_on"),
     ("backend.device=tpu", "backend.device"), ("backend.max_retries=-1", "backend.max_retries"),
-    ("backend.inner=ray", "backend.inner"), ("+backend.colour=red", "backend"),
+    ("backend.inner=ray", "backend.inner"), ("+backend.colour=red", "backend.colour"),
 ])
 def test_bad_options_name_their_field(make_cfg, override, field):
     with pytest.raises(ConfigError) as info:

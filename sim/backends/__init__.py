@@ -1,15 +1,18 @@
 """Backends run local training for many clients; the loops never train clients themselves."""
 
+from collections.abc import Callable
+
 from sim.errors import ConfigError
 
-from .base import Backend, ClientBatch, TrainingSetup, aggregate_on_backend
 from .auto import AutoBackend
+from .base import Backend, ClientBatch, TrainingSetup, aggregate_on_backend
 from .ray_lazy import make_ray_backend  # imports Ray only when backend=ray is built
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
 
-BACKENDS = {"auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend,
-            "ray": make_ray_backend}
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend, "ray": make_ray_backend,
+}
 
 
 def build_backend(backend_cfg) -> Backend:
@@ -23,4 +26,5 @@ def build_backend(backend_cfg) -> Backend:
         raise ConfigError("backend", name, "options that this backend accepts", str(exc)) from None
 
 
-__all__ = ["AutoBackend", "Backend", "ClientBatch", "TrainingSetup", "SequentialBackend", "VectorizedBackend", "BACKENDS", "build_backend", "aggregate_on_backend"]
+__all__ = ["BACKENDS", "AutoBackend", "Backend", "ClientBatch", "SequentialBackend", "TrainingSetup",
+           "VectorizedBackend", "aggregate_on_backend", "build_backend"]

@@ -5,7 +5,8 @@ once, at creation (an object reference that Ray resolves to zero-copy numpy arra
 shared memory), builds the same :class:`TrainingSetup` the driver has and trains every chunk of
 clients it is sent with an in-process backend (``backend.inner``: ``auto`` by default, i.e. the
 vectorized backend unless the model has BatchNorm). Both draw every client's batches as the
-sequential reference does, which is why the ray backend's numbers equal the sequential ones. Models come and go as numpy arrays, which Ray moves without pickling their contents.
+sequential reference does, which is why the ray backend's numbers equal the sequential ones. Models
+come and go as numpy arrays, which Ray moves without pickling their contents.
 
 The :class:`AggregatorActor` runs ``strategy.aggregate`` away from the driver, on a GPU when it was
 given one. Strategies are written for CPU tensors; inside ``torch.device("cuda")`` their own
@@ -75,16 +76,19 @@ class TrainingActor:
     """Trains chunks of clients; one task per round. Dies for good when killed (the driver replaces it)."""
 
     def __init__(self, payload: dict[str, Any], inner: str, num_threads: int, device: str, noop: bool):
-        torch.set_num_threads(int(num_threads))
         from sim.backends import build_backend
+        from sim.threads import configure_threads
 
+        # the driver chose the count (sim.threads' rule for this model and the actor's CPUs); apply it here
+        configure_threads(num_threads, payload["layout"].size, payload["train"].batch_size)
         self.device = pick_device(device)
         self.noop = noop
         self.backend = build_backend({"name": inner})
         self.backend.setup(_setup_from_payload(payload, self.device))
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address()}
+        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address(),
+                "threads": torch.get_num_threads()}
 
     def train(self, ids: list[int], start: np.ndarray, rounds, needs: frozenset[str]):
         """``start``: ``[P]`` shared by all or ``[k, P]``; returns (params [k, P], losses [k], extras, seconds)."""
@@ -121,7 +125,7 @@ def assemble(chunks: tuple, positions: list[list[int]] | None) -> torch.Tensor:
     total = sum(len(p) for p in positions)
     first = chunks[0][0]
     out = torch.empty((total, first.shape[1]), dtype=shared_tensor(first).dtype)
-    for chunk, pos in zip(chunks, positions):
+    for chunk, pos in zip(chunks, positions, strict=True):
         out[torch.as_tensor(pos, dtype=torch.long)] = shared_tensor(chunk[0])
     return out
 
@@ -131,12 +135,15 @@ class AggregatorActor:
     """Runs ``strategy.aggregate`` on its device; the models arrive as the training actors' object refs."""
 
     def __init__(self, num_threads: int, device: str):
-        torch.set_num_threads(int(num_threads))
+        from sim.threads import configure_threads
+
+        configure_threads(num_threads, 1, 1)  # an explicit count: the model's size plays no part
         self.device = pick_device(device)
         self.cpu_only: set[str] = set()  # strategies that failed on the GPU and now run on the CPU
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address()}
+        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address(),
+                "threads": torch.get_num_threads()}
 
     def aggregate(self, strategy, info, state, positions, *chunks):
         params = assemble(chunks, positions)

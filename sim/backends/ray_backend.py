@@ -9,7 +9,8 @@ Per round (``train``): the round's K clients are split over the actors in chunks
 object store once and every task gets its reference; a gossip round sends each actor the start
 models of its own nodes. Every driver-side step is O(K), so the cost follows the clients trained, not
 the clients that exist. Each actor trains its chunk with a local backend (``backend.inner``: auto,
-i.e. vectorized unless the model has BatchNorm, or sequential / vectorized), drawing client k's batches from ``torch_generator(seed, "train", round, k)``,
+i.e. vectorized unless the model has BatchNorm, or sequential / vectorized), drawing client k's
+batches from ``torch_generator(seed, "train", round, k)``,
 so results equal ``backend=sequential`` to float tolerance whatever the chunking.
 
 Faults: when an actor dies during a round (killed, out of memory, its node lost), its chunk is
@@ -25,6 +26,7 @@ merging also stays in the driver; FL aggregation runs there too unless ``aggrega
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,10 +35,12 @@ import ray
 import torch
 
 from sim.errors import ConfigError, GossipsoupError, RunError
+from sim.threads import check_num_threads, choose_threads, usable_cores
+from sim.validation import boolean, choice, integer, number, optional_integer
 
 from . import ray_cluster
 from .base import ClientBatch, TrainingSetup, check_needs, client_rounds
-from .ray_actors import AggregatorActor, TrainingActor, shared_tensor, setup_payload
+from .ray_actors import AggregatorActor, TrainingActor, setup_payload, shared_tensor
 from .ray_chunks import balanced_chunks, client_costs
 from .sequential import SequentialBackend
 
@@ -49,27 +53,6 @@ INNER = ("sequential", "vectorized", "auto")
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
 #: the aggregator's GPU share when aggregate_on=worker, the cluster has GPUs and aggregator_num_gpus is null
 DEFAULT_AGGREGATOR_GPUS = 0.1
-
-
-def _number(field: str, value: Any, minimum: float, strict: bool, allowed: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > minimum if strict else value >= minimum)
-    if not ok:
-        raise ConfigError(f"backend.{field}", value, allowed)
-    return float(value)
-
-
-def _integer(field: str, value: Any, minimum: int, allow_null: bool = False) -> int | None:
-    if value is None and allow_null:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"backend.{field}", value, f"{'null or ' if allow_null else ''}an integer >= {minimum}")
-    return value
-
-
-def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"backend.{field}", value, f"one of {', '.join(allowed)}")
-    return value
 
 
 @dataclass
@@ -92,31 +75,34 @@ class RayBackend:
     after_submit = None
 
     def __init__(self, address: str | None = None, num_actors: int | None = None, num_cpus: float = 1,
-                 num_gpus: float = 0, num_threads: int = 1, device: str = "auto", aggregate_on: str = "driver",
+                 num_gpus: float = 0, num_threads: int | None = None, device: str = "auto",
+                 aggregate_on: str = "driver",
                  aggregator_num_gpus: float | None = None, max_retries: int = 3, driver_max_clients: int = 1,
                  inner: str = "auto", start_timeout_s: float = 300, runtime_env: Any = None,
                  noop_train: bool = False):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigError("backend.address", address, ray_cluster.ADDRESS_HELP)
-        self.num_actors = _integer("num_actors", num_actors, 1, allow_null=True)
-        self.num_cpus = _number("num_cpus", num_cpus, 0, True, "a number > 0 (CPUs per actor)")
-        self.num_gpus = _number("num_gpus", num_gpus, 0, False, "a number >= 0 (GPUs per actor; 0.25 shares one GPU by four)")
-        self.num_threads = _integer("num_threads", num_threads, 1)
-        self.device = _choice("device", device, DEVICES)
-        self.aggregate_on = _choice("aggregate_on", aggregate_on, AGGREGATE_ON)
-        self.aggregator_num_gpus = None if aggregator_num_gpus is None else _number(
-            "aggregator_num_gpus", aggregator_num_gpus, 0, False, "null or a number >= 0")
-        self.max_retries = _integer("max_retries", max_retries, 0)
-        self.driver_max_clients = _integer("driver_max_clients", driver_max_clients, 0)
-        self.inner = _choice("inner", inner, INNER)
-        self.start_timeout_s = _number("start_timeout_s", start_timeout_s, 0, True, "a number of seconds > 0")
-        if not isinstance(noop_train, bool):
-            raise ConfigError("backend.noop_train", noop_train, "true or false")
-        self.noop_train = noop_train
+        self.num_actors = optional_integer("backend.num_actors", num_actors, 1, "as many as the cluster holds")
+        self.num_cpus = number("backend.num_cpus", num_cpus, 0, lo_open=True,
+                               allowed="a finite number > 0 (CPUs per actor)")
+        self.num_gpus = number("backend.num_gpus", num_gpus, 0,
+                               allowed="a finite number >= 0 (GPUs per actor; 0.25 shares one GPU by four)")
+        self.num_threads = check_num_threads(num_threads)
+        self.device = choice("backend.device", device, DEVICES)
+        self.aggregate_on = choice("backend.aggregate_on", aggregate_on, AGGREGATE_ON)
+        self.aggregator_num_gpus = None if aggregator_num_gpus is None else number(
+            "backend.aggregator_num_gpus", aggregator_num_gpus, 0, allowed="null or a finite number >= 0")
+        self.max_retries = integer("backend.max_retries", max_retries, 0)
+        self.driver_max_clients = integer("backend.driver_max_clients", driver_max_clients, 0)
+        self.inner = choice("backend.inner", inner, INNER)
+        self.start_timeout_s = number("backend.start_timeout_s", start_timeout_s, 0, lo_open=True,
+                                      allowed="a finite number of seconds > 0")
+        self.noop_train = boolean("backend.noop_train", noop_train)
         if runtime_env is not None:
             from omegaconf import DictConfig, OmegaConf
 
-            runtime_env = OmegaConf.to_container(runtime_env, resolve=True) if isinstance(runtime_env, DictConfig) else runtime_env
+            if isinstance(runtime_env, DictConfig):
+                runtime_env = OmegaConf.to_container(runtime_env, resolve=True)
             if not isinstance(runtime_env, dict):
                 raise ConfigError("backend.runtime_env", runtime_env, "null or a mapping (Ray's runtime_env)")
         self.runtime_env = runtime_env
@@ -127,11 +113,13 @@ class RayBackend:
         self.address = address.strip() if address else None
         if self.address is not None:
             ray_cluster.probe_address(self.address)
-        elif not ray.is_initialized() and (self.num_gpus > 0 or self.device == "cuda") and not torch.cuda.is_available():
+        elif (not ray.is_initialized() and (self.num_gpus > 0 or self.device == "cuda")
+              and not torch.cuda.is_available()):
             # we would start Ray on this machine, and it has no GPU torch can use: say so before any work
-            ray_cluster.check_gpus({"CPU": 0.0}, self.num_gpus, self.device)
+            ray_cluster.check_gpus({"CPU": float(usable_cores())}, self.num_gpus, self.device, where="this machine")
         self.actors: list[Any] = []
-        self.aggregator = None
+        self.actor_threads: int | None = None  # decided at setup, from the model and backend.num_cpus
+        self.aggregator: Any | None = None  # the aggregator actor's handle with aggregate_on=worker
         self._started = False
         self._setup: TrainingSetup | None = None
         self._local = SequentialBackend()
@@ -156,6 +144,9 @@ class RayBackend:
         size = ray_cluster.pool_size(self.num_actors, self.num_cpus, self.num_gpus, resources, self._agg_gpus)
         self._setup = setup
         self._local.setup(setup)
+        # each actor's torch threads: the run's rule (sim.threads) with the CPUs the actor reserves as its cores
+        self.actor_threads = choose_threads(self.num_threads, setup.layout.size, setup.train.batch_size,
+                                            cores=max(1, math.floor(self.num_cpus)))[0]
         self._costs = torch.tensor(client_costs(setup.data.client_sizes, setup.train), dtype=torch.long)
         self._sizes = setup.data.client_sizes
         self._payload = ray.put(setup_payload(setup))  # the data enters the object store once per run
@@ -171,15 +162,17 @@ class RayBackend:
                            "(backend.start_timeout_s); the cluster may lack the CPUs/GPUs they ask for") from None
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
             raise RunError("the ray backend's actors could not start; every node needs gossipsoup installed "
-                           f"(or backend.runtime_env to ship it; see docs/ray.md). Ray said: {_first_line(exc)}") from None
+                           "(or backend.runtime_env to ship it; see docs/ray.md). "
+                           f"Ray said: {_first_line(exc)}") from None
         trainers = info[:size]
-        log.info("ray backend: %d training actor(s) on %d node(s), device %s%s", size, len({i["node"] for i in trainers}),
+        log.info("ray backend: %d training actor(s) on %d node(s), device %s%s", size,
+                 len({i["node"] for i in trainers}),
                  "/".join(sorted({i["device"] for i in trainers})),
                  f"; aggregation on a worker, device {info[-1]['device']}" if self.aggregator is not None else "")
 
     def _new_actor(self):
         return TrainingActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus).remote(
-            self._payload, self.inner, self.num_threads, self.device, self.noop_train)
+            self._payload, self.inner, self.actor_threads, self.device, self.noop_train)
 
     def _release(self) -> None:
         """Kill the actors and wait until Ray knows they are gone, so their CPUs/GPUs are free again
@@ -241,15 +234,15 @@ class RayBackend:
         params = torch.empty((K, P), dtype=start.dtype)
         losses = torch.empty(K, dtype=torch.float32)
         extras: dict[str, torch.Tensor] = {}
-        for task, (p, l, ex, _) in zip(tasks, results):
-            pos = torch.as_tensor(task.positions, dtype=torch.long)
-            params[pos] = shared_tensor(p)
-            losses[pos] = shared_tensor(l).to(torch.float32)
+        for task, (chunk_params, chunk_losses, ex, _) in zip(tasks, results, strict=True):
+            rows = torch.as_tensor(task.positions, dtype=torch.long)
+            params[rows] = shared_tensor(chunk_params)
+            losses[rows] = shared_tensor(chunk_losses).to(torch.float32)
             for name, value in ex.items():
                 value = shared_tensor(value)
                 if name not in extras:
                     extras[name] = value.new_empty((K, *value.shape[1:]))
-                extras[name][pos] = value
+                extras[name][rows] = value
         stats = {"retries": float(retries)}
         self._last = (params, [t.ref for t in tasks], [t.positions for t in tasks], stats)
         return ClientBatch(client_ids=ids_t, params=params, num_samples=self._sizes[ids_t].clone(),
@@ -354,7 +347,8 @@ class RayBackend:
         return DEFAULT_AGGREGATOR_GPUS if resources.get("GPU", 0) > 0 and self.device != "cpu" else 0.0
 
     def _new_aggregator(self):
-        return AggregatorActor.options(num_cpus=0, num_gpus=self._agg_gpus).remote(self.num_threads, self.device)
+        # it reserves no CPU, so it takes one thread unless backend.num_threads says otherwise
+        return AggregatorActor.options(num_cpus=0, num_gpus=self._agg_gpus).remote(self.num_threads or 1, self.device)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -364,7 +358,7 @@ def _first_line(exc: BaseException) -> str:
     return (named or lines or [type(exc).__name__])[-1 if named else 0]
 
 
-def _reraise(exc: "ray.exceptions.RayTaskError"):
+def _reraise(exc: ray.exceptions.RayTaskError):
     """An error of the project's own kind raised inside an actor reaches the user as it is (no traceback)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, GossipsoupError):

@@ -62,7 +62,7 @@ def stacked_schedule(sizes: list[int], clients: list[int], rounds: list[int], cf
     nb = ((sizes_t + cfg.batch_size - 1) // cfg.batch_size).clamp_min(1)  # batches per permutation
     num_perms = torch.where(sizes_t > 0, (steps + nb - 1) // nb, torch.zeros_like(sizes_t))
     generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])
-    pieces = [torch.randperm(n, generator=g) for n, g, m in zip(sizes, generators, num_perms.tolist())
+    pieces = [torch.randperm(n, generator=g) for n, g, m in zip(sizes, generators, num_perms.tolist(), strict=True)
               for _ in range(m)]
     perms = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
     lengths = sizes_t * num_perms

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from sim.threads import check_num_threads
 from sim.training import local_train
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
@@ -16,12 +17,10 @@ class SequentialBackend:
     name = "sequential"
 
     def __init__(self, num_threads: int | None = None):
-        self.num_threads = num_threads
+        self.num_threads = check_num_threads(num_threads)  # applied by the run (sim.threads), not here
         self._setup: TrainingSetup | None = None
 
     def setup(self, setup: TrainingSetup) -> None:
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
         self._setup = setup
 
     def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,

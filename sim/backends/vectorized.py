@@ -15,7 +15,7 @@ model with BatchNorm layers is refused at ``setup``.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from sim.errors import ConfigError
+from sim.threads import check_num_threads
 from sim.training import sgd_step
+from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 from .dense_kernel import DenseKernel, dense_layers
@@ -32,6 +34,8 @@ from .schedule import stacked_schedule
 MAX_CHUNK = 4096
 #: auto: the hand-derived dense kernel for Linear/activation stacks, vmap for every other model
 KERNELS = ("auto", "vmap", "dense")
+#: (params [A, P], x [A, B, ...], y [A, B], mask [A, B]) -> (gradients [A, P], losses [A])
+GradAndLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _available_bytes() -> int:
@@ -55,13 +59,9 @@ class VectorizedBackend:
     name = "vectorized"
 
     def __init__(self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto"):
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ConfigError("backend.chunk_size", chunk_size, "null or an integer >= 1")
-        if kernel not in KERNELS:
-            raise ConfigError("backend.kernel", kernel, f"one of {', '.join(KERNELS)}")
-        self.chunk_size = chunk_size
-        self.kernel = kernel
-        self.num_threads = num_threads
+        self.chunk_size = optional_integer("backend.chunk_size", chunk_size, 1, "pick one from free memory")
+        self.kernel = choice("backend.kernel", kernel, KERNELS)
+        self.num_threads = check_num_threads(num_threads)  # applied by the run (sim.threads), not here
         self._setup: TrainingSetup | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -73,8 +73,6 @@ class VectorizedBackend:
                               "sequential for such models)",
                               f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot "
                               "run in training mode.")
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
         self._setup = setup
         self._chunk = self.chunk_size or self._auto_chunk()
         model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
@@ -90,6 +88,7 @@ class VectorizedBackend:
             raise ConfigError("backend.kernel", "dense", "auto or vmap for this model",
                               f"The dense kernel serves chains of Linear layers and ReLU/Tanh/Sigmoid; "
                               f"the model is a {type(model).__name__}.")
+        self._grad_and_loss: GradAndLoss
         if layers is not None:
             self.kernel_used = "dense"
             self._grad_and_loss = DenseKernel(layers, layout.size, smoothing)
@@ -102,9 +101,14 @@ class VectorizedBackend:
         self._setup = None
 
     # ---- training -----------------------------------------------------------------------------
+    def _require_setup(self) -> TrainingSetup:
+        if self._setup is None:
+            raise RuntimeError("setup() must run before training")
+        return self._setup
+
     def _auto_chunk(self) -> int:
         """Clients per pass that fit a quarter of the free memory (read once per run, at setup)."""
-        s = self._setup
+        s = self._require_setup()
         sizes = s.data.client_sizes
         max_batch = int(min(s.train.batch_size, int(sizes.max()) if len(sizes) else 1))
         p, d = s.layout.size, int(s.data.x[0].numel()) if len(s.data.x) else 1
@@ -115,8 +119,7 @@ class VectorizedBackend:
 
     def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
               needs: frozenset[str] = frozenset()) -> ClientBatch:
-        s = self._setup
-        assert s is not None, "setup() must run before train()"
+        s = self._require_setup()
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
         K, P = len(ids), s.layout.size
@@ -135,9 +138,7 @@ class VectorizedBackend:
         for lo in range(0, K, chunk):
             rows = order[lo:lo + chunk]
             index = schedule.index(rows, first_rows[rows])
-            p, l = self._train_chunk(starts[rows], index, schedule.steps[rows])
-            params[rows] = p
-            losses[rows] = l
+            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows])
         extras = client_extras(s, ids, params, needs)
         return ClientBatch(
             client_ids=ids_t,
@@ -150,7 +151,8 @@ class VectorizedBackend:
     def _train_chunk(self, starts: torch.Tensor, index: torch.Tensor,
                      steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``."""
-        cfg = self._setup.train
+        s = self._require_setup()
+        cfg = s.train
         K = len(starts)
         S = int(steps[0]) if K else 0
         if S == 0:
@@ -160,7 +162,7 @@ class VectorizedBackend:
         lengths = (index >= 0).sum(-1)  # [K, S]
         active_counts = (steps.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
         batch_widths = lengths.max(0).values.tolist()  # [S]; the sort makes row 0 the longest client
-        x, y = self._setup.data.x, self._setup.data.y
+        x, y = s.data.x, s.data.y
         buf = None
         for step in range(S):
             A, B = int(active_counts[step]), int(batch_widths[step])
@@ -175,6 +177,7 @@ class VectorizedBackend:
                 if step == 0:
                     new_p, buf = sgd_step(params[:A], grads, None, cfg)
                 else:
+                    assert buf is not None  # set at step 0
                     new_p, new_buf = sgd_step(params[:A], grads, buf[:A], cfg)
                     buf[:A] = new_buf
                 params[:A] = new_p
