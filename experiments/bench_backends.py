@@ -25,6 +25,7 @@ settings. The ray rows share one local Ray, started the way ``backend.address=nu
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def run_loop(overrides: tuple[str, ...], backend=None) -> dict:
     finally:
         exp.backend.close()
     walls = [r["wall_s"] for r in log.rows]
-    per_round = [b - a for a, b in zip(walls, walls[1:])]
+    per_round = [b - a for a, b in itertools.pairwise(walls)]
     return {"setup_s": setup_s, "loop_s": loop_s, "per_round": per_round,
             "retries": sum(r.get("retries", 0) or 0 for r in log.rows[1:]),
             "final_accuracy": log.rows[-1].get("test_accuracy", float("nan"))}
@@ -92,9 +93,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from sim.backends import ray_cluster
-
     import ray
+
+    from sim.backends import ray_cluster
 
     ray_cluster.connect(None, None)  # one local Ray for every ray row, as backend.address=null starts it
     cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -125,10 +125,12 @@ def part_w1(rounds: int) -> None:
         print(f"(Flower row skipped: {exc})")
     base = rows[0][1]
     print(f"\nW1: FedAvg, Synthetic(1,1), 1000 clients, 50 per round, MLP 60-64-10, {rounds} rounds (seed 0)")
-    print(f"{'engine':<24}{'loop s':>9}{'s/round':>9}{'process s':>11}{'loop vs seq':>13}{'process vs seq':>16}{'accuracy':>10}")
+    print(f"{'engine':<24}{'loop s':>9}{'s/round':>9}{'process s':>11}"
+          f"{'loop vs seq':>13}{'process vs seq':>16}{'accuracy':>10}")
     for name, r in rows:
         print(f"{name:<24}{r['loop_s']:>9.2f}{r['loop_s'] / rounds:>9.4f}{r['process_s']:>11.2f}"
-              f"{base['loop_s'] / r['loop_s']:>12.2f}x{base['process_s'] / r['process_s']:>15.2f}x{r['accuracy']:>10.4f}")
+              f"{base['loop_s'] / r['loop_s']:>12.2f}x{base['process_s'] / r['process_s']:>15.2f}x"
+              f"{r['accuracy']:>10.4f}")
     if len(rows) == 3:
         vec, flw = rows[1][1], rows[2][1]
         print(f"vectorized against Flower: loop {flw['loop_s'] / vec['loop_s']:.1f}x faster, "
@@ -166,7 +168,8 @@ def part_aggregate(models: int, params: int) -> None:
     print(f"\nAggregation: FedAvg weighted average of {models} models x {params / 1e6:.0f}M float32 parameters "
           f"({gb:.2f} GB read), best of 5, {r['threads']} threads")
     print(f"{'operation':<28}{'seconds':>9}{'GB/s':>8}{'vs copy':>9}")
-    print(f"{'weighted average':<28}{r['aggregate_s']:>9.3f}{gb / r['aggregate_s']:>8.2f}{r['copy_s'] / r['aggregate_s']:>8.0%}")
+    print(f"{'weighted average':<28}{r['aggregate_s']:>9.3f}{gb / r['aggregate_s']:>8.2f}"
+          f"{r['copy_s'] / r['aggregate_s']:>8.0%}")
     print(f"{'memory copy (same bytes)':<28}{r['copy_s']:>9.3f}{gb / r['copy_s']:>8.2f}{1:>8.0%}")
 
 

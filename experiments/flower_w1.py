@@ -19,6 +19,7 @@ configuration to the last round's evaluation, so round 1 includes Ray's actors s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -83,7 +84,7 @@ def run_flower_w1(rounds: int, num_cpus: int | None = None) -> dict:
         strategy.start(grid=grid, initial_arrays=to_arrayrecord(exp.layout, exp.initial_params), num_rounds=rounds,
                        evaluate_fn=central, train_config=ConfigRecord({}))
         # marks[0] is taken right after the initial evaluation, just before round 1 is configured
-        out.update(loop_s=marks[-1] - marks[0], per_round_s=[b - a for a, b in zip(marks, marks[1:])],
+        out.update(loop_s=marks[-1] - marks[0], per_round_s=[b - a for a, b in itertools.pairwise(marks)],
                    final_accuracy=accuracy[-1], initial_accuracy=accuracy[0])
 
     start = time.perf_counter()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,7 +36,9 @@ def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
     return row
 
 
-def run_federated(exp: Experiment, log: MetricsLog, on_round: Callable[[dict], None] = lambda row: None) -> torch.Tensor:
+def run_federated(
+    exp: Experiment, log: MetricsLog, on_round: Callable[[dict], None] = lambda row: None
+) -> torch.Tensor:
     """Run ``cfg.rounds`` rounds from ``exp.initial_params``; returns the final global model."""
     cfg = exp.cfg
     rounds, eval_every = int(cfg.rounds), int(cfg.eval_every)

@@ -10,8 +10,9 @@ and ``nn.Module`` / state dicts lives here so that no other module re-derives of
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class Layout:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_module(cls, module: nn.Module) -> "Layout":
+    def from_module(cls, module: nn.Module) -> Layout:
         """Parameters first (in registration order), then floating-point buffers."""
         specs: list[TensorSpec] = []
         offset = 0
@@ -116,7 +117,7 @@ class Layout:
         self._check(flat)
         return {s.name: flat[..., s.slice].reshape(*flat.shape[:-1], *s.shape) for s in self.specs}
 
-    def from_state_dict(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def from_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise KeyError(f"state dict lacks tensors {missing}")
@@ -124,16 +125,16 @@ class Layout:
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """Copy a module's parameters and float buffers into a new flat ``[P]`` tensor."""
-        state = dict(module.named_parameters())
-        state.update({n: b for n, b in module.named_buffers()})
+        state: dict[str, torch.Tensor] = dict(module.named_parameters())
+        state.update(module.named_buffers())
         return self.from_state_dict(state)
 
     @torch.no_grad()
     def load_into(self, module: nn.Module, flat: torch.Tensor) -> nn.Module:
         """Copy ``flat`` into the module's own tensors (in place)."""
         self._check(flat)
-        own = dict(module.named_parameters())
-        own.update({n: b for n, b in module.named_buffers()})
+        own: dict[str, torch.Tensor] = dict(module.named_parameters())
+        own.update(module.named_buffers())
         for s in self.specs:
             own[s.name].copy_(flat[s.slice].view(s.shape))
         return module
@@ -147,5 +148,5 @@ class Layout:
         return json.dumps([[s.name, list(s.shape), s.offset, s.kind] for s in self.specs])
 
     @classmethod
-    def from_json(cls, text: str) -> "Layout":
+    def from_json(cls, text: str) -> Layout:
         return cls(tuple(TensorSpec(n, tuple(sh), off, k) for n, sh, off, k in json.loads(text)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 
@@ -80,14 +81,14 @@ def derived_seeds(seed: int, keys: tuple, varying: list[np.ndarray]) -> np.ndarr
     entropy = [np.full(count, w, dtype=np.uint32) for w in run + fixed] + [c.astype(np.uint32) for c in cols]
     hash_const = _INIT_A
 
-    def hashmix(value: np.ndarray) -> np.ndarray:
+    def hashmix(value: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
         nonlocal hash_const
         value = value ^ np.uint32(hash_const)
         hash_const = (hash_const * _MULT_A) & _M32
         value = value * np.uint32(hash_const)
         return value ^ (value >> np.uint32(16))
 
-    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def mix(x: npt.NDArray[np.uint32], y: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
         result = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
         return result ^ (result >> np.uint32(16))
 

@@ -5,8 +5,8 @@ FedJAX's aggregators). The same object serves as an FL server rule and as a goss
 Hydra's ``_target_`` in ``configs/strategy/*.yaml`` is the registry.
 """
 
-from .base import AggregationInfo, Strategy, build_strategy, weighted_average
 from .all_clients import MIFA, FedAvgAll, KnownProbability
+from .base import AggregationInfo, Strategy, build_strategy, weighted_average
 from .fedau import FedAU
 from .fedavg import FedAvg
 from .fedopt import ServerOptimizer

@@ -19,7 +19,9 @@ from sim.errors import ConfigError
 from .base import AggregationInfo, State, Strategy, check_positive
 
 
-def all_clients_step(models: torch.Tensor, info: AggregationInfo, weights: torch.Tensor, server_lr: float) -> torch.Tensor:
+def all_clients_step(
+    models: torch.Tensor, info: AggregationInfo, weights: torch.Tensor, server_lr: float
+) -> torch.Tensor:
     """``x + lr_g / N * sum_k w_k (x_k - x)`` over the K participants."""
     deltas = models - info.reference
     return info.reference + (server_lr / info.num_clients) * (weights.to(models.dtype) @ deltas)

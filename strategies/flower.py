@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -74,9 +74,10 @@ def read_arrays(layout: Layout, arrays: Mapping[str, Any],
     missing = [n for n in expected if n not in arrays]
     unexpected = [k for k in arrays if k not in set(expected)]
     if missing or unexpected:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {unexpected}"] if unexpected else [])
-        return None, [f"{what}: keys do not match the model's layout ({', '.join(parts)})"]
-    problems, parts = [], []
+        mismatch = ([f"missing {missing}"] if missing else []) + ([f"unexpected {unexpected}"] if unexpected else [])
+        return None, [f"{what}: keys do not match the model's layout ({', '.join(mismatch)})"]
+    problems: list[str] = []
+    parts: list[torch.Tensor] = []
     for spec in layout:
         value = arrays[spec.name]
         shape = tuple(int(d) for d in value.shape)
@@ -105,7 +106,7 @@ def read_arrays(layout: Layout, arrays: Mapping[str, Any],
 def from_arrayrecord(layout: Layout, record: Mapping[str, Any], what: str = "arrays") -> torch.Tensor:
     """The flat ``[P]`` model in ``record``; raises ``RunError`` naming what does not fit."""
     flat, problems = read_arrays(layout, record, what)
-    if problems:
+    if flat is None:
         raise RunError("; ".join(problems))
     return flat
 
@@ -118,8 +119,17 @@ class ClientUpdate:
     node: Hashable  # who sent it (a Flower node id)
     arrays: Mapping[str, Any] | None  # name -> Array / ndarray; None when the reply carried no model
     num_examples: Any  # raw value; None when missing
-    extras: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    extras: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)  # None: missing or unreadable
     problems: list[str] = field(default_factory=list)  # found while reading the reply
+
+
+class _Row(NamedTuple):
+    """A checked update, ready for the strategy."""
+
+    client_id: int  # row in the per-client state
+    params: torch.Tensor  # flat [P]
+    num_samples: float
+    extras: dict[str, torch.Tensor]  # name -> flat [P], one per extra the strategy requires
 
 
 class ReplyAggregator:
@@ -150,31 +160,42 @@ class ReplyAggregator:
 
     def register(self, nodes: Iterable[Hashable]) -> None:
         """Give new nodes the next free indices (sorted, so a run's mapping does not depend on order)."""
-        new = set(nodes) - set(self.node_index)
+        # ids are opaque: Flower's are ints, a legacy proxy's cid is a str, and ids of mixed types do not compare
+        new: list[Any] = list(set(nodes) - set(self.node_index))
         try:
-            new = sorted(new)
+            new.sort()
         except TypeError:
-            new = sorted(new, key=str)
+            new.sort(key=str)
         for node in new:
             if self.fixed_clients is None or len(self.node_index) < self.fixed_clients:
                 self.node_index[node] = len(self.node_index)
 
-    def _grow(self, n: int) -> None:
+    def _sized_state(self, reference: torch.Tensor) -> tuple[State, int]:
+        """The state and its N, with a row for every registered node: created (sized ``num_clients``, or
+        the nodes seen so far) at the first aggregation, grown when nodes joined since."""
+        if self.state is None or self.num_clients is None:
+            self.num_clients = self.fixed_clients or max(1, len(self.node_index))
+            self.state = self.strategy.init_state(reference, self.num_clients)
+        elif len(self.node_index) > self.num_clients:
+            self._grow(self.state, self.num_clients, reference, len(self.node_index))
+            self.num_clients = len(self.node_index)
+        return self.state, self.num_clients
+
+    def _grow(self, state: State, old_n: int, reference: torch.Tensor, n: int) -> None:
         """Give nodes that joined after the state was created their rows, as ``init_state`` makes them.
 
         Per-client state entries are the tensors whose first dimension is N in the state and n in
         a fresh ``init_state(reference, n)``; the old rows are kept, the new ones come from the fresh state.
         """
-        fresh = self.strategy.init_state(self.reference, n)
-        for key, old in self.state.items():
+        fresh = self.strategy.init_state(reference, n)
+        for key, old in state.items():
             new = fresh.get(key)
             if (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.dim() and new.dim()
-                    and old.shape[0] == self.num_clients and new.shape[0] == n and old.shape[1:] == new.shape[1:]):
-                new[: self.num_clients] = old
-                self.state[key] = new
-        self.num_clients = n
+                    and old.shape[0] == old_n and new.shape[0] == n and old.shape[1:] == new.shape[1:]):
+                new[:old_n] = old
+                state[key] = new
 
-    def _check(self, u: ClientUpdate, seen: set) -> tuple[list[str], tuple | None]:
+    def _check(self, u: ClientUpdate, seen: set[Hashable]) -> tuple[list[str], _Row | None]:
         problems = list(u.problems)
         if u.node in seen:
             problems.append("a second reply from this node in one round")
@@ -191,17 +212,22 @@ class ReplyAggregator:
         if u.arrays is not None:
             flat, found = read_arrays(self.layout, u.arrays)
             problems += found
-        extras = {}
+        elif not u.problems:  # the adapters say why a reply has no model; an update built by hand may not
+            problems.append("the reply carried no model")
+        extras: dict[str, torch.Tensor] = {}
         for name in sorted(self.strategy.requires):
             record = u.extras.get(name)
             if record is None:
                 problems.append(f"no {name!r} record, which strategy {self.strategy.name} needs from every client")
                 continue
-            extras[name], found = read_arrays(self.layout, record, name)
+            extra, found = read_arrays(self.layout, record, name)
             problems += found
+            if extra is not None:
+                extras[name] = extra
         if problems:
             return problems, None
-        return [], (index, flat, float(n), extras)
+        assert index is not None and flat is not None, "a missing index or model adds a problem above"
+        return [], _Row(index, flat, float(n), extras)
 
     def aggregate(self, server_round: int,
                   updates: list[ClientUpdate]) -> tuple[torch.Tensor, dict[str, float], list[int]]:
@@ -209,15 +235,19 @@ class ReplyAggregator:
 
         Raises InvalidReplyError in "error" mode when any update is bad.
         """
-        if self.reference is None:
+        reference = self.reference
+        if reference is None:
             raise RunError("the adapter has no current global model: configure_train was not called "
                            "and no initial_params were given")
         self.register(u.node for u in updates)  # a round's new nodes get indices in sorted order
-        seen, rows, accepted, problems = set(), [], [], []
+        seen: set[Hashable] = set()
+        rows: list[_Row] = []
+        accepted: list[int] = []
+        problems: list[str] = []
         for i, u in enumerate(updates):
             found, row = self._check(u, seen)
             seen.add(u.node)
-            if found:
+            if row is None:
                 problems.append(f"reply from node {u.node}: " + "; ".join(found))
             else:
                 rows.append(row)
@@ -228,25 +258,23 @@ class ReplyAggregator:
             for p in problems:
                 log.warning("round %d: rejected %s", server_round, p)
             self.rejected_total += len(problems)
-        if self.state is None:
-            self.num_clients = self.fixed_clients or max(1, len(self.node_index))
-            self.state = self.strategy.init_state(self.reference, self.num_clients)
-        elif len(self.node_index) > self.num_clients:
-            self._grow(len(self.node_index))
-        ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
+        state, num_clients = self._sized_state(reference)
+        ids = torch.tensor([r.client_id for r in rows], dtype=torch.long)
         info = AggregationInfo(
-            client_ids=ids, num_samples=torch.tensor([r[2] for r in rows], dtype=torch.float64),
-            round=server_round, num_clients=int(self.num_clients), layout=self.layout, reference=self.reference,
+            client_ids=ids, num_samples=torch.tensor([r.num_samples for r in rows], dtype=torch.float64),
+            round=server_round, num_clients=num_clients, layout=self.layout, reference=reference,
             validate=self.validate,
-            extras={name: torch.stack([r[3][name] for r in rows]) for name in self.strategy.requires} if rows else {})
+            extras={name: torch.stack([r.extras[name] for r in rows]) for name in self.strategy.requires}
+            if rows else {})
         if rows:
-            params, self.state = self.strategy.aggregate(torch.stack([r[1] for r in rows]), info, self.state)
+            params, state = self.strategy.aggregate(torch.stack([r.params for r in rows]), info, state)
         else:
-            params, self.state = self.strategy.on_empty_round(info, self.state)
+            params, state = self.strategy.on_empty_round(info, state)
+        self.state = state
         check_finite(params, ids, server_round, "the aggregated parameters")
         self.reference = params.detach().float()
         counts = {"gossipsoup-aggregated": float(len(rows)), "gossipsoup-rejected": float(len(problems))}
-        metrics = {k: float(v) for k, v in self.strategy.round_metrics(self.state, None).items()}
+        metrics = {k: float(v) for k, v in self.strategy.round_metrics(state, None).items()}
         return self.reference, {**counts, **metrics}, accepted
 
 

@@ -20,7 +20,7 @@ What differs from the message API, and why:
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ def named(layout: Layout, arrays: list[np.ndarray]) -> dict[str, np.ndarray] | s
     """Positional arrays named by the layout, or a problem when their number differs."""
     if len(arrays) != len(layout):
         return f"it sent {len(arrays)} arrays, the model's layout has {len(layout)} ({layout.names})"
-    return dict(zip(layout.names, arrays))
+    return dict(zip(layout.names, arrays, strict=True))
 
 
 def encode_extra(flat: torch.Tensor) -> bytes:
@@ -103,11 +103,13 @@ class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
 
     def _read(self, proxy: ClientProxy, res: FitRes) -> ClientUpdate:
         layout, problems = self.aggregator.layout, []
-        arrays = named(layout, parameters_to_ndarrays(res.parameters))
-        if isinstance(arrays, str):
-            problems.append(arrays)
-            arrays = None
-        extras = {}
+        arrays: Mapping[str, Any] | None = None
+        found = named(layout, parameters_to_ndarrays(res.parameters))
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            arrays = found
+        extras: dict[str, Mapping[str, Any] | None] = {}
         for name in self.aggregator.strategy.requires:
             if name in res.metrics:
                 extra = decode_extra(layout, res.metrics[name])

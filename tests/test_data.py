@@ -162,7 +162,7 @@ def test_fast_read_of_flwr_assignment_matches_the_public_api(make):
         warnings.simplefilter("ignore")
         public = [np.asarray(reference.load_partition(k)["row"]) for k in range(6)]
     # Assert
-    assert all(np.array_equal(a, b) for a, b in zip(fast, public))
+    assert all(np.array_equal(a, b) for a, b in zip(fast, public, strict=True))
 
 
 def test_iid_equals_flwr_iid_partitioner_on_the_seeded_shuffle():

@@ -13,7 +13,7 @@ from sim.models import MLP, LogisticRegression, SmallCNN
 
 def _autograd_reference(model, layout, params, x, y, mask, smoothing):
     grads, losses = [], []
-    for p, xb, yb, m in zip(params, x, y, mask):
+    for p, xb, yb, m in zip(params, x, y, mask, strict=True):
         p = p.clone().requires_grad_(True)
         real = m.bool()
         logits = functional_call(model, layout.to_state_dict(p), (xb[real],))
@@ -27,7 +27,9 @@ def _autograd_reference(model, layout, params, x, y, mask, smoothing):
 @pytest.mark.parametrize("model", [
     LogisticRegression(5, 3),
     MLP(5, 3, [4, 6]),
-    nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 4, bias=False), nn.Sigmoid(), nn.Identity(), nn.Linear(4, 3)),
+    nn.Sequential(
+        nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 4, bias=False), nn.Sigmoid(), nn.Identity(), nn.Linear(4, 3)
+    ),
 ], ids=["logreg", "mlp", "sequential-tanh-sigmoid-nobias"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_dense_kernel_matches_autograd_on_padded_batches(model, smoothing):

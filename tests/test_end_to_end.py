@@ -61,8 +61,8 @@ def test_save_model_writes_a_checkpoint_that_reproduces_the_final_accuracy(make_
 
 
 def _sim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    argv = [sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"]
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ def test_module_flat_module_round_trip():
     other = build_model({"name": "mlp", "hidden": [5, 4]}, (3,), 2, seed=1)
     assert not torch.equal(layout.flatten(other), flat)
     layout.load_into(other, flat)
-    for (n1, p1), (n2, p2) in zip(model.named_parameters(), other.named_parameters()):
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), other.named_parameters(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
     assert torch.equal(layout.flatten(other), flat)
 

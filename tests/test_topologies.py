@@ -1,5 +1,6 @@
 """Topologies: builders, mixing weights, time-varying schedules, summaries and config errors."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -265,8 +266,8 @@ def test_spectral_gap_complete_is_one_and_ring_gap_shrinks_with_n():
     for rule in MIXING_RULES:
         assert build("complete", mixing=rule).summary()["spectral_gap"] == pytest.approx(1.0, abs=1e-9)
     gaps = [build("ring", n=n).summary()["spectral_gap"] for n in (10, 20, 40, 80)]
-    assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 0.01
-    for n, gap in zip((10, 20, 40, 80), gaps):  # MH ring: eigenvalues (1 + 2 cos(2 pi k / n)) / 3
+    assert all(a > b for a, b in itertools.pairwise(gaps)) and gaps[-1] < 0.01
+    for n, gap in zip((10, 20, 40, 80), gaps, strict=True):  # MH ring: eigenvalues (1 + 2 cos(2 pi k / n)) / 3
         assert gap == pytest.approx(2 / 3 * (1 - math.cos(2 * math.pi / n)), abs=1e-9)
 
 

@@ -40,7 +40,8 @@ def test_vectorized_batch_equals_local_train_per_client(make_cfg, local_steps, c
         for k, c in enumerate(ids.tolist()):
             x, y = setup.data.client(c)
             ref = local_train(setup.model, setup.layout, starts[k], x, y, cfg, setup.generator(3, c))
-            assert torch.allclose(batch.params[k], ref.params, atol=1e-5), (c, (batch.params[k] - ref.params).abs().max())
+            gap = (batch.params[k] - ref.params).abs().max()
+            assert torch.allclose(batch.params[k], ref.params, atol=1e-5), (c, gap)
             assert abs(float(batch.train_loss[k]) - ref.loss) < 1e-5
             assert int(batch.num_samples[k]) == ref.num_samples
         assert batch.client_ids.tolist() == ids.tolist()

@@ -33,7 +33,9 @@ class _RoundGraph:
     def __init__(self, edges: np.ndarray, num_nodes: int, directed: bool):
         edges.setflags(write=False)
         self.edges, self.num_nodes, self.directed = edges, num_nodes, directed
-        self._csr = self._graph = self._w = None
+        self._csr: tuple[np.ndarray, np.ndarray] | None = None  # neighbour lists in CSR form: (indptr, indices)
+        self._graph: nx.Graph | None = None
+        self._w: torch.Tensor | None = None
 
     def neighbors(self, node: int) -> list[int]:
         if self._csr is None:
