@@ -50,9 +50,12 @@ class NoopSequential(SequentialBackend):
     def train(self, client_ids, start, round_, needs=frozenset()) -> ClientBatch:
         K = len(client_ids)
         params = start.expand(K, -1).clone() if start.dim() == 1 else start.clone()
-        return ClientBatch(client_ids=client_ids.clone(), params=params,
-                           num_samples=self._setup.data.client_sizes[client_ids],
-                           train_loss=torch.full((K,), float("nan")))
+        return ClientBatch(
+            client_ids=client_ids.clone(),
+            params=params,
+            num_samples=self._setup.data.client_sizes[client_ids],
+            train_loss=torch.full((K,), float("nan")),
+        )
 
 
 def run_loop(overrides: tuple[str, ...], backend=None) -> dict:
@@ -74,9 +77,13 @@ def run_loop(overrides: tuple[str, ...], backend=None) -> dict:
         exp.backend.close()
     walls = [r["wall_s"] for r in log.rows]
     per_round = [b - a for a, b in itertools.pairwise(walls)]
-    return {"setup_s": setup_s, "loop_s": loop_s, "per_round": per_round,
-            "retries": sum(r.get("retries", 0) or 0 for r in log.rows[1:]),
-            "final_accuracy": log.rows[-1].get("test_accuracy", float("nan"))}
+    return {
+        "setup_s": setup_s,
+        "loop_s": loop_s,
+        "per_round": per_round,
+        "retries": sum(r.get("retries", 0) or 0 for r in log.rows[1:]),
+        "final_accuracy": log.rows[-1].get("test_accuracy", float("nan")),
+    }
 
 
 def steady(per_round: list[float]) -> float:
@@ -102,19 +109,31 @@ def main() -> None:
     R = args.overhead_rounds
     quiet = (f"rounds={R}", f"eval_every={R}")
     ray_opts = ("backend=ray", "backend.noop_train=true")
-    print(f"W1: FedAvg, Synthetic(1,1), 1000 clients, 50/round, MLP 60-64-10; torch {torch.__version__}, "
-          f"ray {ray.__version__}, {cpus} CPUs, 1 torch thread per process", flush=True)
+    print(
+        f"W1: FedAvg, Synthetic(1,1), 1000 clients, 50/round, MLP 60-64-10; torch {torch.__version__}, "
+        f"ray {ray.__version__}, {cpus} CPUs, 1 torch thread per process",
+        flush=True,
+    )
 
     overhead = [("sequential", run_loop((*quiet, "backend=sequential"), NoopSequential(num_threads=1)))]
     for actors in (1, 2):
-        overhead.append((f"ray, {actors} actor{'s' if actors > 1 else ''}",
-                         run_loop((*quiet, *ray_opts, f"backend.num_actors={actors}"))))
-    overhead.append(("ray, 2 actors, 10,000 clients",
-                     run_loop((*quiet, *ray_opts, "backend.num_actors=2", "num_clients=10000"))))
+        overhead.append(
+            (
+                f"ray, {actors} actor{'s' if actors > 1 else ''}",
+                run_loop((*quiet, *ray_opts, f"backend.num_actors={actors}")),
+            )
+        )
+    overhead.append(
+        ("ray, 2 actors, 10,000 clients", run_loop((*quiet, *ray_opts, "backend.num_actors=2", "num_clients=10000")))
+    )
     e2e = [("sequential", run_loop((f"rounds={args.rounds}", "backend=sequential", "backend.num_threads=1")))]
     for actors in (1, 2):
-        e2e.append((f"ray, {actors} actor{'s' if actors > 1 else ''}",
-                    run_loop((f"rounds={args.rounds}", "backend=ray", f"backend.num_actors={actors}"))))
+        e2e.append(
+            (
+                f"ray, {actors} actor{'s' if actors > 1 else ''}",
+                run_loop((f"rounds={args.rounds}", "backend=ray", f"backend.num_actors={actors}")),
+            )
+        )
     ray.shutdown()  # Flower starts its own Ray
 
     flower_note = ""
@@ -131,9 +150,18 @@ def main() -> None:
 
             logging.getLogger("flwr").setLevel(logging.WARNING)  # keep its per-round log out of the tables
             f = run_flower_w1(args.rounds)
-            e2e.append(("flower run_simulation", {"setup_s": f["process_s"] - f["loop_s"], "loop_s": f["loop_s"],
-                                                  "per_round": f["per_round_s"], "retries": 0,
-                                                  "final_accuracy": f["final_accuracy"]}))
+            e2e.append(
+                (
+                    "flower run_simulation",
+                    {
+                        "setup_s": f["process_s"] - f["loop_s"],
+                        "loop_s": f["loop_s"],
+                        "per_round": f["per_round_s"],
+                        "retries": 0,
+                        "final_accuracy": f["final_accuracy"],
+                    },
+                )
+            )
     base = steady(overhead[0][1]["per_round"])
     print(f"\n1. Per-round overhead, no-op training, {R} rounds (median of rounds 2..{R - 1})")
     print(f"{'backend':<32} {'ms/round':>9} {'time vs seq':>14} {'setup_s':>8}")
@@ -145,14 +173,18 @@ def main() -> None:
     print(f"\n2. End to end, W1, {args.rounds} rounds (loop_s: the round loop; setup_s: data, model, Ray, actors)")
     print(f"{'backend':<32} {'loop_s':>8} {'time vs seq':>14} {'ms/round':>9} {'final_acc':>10} {'setup_s':>8}")
     for name, r in e2e:
-        print(f"{name:<32} {r['loop_s']:>8.2f} {r['loop_s'] / seq['loop_s']:>13.2f}x "
-              f"{1000 * steady(r['per_round']):>9.1f} {r['final_accuracy']:>10.4f} {r['setup_s']:>8.1f}")
+        print(
+            f"{name:<32} {r['loop_s']:>8.2f} {r['loop_s'] / seq['loop_s']:>13.2f}x "
+            f"{1000 * steady(r['per_round']):>9.1f} {r['final_accuracy']:>10.4f} {r['setup_s']:>8.1f}"
+        )
     if flower_note:
         print(flower_note)
     else:
         extra = steady(e2e[-1][1]["per_round"]) - steady(seq["per_round"])
-        print(f"Flower's round costs {1000 * extra:.0f} ms more than sequential's on the same training "
-              "(it has no no-op mode; this is its overhead estimate).")
+        print(
+            f"Flower's round costs {1000 * extra:.0f} ms more than sequential's on the same training "
+            "(it has no no-op mode; this is its overhead estimate)."
+        )
 
 
 if __name__ == "__main__":

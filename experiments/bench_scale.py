@@ -51,8 +51,13 @@ def child_sim(args: list[str]) -> dict:
     cfg = workloads.compose_workload(workload, *spec["overrides"])
     with tempfile.TemporaryDirectory() as out:
         summary = run_experiment(cfg, out)
-    return {"loop_s": summary["loop_s"], "setup_s": summary["setup_s"], "backend": summary["backend"],
-            "accuracy": summary["final"]["test_accuracy"], "threads": torch.get_num_threads()}
+    return {
+        "loop_s": summary["loop_s"],
+        "setup_s": summary["setup_s"],
+        "backend": summary["backend"],
+        "accuracy": summary["final"]["test_accuracy"],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child_flower(args: list[str]) -> dict:
@@ -71,8 +76,14 @@ def child_aggregate(args: list[str]) -> dict:
     models, params, repeats = int(args[0]), int(args[1]), int(args[2])
     stacked = torch.randn(models, params)
     samples = torch.randint(10, 300, (models,))
-    info = AggregationInfo(client_ids=torch.arange(models), num_samples=samples, round=1, num_clients=models,
-                           layout=None, reference=stacked[0])
+    info = AggregationInfo(
+        client_ids=torch.arange(models),
+        num_samples=samples,
+        round=1,
+        num_clients=models,
+        layout=None,
+        reference=stacked[0],
+    )
     strategy = FedAvg()
     state = strategy.init_state(stacked[0], models)
     copy_dst = torch.empty_like(stacked)
@@ -98,8 +109,12 @@ CHILDREN = {"sim": child_sim, "flower": child_flower, "aggregate": child_aggrega
 def run_child(kind: str, *args: str) -> dict:
     """Run one measurement in a fresh process; adds its whole wall time and peak memory."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {kind} {args} failed:\n{proc.stderr[-3000:]}")
@@ -114,8 +129,10 @@ def sim_run(workload, *overrides: str) -> dict:
 
 # ---- parts ------------------------------------------------------------------------------------------
 def part_w1(rounds: int) -> None:
-    rows = [("sequential", sim_run("W1", f"rounds={rounds}", "backend=sequential")),
-            ("vectorized", sim_run("W1", f"rounds={rounds}", "backend=vectorized"))]
+    rows = [
+        ("sequential", sim_run("W1", f"rounds={rounds}", "backend=sequential")),
+        ("vectorized", sim_run("W1", f"rounds={rounds}", "backend=vectorized")),
+    ]
     try:
         import flower_w1  # noqa: F401
         import flwr  # noqa: F401
@@ -125,51 +142,71 @@ def part_w1(rounds: int) -> None:
         print(f"(Flower row skipped: {exc})")
     base = rows[0][1]
     print(f"\nW1: FedAvg, Synthetic(1,1), 1000 clients, 50 per round, MLP 60-64-10, {rounds} rounds (seed 0)")
-    print(f"{'engine':<24}{'loop s':>9}{'s/round':>9}{'process s':>11}"
-          f"{'loop vs seq':>13}{'process vs seq':>16}{'accuracy':>10}")
+    print(
+        f"{'engine':<24}{'loop s':>9}{'s/round':>9}{'process s':>11}"
+        f"{'loop vs seq':>13}{'process vs seq':>16}{'accuracy':>10}"
+    )
     for name, r in rows:
-        print(f"{name:<24}{r['loop_s']:>9.2f}{r['loop_s'] / rounds:>9.4f}{r['process_s']:>11.2f}"
-              f"{base['loop_s'] / r['loop_s']:>12.2f}x{base['process_s'] / r['process_s']:>15.2f}x"
-              f"{r['accuracy']:>10.4f}")
+        print(
+            f"{name:<24}{r['loop_s']:>9.2f}{r['loop_s'] / rounds:>9.4f}{r['process_s']:>11.2f}"
+            f"{base['loop_s'] / r['loop_s']:>12.2f}x{base['process_s'] / r['process_s']:>15.2f}x"
+            f"{r['accuracy']:>10.4f}"
+        )
     if len(rows) == 3:
         vec, flw = rows[1][1], rows[2][1]
-        print(f"vectorized against Flower: loop {flw['loop_s'] / vec['loop_s']:.1f}x faster, "
-              f"whole process {flw['process_s'] / vec['process_s']:.1f}x faster")
+        print(
+            f"vectorized against Flower: loop {flw['loop_s'] / vec['loop_s']:.1f}x faster, "
+            f"whole process {flw['process_s'] / vec['process_s']:.1f}x faster"
+        )
 
 
 def part_w2(rounds: int) -> None:
     # testing all 1000 nodes on the pooled test set costs ~80x a round of their training, and the
     # same for both backends; measure the simulation, with 100 sampled nodes tested at start and end
-    rows = [(b, sim_run("W2", f"rounds={rounds}", f"backend={b}", f"eval_every={rounds}", "gossip.eval_nodes=100"))
-            for b in ("sequential", "vectorized")]
+    rows = [
+        (b, sim_run("W2", f"rounds={rounds}", f"backend={b}", f"eval_every={rounds}", "gossip.eval_nodes=100"))
+        for b in ("sequential", "vectorized")
+    ]
     base = rows[0][1]
-    print(f"\nW2: synchronous gossip, 1000 nodes, random 4-regular, MLP 60-32-10, {rounds} rounds (seed 0); "
-          "accuracy: mean over 100 sampled nodes")
+    print(
+        f"\nW2: synchronous gossip, 1000 nodes, random 4-regular, MLP 60-32-10, {rounds} rounds (seed 0); "
+        "accuracy: mean over 100 sampled nodes"
+    )
     print(f"{'backend':<14}{'loop s':>9}{'s/round':>9}{'speedup':>9}{'mean node accuracy':>20}")
     for name, r in rows:
-        print(f"{name:<14}{r['loop_s']:>9.2f}{r['loop_s'] / rounds:>9.3f}{base['loop_s'] / r['loop_s']:>8.2f}x"
-              f"{r['accuracy']:>20.4f}")
+        print(
+            f"{name:<14}{r['loop_s']:>9.2f}{r['loop_s'] / rounds:>9.3f}{base['loop_s'] / r['loop_s']:>8.2f}x"
+            f"{r['accuracy']:>20.4f}"
+        )
 
 
 def part_scale(sizes: list[tuple[int, int, str]]) -> None:
     print("\nScale: synchronous gossip on random 4-regular graphs, vectorized backend, accuracy of 100 sampled nodes")
-    print(f"{'nodes':>8}{'model':>8}{'rounds':>8}{'loop s':>9}{'process s':>11}{'s/round':>9}"
-          f"{'us/node-round':>15}{'peak GB':>9}{'accuracy':>10}")
+    print(
+        f"{'nodes':>8}{'model':>8}{'rounds':>8}{'loop s':>9}{'process s':>11}{'s/round':>9}"
+        f"{'us/node-round':>15}{'peak GB':>9}{'accuracy':>10}"
+    )
     for nodes, rounds, model in sizes:
         r = sim_run(list(workloads.gossip_scale(nodes, rounds, model)), "backend=vectorized")
         per_round = r["loop_s"] / rounds
-        print(f"{nodes:>8}{model:>8}{rounds:>8}{r['loop_s']:>9.1f}{r['process_s']:>11.1f}{per_round:>9.3f}"
-              f"{1e6 * per_round / nodes:>15.1f}{r['peak_gb']:>9.2f}{r['accuracy']:>10.4f}")
+        print(
+            f"{nodes:>8}{model:>8}{rounds:>8}{r['loop_s']:>9.1f}{r['process_s']:>11.1f}{per_round:>9.3f}"
+            f"{1e6 * per_round / nodes:>15.1f}{r['peak_gb']:>9.2f}{r['accuracy']:>10.4f}"
+        )
 
 
 def part_aggregate(models: int, params: int) -> None:
     r = run_child("aggregate", str(models), str(params), "5")
     gb = r["bytes"] / 1e9
-    print(f"\nAggregation: FedAvg weighted average of {models} models x {params / 1e6:.0f}M float32 parameters "
-          f"({gb:.2f} GB read), best of 5, {r['threads']} threads")
+    print(
+        f"\nAggregation: FedAvg weighted average of {models} models x {params / 1e6:.0f}M float32 parameters "
+        f"({gb:.2f} GB read), best of 5, {r['threads']} threads"
+    )
     print(f"{'operation':<28}{'seconds':>9}{'GB/s':>8}{'vs copy':>9}")
-    print(f"{'weighted average':<28}{r['aggregate_s']:>9.3f}{gb / r['aggregate_s']:>8.2f}"
-          f"{r['copy_s'] / r['aggregate_s']:>8.0%}")
+    print(
+        f"{'weighted average':<28}{r['aggregate_s']:>9.3f}{gb / r['aggregate_s']:>8.2f}"
+        f"{r['copy_s'] / r['aggregate_s']:>8.0%}"
+    )
     print(f"{'memory copy (same bytes)':<28}{r['copy_s']:>9.3f}{gb / r['copy_s']:>8.2f}{1:>8.0%}")
 
 
@@ -192,9 +229,17 @@ def main() -> None:
     if "w2" in args.parts:
         part_w2(1 if smoke else 30)
     if "scale" in args.parts:
-        part_scale([(200, 2, "mlp"), (400, 2, "logreg")] if smoke else
-                   [(1000, 100, "mlp"), (10_000, 100, "mlp"),
-                    (1000, 20, "logreg"), (10_000, 20, "logreg"), (100_000, 20, "logreg")])
+        part_scale(
+            [(200, 2, "mlp"), (400, 2, "logreg")]
+            if smoke
+            else [
+                (1000, 100, "mlp"),
+                (10_000, 100, "mlp"),
+                (1000, 20, "logreg"),
+                (10_000, 20, "logreg"),
+                (100_000, 20, "logreg"),
+            ]
+        )
     if "aggregate" in args.parts:
         part_aggregate(*((5, 100_000) if smoke else (50, 10_000_000)))
 

@@ -73,24 +73,44 @@ def run_flower_w1(rounds: int, num_cpus: int | None = None) -> dict:
         accuracy: list[float] = []
 
         def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            acc, loss = evaluate(exp.model, exp.layout, from_arrayrecord(exp.layout, arrays), exp.data.x_test,
-                                 exp.data.y_test)
+            acc, loss = evaluate(
+                exp.model, exp.layout, from_arrayrecord(exp.layout, arrays), exp.data.x_test, exp.data.y_test
+            )
             marks.append(time.perf_counter())
             accuracy.append(acc)
             return MetricRecord({"accuracy": acc, "loss": loss})
 
-        strategy = FedAvg(fraction_train=CLIENTS_PER_ROUND / num_clients, fraction_evaluate=0.0,
-                          min_train_nodes=CLIENTS_PER_ROUND, min_available_nodes=num_clients)
-        strategy.start(grid=grid, initial_arrays=to_arrayrecord(exp.layout, exp.initial_params), num_rounds=rounds,
-                       evaluate_fn=central, train_config=ConfigRecord({}))
+        strategy = FedAvg(
+            fraction_train=CLIENTS_PER_ROUND / num_clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=CLIENTS_PER_ROUND,
+            min_available_nodes=num_clients,
+        )
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_arrayrecord(exp.layout, exp.initial_params),
+            num_rounds=rounds,
+            evaluate_fn=central,
+            train_config=ConfigRecord({}),
+        )
         # marks[0] is taken right after the initial evaluation, just before round 1 is configured
-        out.update(loop_s=marks[-1] - marks[0], per_round_s=[b - a for a, b in itertools.pairwise(marks)],
-                   final_accuracy=accuracy[-1], initial_accuracy=accuracy[0])
+        out.update(
+            loop_s=marks[-1] - marks[0],
+            per_round_s=[b - a for a, b in itertools.pairwise(marks)],
+            final_accuracy=accuracy[-1],
+            initial_accuracy=accuracy[0],
+        )
 
     start = time.perf_counter()
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": num_cpus, "num_gpus": 0}})
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": num_cpus, "num_gpus": 0},
+        },
+    )
     out["process_s"] = time.perf_counter() - start
     out.update(rounds=rounds, clients=num_clients, clients_per_round=CLIENTS_PER_ROUND, num_cpus=num_cpus)
     return out
@@ -102,11 +122,15 @@ def main() -> None:
     args = ap.parse_args()
     result = run_flower_w1(args.rounds)
     rounds = result["per_round_s"]
-    print(f"Flower run_simulation on W1: {result['clients']} clients, {result['clients_per_round']}/round, "
-          f"{args.rounds} rounds, {result['num_cpus']} CPUs")
-    print(f"loop_s={result['loop_s']:.2f} process_s={result['process_s']:.2f} "
-          f"final_accuracy={result['final_accuracy']:.4f} first_round_s={rounds[0]:.2f} "
-          f"median_round_s={sorted(rounds)[len(rounds) // 2]:.3f}")
+    print(
+        f"Flower run_simulation on W1: {result['clients']} clients, {result['clients_per_round']}/round, "
+        f"{args.rounds} rounds, {result['num_cpus']} CPUs"
+    )
+    print(
+        f"loop_s={result['loop_s']:.2f} process_s={result['process_s']:.2f} "
+        f"final_accuracy={result['final_accuracy']:.4f} first_round_s={rounds[0]:.2f} "
+        f"median_round_s={sorted(rounds)[len(rounds) // 2]:.3f}"
+    )
     print(json.dumps(result))
 
 

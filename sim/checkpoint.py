@@ -33,7 +33,7 @@ def save_checkpoint(path: Path, layout: Layout, params: torch.Tensor, metadata: 
 def _header_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file whose bytes ``st_load`` has already accepted."""
     size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + size]).get("__metadata__") or {}
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def _parse_layout(text: str) -> Layout:
@@ -84,13 +84,21 @@ def load_checkpoint(path: str | Path, field: str = "checkpoint") -> tuple[Layout
     except (SafetensorError, ValueError, OSError) as exc:
         raise ConfigError(field, str(path), "a valid safetensors file", f"Reading it failed: {exc}") from None
     if LAYOUT_KEY not in metadata:
-        raise ConfigError(field, str(path), "a safetensors file written by gossipsoup (with a layout in its metadata)",
-                          f"Its metadata has no {LAYOUT_KEY!r} entry.")
+        raise ConfigError(
+            field,
+            str(path),
+            "a safetensors file written by gossipsoup (with a layout in its metadata)",
+            f"Its metadata has no {LAYOUT_KEY!r} entry.",
+        )
     try:
         layout = _parse_layout(metadata[LAYOUT_KEY])
     except ValueError as exc:
-        raise ConfigError(field, str(path), "a checkpoint whose metadata holds a readable layout",
-                          f"Its {LAYOUT_KEY!r} metadata is garbled: {exc}.") from None
+        raise ConfigError(
+            field,
+            str(path),
+            "a checkpoint whose metadata holds a readable layout",
+            f"Its {LAYOUT_KEY!r} metadata is garbled: {exc}.",
+        ) from None
     problem = _check_tensors(layout, tensors)
     if problem:
         raise ConfigError(field, str(path), "a checkpoint with finite values that match its layout", problem)

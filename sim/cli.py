@@ -26,8 +26,23 @@ from .validation import choice
 
 CONFIG_NAME = "config"
 # flags of Hydra that ask for information or pick other config files: no preflight then
-_SKIP_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--config-path", "-cp",
-               "--config-dir", "-cd", "--shell-completion", "-sc", "--version"}
+_SKIP_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--config-path",
+    "-cp",
+    "--config-dir",
+    "-cd",
+    "--shell-completion",
+    "-sc",
+    "--version",
+}
 
 
 def _input_line(ov: Override) -> str:
@@ -56,7 +71,7 @@ def _override_variants(args: list[str]) -> list[list[str]]:
             sweeps.append((ov, values))
         else:
             base.append(_input_line(ov))
-        for value in (values if ov.is_sweep_override() else [ov.value()]):
+        for value in values if ov.is_sweep_override() else [ov.value()]:
             if key in groups and isinstance(value, str) and value not in groups[key]:
                 choice(key, value, groups[key], f"(The {key} options are the files in configs/{key}/.)")
     variants = [base]
@@ -135,8 +150,9 @@ def _compose(config_name: str, overrides: list[str]):
             with open_dict(cfg):
                 OmegaConf.update(cfg, key, value, force_add=True)
         except (OmegaConfBaseException, ValueError):
-            raise ConfigError(key, value, "an existing config key (see python -m sim --cfg job)",
-                              "No config file has this key.") from None
+            raise ConfigError(
+                key, value, "an existing config key (see python -m sim --cfg job)", "No config file has this key."
+            ) from None
         check_keys(cfg)
         raise ConfigError(key, value, "an existing config key (see python -m sim --cfg job)")
     return cfg
@@ -147,10 +163,10 @@ def _raise_hydra_error(message: str, args: list[str]) -> None:
     message = re.sub(r"To append to your config use \+\S+", "", message).strip()
     named = re.search(r"(?:override|Key) '([^']+)'", message)
     field = named.group(1) if named else "command line"
-    value = next((a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a),
-                 " ".join(args))
-    raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)",
-                      message) from None
+    value = next(
+        (a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a), " ".join(args)
+    )
+    raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)", message) from None
 
 
 def _discard_output_dir(out_dir: Path) -> None:

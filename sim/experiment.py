@@ -54,8 +54,11 @@ def validate_config(cfg: DictConfig) -> None:
     mode = choice("mode", cfg.get("mode"), MODES)
     topology = cfg.get("topology", {}).get("name")
     if mode == "federated" and topology != "star":
-        raise ConfigError("topology.name", topology, "star in mode=federated (FL is gossip on a star); "
-                          "for other graphs set mode=gossip")
+        raise ConfigError(
+            "topology.name",
+            topology,
+            "star in mode=federated (FL is gossip on a star); for other graphs set mode=gossip",
+        )
     num_clients = _int_at_least(cfg, "num_clients", 1)
     rounds = _int_at_least(cfg, "rounds", 1)
     if mode == "gossip":
@@ -73,8 +76,12 @@ def validate_config(cfg: DictConfig) -> None:
     validate_model_config(cfg.model)
     init = cfg.model.get("init_checkpoint")
     if init and not Path(str(init)).is_file():
-        raise ConfigError("model.init_checkpoint", str(init), "null or the path of an existing .safetensors file",
-                          "No file exists there.")
+        raise ConfigError(
+            "model.init_checkpoint",
+            str(init),
+            "null or the path of an existing .safetensors file",
+            "No file exists there.",
+        )
     TrainConfig.from_config(cfg.train)
     strategy = build_strategy(cfg.strategy)
     offline_only = getattr(strategy, "offline_only", None)  # why only `python -m sim.merge` can apply the rule
@@ -97,20 +104,29 @@ def _check_gossip_run(gossip: GossipConfig, rounds: int, active: bool) -> None:
         return
     horizon = rounds * gossip.wake_interval
     if gossip.eval_interval < gossip.wake_interval / MAX_EVALS_PER_ROUND:
-        raise ConfigError("gossip.eval_interval", gossip.eval_interval,
-                          f"at least gossip.wake_interval / {MAX_EVALS_PER_ROUND} = "
-                          f"{gossip.wake_interval / MAX_EVALS_PER_ROUND:g}",
-                          f"That is {horizon / gossip.eval_interval:.3g} evaluations of every node; time is in units "
-                          "of gossip.wake_interval, so scale both together.")
+        raise ConfigError(
+            "gossip.eval_interval",
+            gossip.eval_interval,
+            f"at least gossip.wake_interval / {MAX_EVALS_PER_ROUND} = {gossip.wake_interval / MAX_EVALS_PER_ROUND:g}",
+            f"That is {horizon / gossip.eval_interval:.3g} evaluations of every node; time is in units "
+            "of gossip.wake_interval, so scale both together.",
+        )
     if gossip.eval_interval > horizon:
-        raise ConfigError("gossip.eval_interval", gossip.eval_interval,
-                          f"at most the run's length, rounds * gossip.wake_interval = {horizon:g}",
-                          "Otherwise no evaluation would happen after time 0.")
+        raise ConfigError(
+            "gossip.eval_interval",
+            gossip.eval_interval,
+            f"at most the run's length, rounds * gossip.wake_interval = {horizon:g}",
+            "Otherwise no evaluation would happen after time 0.",
+        )
     shortest = {"constant": gossip.delay_value, "uniform": gossip.delay_low}.get(gossip.delay, 0.0)
     if shortest >= horizon:
         field = "gossip.delay_low" if gossip.delay == "uniform" else "gossip.delay_value"
-        raise ConfigError(field, shortest, f"a delay below the run's length, rounds * gossip.wake_interval = "
-                          f"{horizon:g}", "No message would arrive before the run ends.")
+        raise ConfigError(
+            field,
+            shortest,
+            f"a delay below the run's length, rounds * gossip.wake_interval = {horizon:g}",
+            "No message would arrive before the run ends.",
+        )
 
 
 @dataclass
@@ -149,8 +165,9 @@ def label_counts(data: FederatedData) -> np.ndarray:
     """``[N, C]`` rows of each label per client (participation may be correlated with it)."""
     client_of_row = torch.repeat_interleave(torch.arange(data.num_clients), data.client_sizes)
     flat = client_of_row * data.num_classes + data.y
-    return np.asarray(torch.bincount(flat, minlength=data.num_clients * data.num_classes)
-                      .reshape(data.num_clients, data.num_classes))
+    return np.asarray(
+        torch.bincount(flat, minlength=data.num_clients * data.num_classes).reshape(data.num_clients, data.num_classes)
+    )
 
 
 def initial_from_checkpoint(path: str, layout: Layout) -> torch.Tensor:
@@ -162,9 +179,12 @@ def initial_from_checkpoint(path: str, layout: Layout) -> torch.Tensor:
         # strict=False: the layouts may differ in length; the first mismatch within the shorter one is reported
         pairs = list(zip(layout.specs, saved_layout.specs, strict=False))
         first = next(((a, b) for a, b in pairs if a.name != b.name or a.shape != b.shape), None)
-        detail = (f"The first mismatched tensor is {first[0].name} {list(first[0].shape)} (model) against "
-                  f"{first[1].name} {list(first[1].shape)} (checkpoint)." if first else
-                  f"The model has {len(layout)} tensors, the checkpoint {len(saved_layout)}.")
+        detail = (
+            f"The first mismatched tensor is {first[0].name} {list(first[0].shape)} (model) against "
+            f"{first[1].name} {list(first[1].shape)} (checkpoint)."
+            if first
+            else f"The model has {len(layout)} tensors, the checkpoint {len(saved_layout)}."
+        )
         raise ConfigError("model.init_checkpoint", path, "a checkpoint of the same model", detail)
     return params
 
@@ -175,13 +195,21 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     strategy = build_strategy(cfg.strategy)
     data = load_federated_data(cfg.dataset, cfg.partition, int(cfg.num_clients), seed)
     if strategy.needs_validation and len(data.y_val) == 0:
-        raise ConfigError("dataset.val_fraction", cfg.dataset.get("val_fraction"), "a fraction > 0",
-                          f"Strategy {strategy.name} scores models on the server-held validation split.")
+        raise ConfigError(
+            "dataset.val_fraction",
+            cfg.dataset.get("val_fraction"),
+            "a fraction > 0",
+            f"Strategy {strategy.name} scores models on the server-held validation split.",
+        )
     gossip = cfg.mode == "gossip"
     if gossip and strategy.requires and cfg.get("gossip", {}).get("schedule") == "async":
-        raise ConfigError("gossip.schedule", "async", "sync for a strategy that needs per-client extras",
-                          f"Strategy {strategy.name} needs {sorted(strategy.requires)} from every model it "
-                          "merges; asynchronous gossip does not compute them.")
+        raise ConfigError(
+            "gossip.schedule",
+            "async",
+            "sync for a strategy that needs per-client extras",
+            f"Strategy {strategy.name} needs {sorted(strategy.requires)} from every model it "
+            "merges; asynchronous gossip does not compute them.",
+        )
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
     layout = Layout.from_module(model)
     initial_params = layout.flatten(model)
@@ -195,8 +223,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         initial_params=initial_params,
         train=TrainConfig.from_config(cfg.train),
         strategy=strategy,
-        participation=None if gossip else build_participation(cfg.participation, int(cfg.num_clients), seed,
-                                                               label_counts(data), int(cfg.rounds)),
+        participation=None
+        if gossip
+        else build_participation(cfg.participation, int(cfg.num_clients), seed, label_counts(data), int(cfg.rounds)),
         backend=build_backend(cfg.backend),
         topology=_build_topology(cfg, seed) if gossip else None,
         gossip=GossipConfig.from_config(cfg.get("gossip")) if gossip else None,

@@ -49,22 +49,41 @@ def run_federated(
     params = exp.initial_params.clone()
     state = exp.strategy.init_state(params, exp.data.num_clients)
     start = time.perf_counter()
-    log.append({"round": 0, **evaluation_row(exp, params), "num_participants": 0, "bytes_up": 0, "bytes_down": 0,
-                "wall_s": 0.0})
+    log.append(
+        {
+            "round": 0,
+            **evaluation_row(exp, params),
+            "num_participants": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "wall_s": 0.0,
+        }
+    )
     for round_ in range(1, rounds + 1):
         ids = exp.participation.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
         if len(ids) == 0:
-            info = AggregationInfo(client_ids=ids, num_samples=ids.clone(), round=round_,
-                                   num_clients=exp.data.num_clients, layout=exp.layout, reference=params)
+            info = AggregationInfo(
+                client_ids=ids,
+                num_samples=ids.clone(),
+                round=round_,
+                num_clients=exp.data.num_clients,
+                layout=exp.layout,
+                reference=params,
+            )
             params, state = exp.strategy.on_empty_round(info, state)
             row.update(train_loss=math.nan, bytes_up=0, bytes_down=0)
         else:
             batch = exp.backend.train(ids, params, round_, exp.strategy.requires)
             check_finite(batch.params, batch.client_ids, round_, "models")
             info = AggregationInfo(
-                client_ids=batch.client_ids, num_samples=batch.num_samples, round=round_,
-                num_clients=exp.data.num_clients, layout=exp.layout, reference=params, validate=validate,
+                client_ids=batch.client_ids,
+                num_samples=batch.num_samples,
+                round=round_,
+                num_clients=exp.data.num_clients,
+                layout=exp.layout,
+                reference=params,
+                validate=validate,
                 extras=batch.extras,
                 participation_prob=None if known_p is None else known_p[batch.client_ids],
             )

@@ -16,8 +16,9 @@ from torch.func import functional_call, jacrev, vmap
 from .layout import Layout
 
 
-def diagonal_fisher(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor,
-                    batch_size: int = 256, floor: float = 0.0) -> torch.Tensor:
+def diagonal_fisher(
+    model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, batch_size: int = 256, floor: float = 0.0
+) -> torch.Tensor:
     """The diagonal Fisher ``[P]`` of the model with flat ``params`` over the inputs ``x [B, D]``.
 
     Buffer entries are 0 (they are not parameters); ``floor`` is applied to the parameter entries.
@@ -41,7 +42,7 @@ def diagonal_fisher(model: nn.Module, layout: Layout, params: torch.Tensor, x: t
     try:
         total = torch.zeros_like(params)
         for lo in range(0, len(x), batch_size):
-            xb = x[lo:lo + batch_size]
+            xb = x[lo : lo + batch_size]
             parts = jac_fn(weights, xb)
             b, c = parts[specs[0].name].shape[:2]
             jac = params.new_zeros(b, c, len(params))  # [b, C, P], buffer columns 0

@@ -33,8 +33,14 @@ from .seeding import torch_generator
 from .training import TrainConfig, evaluate, local_train
 
 #: ConfigRecord keys a server may send to override the client's TrainConfig, and the field each sets
-CONFIG_OVERRIDES = {"lr": "lr", "local-epochs": "epochs", "batch-size": "batch_size", "local-steps": "local_steps",
-                    "momentum": "momentum", "weight-decay": "weight_decay"}
+CONFIG_OVERRIDES = {
+    "lr": "lr",
+    "local-epochs": "epochs",
+    "batch-size": "batch_size",
+    "local-steps": "local_steps",
+    "momentum": "momentum",
+    "weight-decay": "weight_decay",
+}
 
 
 def received_model(msg: Message, layout: Layout, arrayrecord_key: str = "arrays") -> torch.Tensor:
@@ -62,9 +68,19 @@ def train_config(config: ConfigRecord, base: TrainConfig) -> TrainConfig:
     return TrainConfig.from_config({**asdict(base), **updates}) if updates else base
 
 
-def train_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
-                cfg: TrainConfig, *, seed: int = 0, client: int = 0, fisher: bool | None = None,
-                arrayrecord_key: str = "arrays") -> Message:
+def train_reply(
+    msg: Message,
+    model: nn.Module,
+    layout: Layout,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    client: int = 0,
+    fisher: bool | None = None,
+    arrayrecord_key: str = "arrays",
+) -> Message:
     """Train from the received model on ``(x, y)`` and return the reply message.
 
     ``client`` is the client's id in the seeded streams (its partition id); ``fisher=None`` sends the
@@ -92,8 +108,9 @@ def train_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor,
     return Message(content, reply_to=msg)
 
 
-def evaluate_reply(msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor,
-                   arrayrecord_key: str = "arrays") -> Message:
+def evaluate_reply(
+    msg: Message, model: nn.Module, layout: Layout, x: torch.Tensor, y: torch.Tensor, arrayrecord_key: str = "arrays"
+) -> Message:
     """Score the received model on ``(x, y)``: ``num-examples``, ``accuracy`` and ``loss``."""
     params = received_model(msg, layout, arrayrecord_key)
     metrics: dict[str, int | float] = {"num-examples": int(len(y))}
@@ -125,19 +142,41 @@ def cached_experiment(overrides: tuple[str, ...]):
     return exp
 
 
-def model_message(layout: Layout, params: torch.Tensor, config: dict | None = None, *, node_id: int = 1,
-                  message_type: str = "train", run_id: int = 1) -> Message:
+def model_message(
+    layout: Layout,
+    params: torch.Tensor,
+    config: dict | None = None,
+    *,
+    node_id: int = 1,
+    message_type: str = "train",
+    run_id: int = 1,
+) -> Message:
     """An instruction message with the records Flower's FedAvg sends, for driving a client outside a run.
 
     Inside a ServerApp, Flower fills the metadata from the running task; here it is given explicitly
     (the SuperLink's node id is 0), so tests and scripts need no ServerApp process.
     """
     content = RecordDict({"arrays": to_arrayrecord(layout, params), "config": ConfigRecord(config or {})})
-    metadata = Metadata(run_id=run_id, message_id=f"{run_id}-{node_id}-{time.time_ns()}", src_node_id=0,
-                        dst_node_id=node_id, reply_to_message_id="", group_id="", created_at=time.time(),
-                        ttl=DEFAULT_TTL, message_type=message_type)
+    metadata = Metadata(
+        run_id=run_id,
+        message_id=f"{run_id}-{node_id}-{time.time_ns()}",
+        src_node_id=0,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=DEFAULT_TTL,
+        message_type=message_type,
+    )
     return Message(content=content, metadata=metadata)
 
 
-__all__ = ["cached_experiment", "train_reply", "evaluate_reply", "received_model", "received_config", "train_config",
-           "model_message"]
+__all__ = [
+    "cached_experiment",
+    "train_reply",
+    "evaluate_reply",
+    "received_model",
+    "received_config",
+    "train_config",
+    "model_message",
+]

@@ -39,8 +39,12 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option values that are wrong whatever the checkpoints are (nothing is read yet)."""
     if args.fisher_rows < 1:
-        raise ConfigError("--fisher-rows", args.fisher_rows, "a whole number >= 1",
-                          "The Fisher diagonals are averaged over that many training rows.")
+        raise ConfigError(
+            "--fisher-rows",
+            args.fisher_rows,
+            "a whole number >= 1",
+            "The Fisher diagonals are averaged over that many training rows.",
+        )
     if args.shift_pixels < 0:
         raise ConfigError("--shift-pixels", args.shift_pixels, "a whole number >= 0 (images move to the right)")
     if not math.isfinite(args.shift_noise) or args.shift_noise < 0:
@@ -59,11 +63,11 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
         elif p.exists():
             found.append(p)
         else:
-            raise ConfigError("CHECKPOINT", str(p),
-                              "an existing .safetensors file or a folder holding model.safetensors")
+            raise ConfigError(
+                "CHECKPOINT", str(p), "an existing .safetensors file or a folder holding model.safetensors"
+            )
     if len(found) < 2:
-        raise ConfigError("CHECKPOINT", " ".join(paths), "at least two checkpoints to merge",
-                          f"Found {len(found)}.")
+        raise ConfigError("CHECKPOINT", " ".join(paths), "at least two checkpoints to merge", f"Found {len(found)}.")
     return found
 
 
@@ -73,11 +77,18 @@ def check_same_layout(first: Path, layout, other: Path, other_layout, field: str
     # strict=False: the layouts may differ in length; the first mismatch within the shorter one is reported
     for a, b in zip(layout.specs, other_layout.specs, strict=False):
         if a.name != b.name or a.shape != b.shape:
-            raise ConfigError(field, str(other), f"a checkpoint with the layout of {first}",
-                              f"The first mismatched tensor is {a.name} {list(a.shape)} against "
-                              f"{b.name} {list(b.shape)}.")
-    raise ConfigError(field, str(other), f"a checkpoint with the layout of {first}",
-                      f"It has {len(other_layout)} tensors, the first has {len(layout)}.")
+            raise ConfigError(
+                field,
+                str(other),
+                f"a checkpoint with the layout of {first}",
+                f"The first mismatched tensor is {a.name} {list(a.shape)} against {b.name} {list(b.shape)}.",
+            )
+    raise ConfigError(
+        field,
+        str(other),
+        f"a checkpoint with the layout of {first}",
+        f"It has {len(other_layout)} tensors, the first has {len(layout)}.",
+    )
 
 
 def _option_value(item: str, key: str, raw: str, default: object) -> object:
@@ -120,8 +131,12 @@ def strategy_config(method: str, settings: list[str], seed: int) -> dict:
         key = key.strip()
         if not sep or key not in options:
             hint = f"The {method} options are {', '.join(options)}." if options else f"{method} has no options."
-            raise ConfigError("--set", item, "KEY=VALUE with KEY an option of the method",
-                              " ".join(filter(None, [hint, _did_you_mean(key, options) if sep else ""])))
+            raise ConfigError(
+                "--set",
+                item,
+                "KEY=VALUE with KEY an option of the method",
+                " ".join(filter(None, [hint, _did_you_mean(key, options) if sep else ""])),
+            )
         cfg.strategy[key] = _option_value(item, key, raw, config_dict(cfg.strategy, resolve=False)[key])
     return config_dict(cfg)["strategy"]
 
@@ -135,21 +150,37 @@ def load_run(checkpoint: Path):
 
     summary = checkpoint.parent / "summary.json"
     if not summary.is_file():
-        raise ConfigError("CHECKPOINT", str(checkpoint), "a checkpoint inside its run folder (beside summary.json)",
-                          "The data to score on is rebuilt from that run's config.")
+        raise ConfigError(
+            "CHECKPOINT",
+            str(checkpoint),
+            "a checkpoint inside its run folder (beside summary.json)",
+            "The data to score on is rebuilt from that run's config.",
+        )
     try:
         config = json.loads(summary.read_text(encoding="utf-8")).get("config")
     except (ValueError, AttributeError, OSError) as exc:  # not JSON, not an object, unreadable
-        raise ConfigError("summary.json", str(summary), "a JSON object with the run's resolved config",
-                          f"Reading it failed: {exc.__class__.__name__}: {exc}") from None
+        raise ConfigError(
+            "summary.json",
+            str(summary),
+            "a JSON object with the run's resolved config",
+            f"Reading it failed: {exc.__class__.__name__}: {exc}",
+        ) from None
     if not isinstance(config, dict) or not config:
-        raise ConfigError("summary.json", str(summary), "a JSON object with the run's resolved config",
-                          "Its 'config' entry is missing or not an object.")
+        raise ConfigError(
+            "summary.json",
+            str(summary),
+            "a JSON object with the run's resolved config",
+            "Its 'config' entry is missing or not an object.",
+        )
     try:
         return build_experiment(OmegaConf.create(config))
     except (ConfigError, OmegaConfBaseException, KeyError, TypeError) as exc:
-        raise ConfigError("summary.json", str(summary), "the resolved config of a run this version can rebuild",
-                          f"Its 'config' entry is not usable: {exc}") from None
+        raise ConfigError(
+            "summary.json",
+            str(summary),
+            "the resolved config of a run this version can rebuild",
+            f"Its 'config' entry is not usable: {exc}",
+        ) from None
 
 
 def shifted_test(data, noise: float, pixels: int) -> torch.Tensor:
@@ -177,8 +208,10 @@ def check_shift(data, pixels: int) -> None:
 
 def markdown(rows: list[dict]) -> str:
     shifted = "shifted_test_accuracy" in rows[0]
-    lines = ["| model | validation accuracy | test accuracy |" + (" shifted test accuracy |" if shifted else ""),
-             "| --- | ---: | ---: |" + (" ---: |" if shifted else "")]
+    lines = [
+        "| model | validation accuracy | test accuracy |" + (" shifted test accuracy |" if shifted else ""),
+        "| --- | ---: | ---: |" + (" ---: |" if shifted else ""),
+    ]
     for r in rows:
         line = f"| {r['model']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |"
         lines.append(line + (f" {r['shifted_test_accuracy']:.4f} |" if shifted else ""))
@@ -213,8 +246,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict], Path]:
 
     strategy = build_strategy(options)  # the values (alpha in [0, 1], ...), before any file is read
     if strategy.name in NEEDS_BASE and args.base is None:
-        raise ConfigError("--base", None, f"a checkpoint for {strategy.name}",
-                          "It merges deltas from (or interpolates toward) a base model, e.g. the pre-trained one.")
+        raise ConfigError(
+            "--base",
+            None,
+            f"a checkpoint for {strategy.name}",
+            "It merges deltas from (or interpolates toward) a base model, e.g. the pre-trained one.",
+        )
     paths, layout, stacked, base = load_ingredients(args)
     out = Path(args.out) if args.out else paths[0].parent / f"merged_{strategy.name}.safetensors"
     if out.is_dir():
@@ -228,14 +265,19 @@ def run(args: argparse.Namespace) -> tuple[list[dict], Path]:
     check_shift(exp.data, args.shift_pixels)
     strategy = build_strategy(strategy_config(args.method, args.set, int(exp.cfg.seed)))
     if strategy.needs_validation and exp.validation_fn() is None:
-        raise ConfigError("--method", args.method, "a method that needs no validation split",
-                          "The run these checkpoints come from has no validation split (dataset.val_fraction=0).")
+        raise ConfigError(
+            "--method",
+            args.method,
+            "a method that needs no validation split",
+            "The run these checkpoints come from has no validation split (dataset.val_fraction=0).",
+        )
     merged = merge(exp, strategy, layout, stacked, base, args.fisher_rows, paths)
     table = score_table(exp, layout, stacked, paths, base, args, (f"merge: {strategy.name}", merged))
     from .checkpoint import save_checkpoint
 
-    save_checkpoint(out, layout, merged, {"merge_method": strategy.name,
-                                          "ingredients": json.dumps([str(p) for p in paths])})
+    save_checkpoint(
+        out, layout, merged, {"merge_method": strategy.name, "ingredients": json.dumps([str(p) for p in paths])}
+    )
     return table, out
 
 
@@ -252,13 +294,23 @@ def merge(exp, strategy, layout, stacked, base, fisher_rows: int, paths: list[Pa
         rows = exp.data.x[:fisher_rows]
         extras["fisher"] = torch.stack([diagonal_fisher(exp.model, layout, m, rows) for m in stacked])
     k = len(stacked)
-    info = AggregationInfo(client_ids=torch.arange(k), num_samples=torch.ones(k, dtype=torch.long), round=1,
-                           num_clients=k, layout=layout, reference=reference, validate=exp.validation_fn(),
-                           extras=extras)
+    info = AggregationInfo(
+        client_ids=torch.arange(k),
+        num_samples=torch.ones(k, dtype=torch.long),
+        round=1,
+        num_clients=k,
+        layout=layout,
+        reference=reference,
+        validate=exp.validation_fn(),
+        extras=extras,
+    )
     merged, state = strategy.aggregate(stacked, info, strategy.init_state(reference, k))
     if "kept" in state:  # greedy soup: say which ingredients made it in
-        print(f"{strategy.name} kept {len(state['kept'])} of {k}: "
-              + ", ".join(str(paths[int(i)]) for i in state["kept"]), file=sys.stderr)
+        print(
+            f"{strategy.name} kept {len(state['kept'])} of {k}: "
+            + ", ".join(str(paths[int(i)]) for i in state["kept"]),
+            file=sys.stderr,
+        )
     return merged
 
 
@@ -274,8 +326,10 @@ def score_table(exp, layout, stacked, paths: list[Path], base, args, merged_row:
     if base is not None:
         named.append((f"base: {args.base}", base))
     named.append(merged_row)
-    table = [{"model": name, **{k: evaluate(exp.model, layout, m, x, y)[0] for k, (x, y) in sets.items()}}
-             for name, m in named]
+    table = [
+        {"model": name, **{k: evaluate(exp.model, layout, m, x, y)[0] for k, (x, y) in sets.items()}}
+        for name, m in named
+    ]
     table.append({"model": f"logit ensemble of {len(stacked)}", **ensemble_scores(exp, layout, stacked, sets)})
     return table
 
@@ -289,8 +343,10 @@ def ensemble_scores(exp, layout, stacked: torch.Tensor, sets: dict) -> dict[str,
     def acc(x: torch.Tensor, y: torch.Tensor) -> float:
         if len(y) == 0:
             return float("nan")
-        probs = sum((torch.softmax(functional_call(exp.model, layout.to_state_dict(m), (x,)), -1) for m in stacked),
-                    torch.zeros(()))
+        probs = sum(
+            (torch.softmax(functional_call(exp.model, layout.to_state_dict(m), (x,)), -1) for m in stacked),
+            torch.zeros(()),
+        )
         return float((probs.argmax(-1) == y).float().mean())
 
     return {k: acc(x, y) for k, (x, y) in sets.items()}
@@ -309,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="uniform_soup", help="a strategy name from configs/strategy/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a strategy option")
     parser.add_argument("--base", help="base checkpoint for interpolate / task_arithmetic / ties / dare")
-    parser.add_argument("--out", help="where to write the merged checkpoint "
-                        "(default: merged_<method>.safetensors in the first checkpoint's folder)")
+    parser.add_argument(
+        "--out",
+        help="where to write the merged checkpoint "
+        "(default: merged_<method>.safetensors in the first checkpoint's folder)",
+    )
     parser.add_argument("--fisher-rows", type=int, default=1000, help="training rows for Fisher diagonals")
     parser.add_argument("--shift-noise", type=float, default=0.0, help="std of Gaussian noise for a shifted test set")
     parser.add_argument("--shift-pixels", type=int, default=0, help="pixels to move test images for a shifted test set")

@@ -52,8 +52,10 @@ class SmallCNN(nn.Module):
         c_in, h, w = self.input_shape
         c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(c_in, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c_in, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
@@ -79,8 +81,9 @@ def validate_model_config(model_cfg) -> None:
     if name == "mlp":
         hidden = _int_list(model_cfg.get("hidden"))
         if not hidden:
-            raise ConfigError("model.hidden", model_cfg.get("hidden"),
-                              "a non-empty list of positive integers, e.g. [64] or [128,64]")
+            raise ConfigError(
+                "model.hidden", model_cfg.get("hidden"), "a non-empty list of positive integers, e.g. [64] or [128,64]"
+            )
     if name == "cnn":
         channels = _int_list(model_cfg.get("channels"))
         if channels is None or len(channels) != 2:
@@ -105,7 +108,8 @@ def build_model(model_cfg, input_shape: Sequence[int], num_classes: int, seed: i
         else:
             if len(input_shape) != 3:
                 raise ConfigError(
-                    "model.name", name,
+                    "model.name",
+                    name,
                     "a model that accepts flat inputs (logreg or mlp) for this dataset",
                     "The cnn needs images shaped (channels, height, width); "
                     f"this dataset's examples are {tuple(input_shape)}.",

@@ -31,12 +31,19 @@ class UniformParticipation:
     name = "uniform"
 
     def __init__(self, num_clients: int, seed: int, clients_per_round: int = 10):
-        integer("participation.clients_per_round", clients_per_round, 1,
-                detail="With 0 clients per round nobody would ever train.")
+        integer(
+            "participation.clients_per_round",
+            clients_per_round,
+            1,
+            detail="With 0 clients per round nobody would ever train.",
+        )
         if clients_per_round > num_clients:
-            raise ConfigError("participation.clients_per_round", clients_per_round,
-                              f"at most num_clients ({num_clients})",
-                              "Lower participation.clients_per_round or raise num_clients.")
+            raise ConfigError(
+                "participation.clients_per_round",
+                clients_per_round,
+                f"at most num_clients ({num_clients})",
+                "Lower participation.clients_per_round or raise num_clients.",
+            )
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.seed = seed
@@ -87,8 +94,9 @@ class HeterogeneousParticipation:
 PARTICIPATION_NAMES = ("uniform", *PATTERNS)
 
 
-def build_participation(participation_cfg, num_clients: int, seed: int, label_counts: np.ndarray | None = None,
-                        rounds: int | None = None):
+def build_participation(
+    participation_cfg, num_clients: int, seed: int, label_counts: np.ndarray | None = None, rounds: int | None = None
+):
     """Build the participation model; without ``label_counts`` only the config is checked.
 
     With ``rounds``, a pattern under which nobody would take part in the whole run is refused.
@@ -99,8 +107,9 @@ def build_participation(participation_cfg, num_clients: int, seed: int, label_co
         try:
             return UniformParticipation(num_clients=num_clients, seed=seed, **cfg)
         except TypeError as exc:
-            raise ConfigError("participation", name, "options that uniform accepts (clients_per_round)",
-                              str(exc)) from None
+            raise ConfigError(
+                "participation", name, "options that uniform accepts (clients_per_round)", str(exc)
+            ) from None
     prob_keys = ("probability", "p", "mean", "alpha", "floor")
     prob_cfg = {k: cfg.pop(k) for k in prob_keys if k in cfg}
     check_probability_config(prob_cfg)
@@ -112,8 +121,12 @@ def build_participation(participation_cfg, num_clients: int, seed: int, label_co
     participation = HeterogeneousParticipation(name, num_clients, seed, p, cfg)
     if rounds is not None and participation.first_active_round(rounds) is None:
         period = ", or lower participation.period" if name == "cyclic" else ""
-        raise ConfigError("participation", name, "a pattern under which some client takes part",
-                          f"With these settings and seed={seed} no client takes part in any of the {rounds} "
-                          "round(s): the run would only evaluate the initial model. Raise rounds, "
-                          f"participation.mean or participation.p{period}.")
+        raise ConfigError(
+            "participation",
+            name,
+            "a pattern under which some client takes part",
+            f"With these settings and seed={seed} no client takes part in any of the {rounds} "
+            "round(s): the run would only evaluate the initial model. Raise rounds, "
+            f"participation.mean or participation.p{period}.",
+        )
     return participation

@@ -25,16 +25,20 @@ PROBABILITY_KINDS = ("correlated", "constant")
 
 def _probability(field: str, value, detail: str = "") -> float:
     """A probability in (0, 1]: with 0 a client would never take part."""
-    return number(f"participation.{field}", value, 0, 1, lo_open=True, allowed="a probability in (0, 1]",
-                  detail=detail)
+    return number(f"participation.{field}", value, 0, 1, lo_open=True, allowed="a probability in (0, 1]", detail=detail)
 
 
 def check_probability_config(cfg: dict) -> None:
     """Every value read on either branch is checked, so a typo never waits for the other one."""
     kind = choice("participation.probability", cfg.get("probability", "correlated"), PROBABILITY_KINDS)
     if kind == "constant" or cfg.get("p") is not None:
-        _probability("p", cfg.get("p"), "probability=constant needs p, the participation probability of every client."
-                     if cfg.get("p") is None else "")
+        _probability(
+            "p",
+            cfg.get("p"),
+            "probability=constant needs p, the participation probability of every client."
+            if cfg.get("p") is None
+            else "",
+        )
     _probability("mean", cfg.get("mean", 0.1))
     number("participation.alpha", cfg.get("alpha", 0.1), 0, lo_open=True)
     _probability("floor", cfg.get("floor", 0.02), "The floor keeps every client's p_n above 0.")

@@ -26,18 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or multirun folders")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/report)")
-    p.add_argument("--target", type=float, default=0.9,
-                   help="accuracy to reach, a fraction in [0, 1] (default 0.9)")
-    p.add_argument("--metric", default="test_accuracy",
-                   help="metrics.csv column to compare, higher is better (default test_accuracy)")
+    p.add_argument("--target", type=float, default=0.9, help="accuracy to reach, a fraction in [0, 1] (default 0.9)")
+    p.add_argument(
+        "--metric",
+        default="test_accuracy",
+        help="metrics.csv column to compare, higher is better (default test_accuracy)",
+    )
     return p
 
 
 def _warn_skipped(skipped: list) -> None:
     if not skipped:
         return
-    print(f"warning: skipped {len(skipped)} run(s) that did not complete:",
-          file=sys.stderr)
+    print(f"warning: skipped {len(skipped)} run(s) that did not complete:", file=sys.stderr)
     for s in skipped:
         print(f"  {s.path}: {s.reason}", file=sys.stderr)
 
@@ -50,15 +51,19 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
         raise ConfigError("--target", target, "a fraction between 0 and 1 (0.9 means 90%)")
     out = out if out is not None else dirs[0] / "report"
     if out.exists() and not out.is_dir():
-        raise ConfigError("--out", str(out), "a folder (it is created if missing)",
-                          "A file of that name exists.")
+        raise ConfigError("--out", str(out), "a folder (it is created if missing)", "A file of that name exists.")
     runs, skipped = load_runs(dirs)
     if not runs and not skipped:
-        raise ConfigError("DIR", " ".join(str(d) for d in dirs), "run or multirun folders",
-                          "No summary.json was found under them, so they hold no run.")
+        raise ConfigError(
+            "DIR",
+            " ".join(str(d) for d in dirs),
+            "run or multirun folders",
+            "No summary.json was found under them, so they hold no run.",
+        )
     if not runs:
         raise ConfigError(
-            "DIR", " ".join(str(d) for d in dirs),
+            "DIR",
+            " ".join(str(d) for d in dirs),
             'folders holding at least one completed run (a summary.json with status "completed")',
             f"Found {len(skipped)} run(s), none completed"
             + (": " + "; ".join(f"{s.path} ({s.reason})" for s in skipped[:5]) if skipped else "")
@@ -87,8 +92,7 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
     # Runs are labelled in runs_df order; plot in that order too.
     by_dir = {str(r.path): r for r in runs}
     ordered = [by_dir[d] for d in runs_df["run_dir"]]
-    fig = plot_comparison(ordered, list(runs_df["strategy"]), list(runs_df["setting"]),
-                          metric, target, x)
+    fig = plot_comparison(ordered, list(runs_df["strategy"]), list(runs_df["setting"]), metric, target, x)
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "report.parquet", lambda t: groups.to_parquet(t, index=False))

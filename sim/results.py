@@ -17,8 +17,16 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-BASE_COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "num_participants",
-                "bytes_up", "bytes_down", "wall_s")
+BASE_COLUMNS = (
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "num_participants",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+)
 
 
 def write_atomic(path: Path, write: Callable[[str], object]) -> None:

@@ -65,9 +65,14 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
         bar_total = int(cfg.rounds * exp.gossip.wake_interval / exp.gossip.eval_interval + 1e-9)
     metrics = MetricsLog(out / "metrics.csv")
     summary: dict[str, Any] = {
-        "status": "running", "strategy": exp.strategy.name, "seed": int(cfg.seed),
-        "num_parameters": exp.layout.size, "backend": exp.backend.name, "threads": threads.as_dict(),
-        "config": resolved_config(cfg), "versions": package_versions(),
+        "status": "running",
+        "strategy": exp.strategy.name,
+        "seed": int(cfg.seed),
+        "num_parameters": exp.layout.size,
+        "backend": exp.backend.name,
+        "threads": threads.as_dict(),
+        "config": resolved_config(cfg),
+        "versions": package_versions(),
     }
     if gossip:
         summary["topology"] = exp.topology.summary()
@@ -104,21 +109,50 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     last = metrics.rows[-1]
     summary.update(
         status="completed",
-        final={k: last[k] for k in ("round", "time", "test_accuracy", "test_loss", "val_accuracy", "train_loss",
-                                    "test_accuracy_min", "test_accuracy_max", "consensus_distance") if k in last},
+        final={
+            k: last[k]
+            for k in (
+                "round",
+                "time",
+                "test_accuracy",
+                "test_loss",
+                "val_accuracy",
+                "train_loss",
+                "test_accuracy_min",
+                "test_accuracy_max",
+                "consensus_distance",
+            )
+            if k in last
+        },
         best=_best(metrics.rows),
         wall_s=time.perf_counter() - t0,
         setup_s=setup_s,
         loop_s=last["wall_s"],
     )
     if cfg.save_model:
-        save_checkpoint(out / "model.safetensors", exp.layout, final_params,
-                        {"strategy": exp.strategy.name, "seed": str(cfg.seed), "round": str(last["round"]),
-                         "model": "average of the node models" if gossip else "global model"})
+        save_checkpoint(
+            out / "model.safetensors",
+            exp.layout,
+            final_params,
+            {
+                "strategy": exp.strategy.name,
+                "seed": str(cfg.seed),
+                "round": str(last["round"]),
+                "model": "average of the node models" if gossip else "global model",
+            },
+        )
     where = f"{exp.topology.name} gossip ({exp.gossip.schedule})" if gossip else "FL"
-    plot_accuracy(out / "accuracy.png", metrics.rows,
-                  f"{exp.strategy.name}, {where}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}")
+    plot_accuracy(
+        out / "accuracy.png",
+        metrics.rows,
+        f"{exp.strategy.name}, {where}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}",
+    )
     write_json(out / "summary.json", summary)
-    log.info("final test accuracy %.4f after %d rounds in %.1f s; results in %s",
-             last["test_accuracy"], last["round"], summary["wall_s"], out)
+    log.info(
+        "final test accuracy %.4f after %d rounds in %.1f s; results in %s",
+        last["test_accuracy"],
+        last["round"],
+        summary["wall_s"],
+        out,
+    )
     return summary

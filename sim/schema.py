@@ -50,8 +50,11 @@ def config_dict(node: Any, resolve: bool = True) -> dict[str, Any]:
 def group_options() -> dict[str, tuple[str, ...]]:
     """Each config group (a folder of configs/) and its options (the YAML files in it)."""
     root = config_root()
-    return {d.name: tuple(sorted(p.stem for p in d.glob("*.yaml"))) for d in sorted(root.iterdir())
-            if d.is_dir() and not d.name.startswith(("_", "."))}
+    return {
+        d.name: tuple(sorted(p.stem for p in d.glob("*.yaml")))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(("_", "."))
+    }
 
 
 @cache
@@ -138,7 +141,11 @@ def _unknown(field: str, value: Any, keys: list[str], source: str, nested: Mappi
     candidates = {**(nested or {}), **siblings}
     hint = did_you_mean(leaf, set(candidates.values()))
     if hint:
-        target = hint[len(" Did you mean "):-1]
+        target = hint[len(" Did you mean ") : -1]
         hint = f" Did you mean {next(path for path, name in candidates.items() if name == target)}?"
-    raise ConfigError(field, value, f"a key declared in {source}: {', '.join(keys)}",
-                      f"No config file has this key, so nothing would read it.{hint}")
+    raise ConfigError(
+        field,
+        value,
+        f"a key declared in {source}: {', '.join(keys)}",
+        f"No config file has this key, so nothing would read it.{hint}",
+    )

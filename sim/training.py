@@ -90,8 +90,14 @@ def steps_per_client(sizes: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return cfg.epochs * ((sizes + cfg.batch_size - 1) // cfg.batch_size)
 
 
-def batch_loss(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               label_smoothing: float = 0.0) -> torch.Tensor:
+def batch_loss(
+    model: nn.Module,
+    layout: Layout,
+    params: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Mean cross-entropy of the model with flat ``params`` on one batch (vmap-able)."""
     logits = functional_call(model, layout.to_state_dict(params), (x,))
     return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -99,13 +105,16 @@ def batch_loss(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.
 
 # a buffer passed in comes back as a buffer (the vectorized backend writes it into its own rows)
 @overload
-def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor,
-             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]: ...
+def sgd_step(
+    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
-def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None,
-             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]: ...
-def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None,
-             cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sgd_step(
+    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+def sgd_step(
+    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One ``torch.optim.SGD`` step; elementwise, so it serves ``[P]`` and ``[K, P]`` alike."""
     d = grad if cfg.weight_decay == 0 else grad + cfg.weight_decay * params
     if cfg.momentum:
@@ -114,8 +123,15 @@ def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tenso
     return params - cfg.lr * d, momentum_buf
 
 
-def local_train(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                cfg: TrainConfig, generator: torch.Generator) -> TrainResult:
+def local_train(
+    model: nn.Module,
+    layout: Layout,
+    params: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> TrainResult:
     """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``."""
     buffers = layout.of_kind("buffer")
     trainable = layout.trainable_mask() if buffers else None
@@ -144,15 +160,16 @@ def local_train(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 4096) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of one flat model on a labelled set."""
     if len(y) == 0:
         return float("nan"), float("nan")
     state = layout.to_state_dict(params)
     correct, loss_sum = 0, 0.0
     for lo in range(0, len(y), batch_size):
-        xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
+        xb, yb = x[lo : lo + batch_size], y[lo : lo + batch_size]
         logits = functional_call(model, state, (xb,))
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
@@ -160,8 +177,15 @@ def evaluate(model: nn.Module, layout: Layout, params: torch.Tensor, x: torch.Te
 
 
 @torch.no_grad()
-def evaluate_many(model: nn.Module, layout: Layout, stacked: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                  chunk: int = 32, row_chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_many(
+    model: nn.Module,
+    layout: Layout,
+    stacked: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int = 32,
+    row_chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean loss ``[N]`` of N flat models ``[N, P]`` on one labelled set, vmapped.
 
     Gossip evaluates every node each time; one vmapped pass per chunk of nodes costs about what
@@ -176,11 +200,11 @@ def evaluate_many(model: nn.Module, layout: Layout, stacked: torch.Tensor, x: to
     batched = vmap(logits_of, in_dims=(0, None))
     accs, losses = [], []
     for lo in range(0, len(stacked), chunk):
-        models = stacked[lo:lo + chunk]
+        models = stacked[lo : lo + chunk]
         correct = torch.zeros(len(models))
         loss_sum = torch.zeros(len(models), dtype=torch.float64)
         for r in range(0, len(y), row_chunk):
-            xb, yb = x[r:r + row_chunk], y[r:r + row_chunk]
+            xb, yb = x[r : r + row_chunk], y[r : r + row_chunk]
             logits = batched(models, xb)  # [n, T, C]
             correct += (logits.argmax(-1) == yb).sum(-1)
             loss_sum += F.cross_entropy(logits.transpose(1, 2), yb.expand(len(logits), -1), reduction="none").sum(-1)

@@ -47,21 +47,42 @@ def in_range(value: float, lo: float | None, hi: float | None, lo_open: bool = F
     return above and below
 
 
-def number(field: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, allowed: str | None = None, detail: str = "") -> float:
+def number(
+    field: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allowed: str | None = None,
+    detail: str = "",
+) -> float:
     """``value`` as a float when it is a finite number in the range; ConfigError otherwise."""
     if not (is_number(value) and in_range(value, lo, hi, lo_open, hi_open)):
         raise ConfigError(field, value, allowed or describe_range(lo, hi, lo_open, hi_open), detail)
     return float(value)
 
 
-def integer(field: str, value: Any, lo: int | None = None, hi: int | None = None, *, allowed: str | None = None,
-            detail: str = "") -> int:
+def integer(
+    field: str,
+    value: Any,
+    lo: int | None = None,
+    hi: int | None = None,
+    *,
+    allowed: str | None = None,
+    detail: str = "",
+) -> int:
     """``value`` when it is an integer in ``[lo, hi]`` (a float such as 2.0 is refused: a typo, not a count)."""
     if not (is_int(value) and in_range(value, lo, hi)):
         if allowed is None:
-            allowed = (f"an integer in [{lo}, {hi}]" if lo is not None and hi is not None
-                       else f"an integer >= {lo}" if lo is not None else "an integer")
+            allowed = (
+                f"an integer in [{lo}, {hi}]"
+                if lo is not None and hi is not None
+                else f"an integer >= {lo}"
+                if lo is not None
+                else "an integer"
+            )
         raise ConfigError(field, value, allowed, detail)
     return value
 

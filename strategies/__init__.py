@@ -15,6 +15,23 @@ from .soups import FisherMerge, GreedySoup, Interpolate, SparseSoup, UniformSoup
 from .task_merging import TaskArithmetic
 from .variance import VarianceCorrected
 
-__all__ = ["AggregationInfo", "Strategy", "build_strategy", "weighted_average", "FedAvg", "ServerOptimizer", "FedAU",
-           "FedAvgAll", "KnownProbability", "MIFA", "GossipAvg", "VarianceCorrected",
-           "UniformSoup", "GreedySoup", "FisherMerge", "Interpolate", "SparseSoup", "TaskArithmetic"]
+__all__ = [
+    "AggregationInfo",
+    "Strategy",
+    "build_strategy",
+    "weighted_average",
+    "FedAvg",
+    "ServerOptimizer",
+    "FedAU",
+    "FedAvgAll",
+    "KnownProbability",
+    "MIFA",
+    "GossipAvg",
+    "VarianceCorrected",
+    "UniformSoup",
+    "GreedySoup",
+    "FisherMerge",
+    "Interpolate",
+    "SparseSoup",
+    "TaskArithmetic",
+]

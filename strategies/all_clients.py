@@ -45,8 +45,12 @@ class KnownProbability(Strategy):
 
     def aggregate(self, models, info, state):
         if info.participation_prob is None:
-            raise ConfigError("strategy.name", self.name, "a strategy that needs no participation probabilities",
-                              "The participation model gives no p_n to weight by.")
+            raise ConfigError(
+                "strategy.name",
+                self.name,
+                "a strategy that needs no participation probabilities",
+                "The participation model gives no p_n to weight by.",
+            )
         return all_clients_step(models, info, 1.0 / info.participation_prob, self.server_lr), state
 
 

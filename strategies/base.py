@@ -77,15 +77,28 @@ def weighted_average(models: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 
 def check_positive(strategy: str, field: str, value: Any, allow_zero: bool = False) -> float:
     """A finite number > 0 (>= 0 with ``allow_zero``): an infinite step or scale would make every model NaN."""
-    return number(f"strategy.{field}", value, 0, lo_open=not allow_zero,
-                  allowed=f"a finite number {'>=' if allow_zero else '>'} 0 for {strategy}")
+    return number(
+        f"strategy.{field}",
+        value,
+        0,
+        lo_open=not allow_zero,
+        allowed=f"a finite number {'>=' if allow_zero else '>'} 0 for {strategy}",
+    )
 
 
-def check_unit_interval(strategy: str, field: str, value: Any, closed_right: bool = False,
-                        closed_left: bool = True) -> float:
+def check_unit_interval(
+    strategy: str, field: str, value: Any, closed_right: bool = False, closed_left: bool = True
+) -> float:
     interval = f"{'[' if closed_left else '('}0, 1{']' if closed_right else ')'}"
-    return number(f"strategy.{field}", value, 0, 1, lo_open=not closed_left, hi_open=not closed_right,
-                  allowed=f"a number in {interval} for {strategy}")
+    return number(
+        f"strategy.{field}",
+        value,
+        0,
+        1,
+        lo_open=not closed_left,
+        hi_open=not closed_right,
+        allowed=f"a number in {interval} for {strategy}",
+    )
 
 
 def build_strategy(strategy_cfg) -> Strategy:
@@ -102,8 +115,12 @@ def build_strategy(strategy_cfg) -> Strategy:
         raise ConfigError("strategy.name", name, "a non-empty label (the run's name in reports)")
     target = cfg.pop("_target_", None)
     if not target:
-        raise ConfigError("strategy._target_", target, "the dotted path of a Strategy class",
-                          f"The strategy config {name!r} has no _target_.")
+        raise ConfigError(
+            "strategy._target_",
+            target,
+            "the dotted path of a Strategy class",
+            f"The strategy config {name!r} has no _target_.",
+        )
     try:
         cls = get_class(target)
     except Exception:

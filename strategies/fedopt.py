@@ -49,9 +49,17 @@ VARIANTS = ("reddi", "flower")
 class ServerOptimizer(Strategy):
     name = "fedopt"
 
-    def __init__(self, optimizer: str = "adam", server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, weighting: str = "samples", bias_correction: bool = False,
-                 variant: str = "reddi"):
+    def __init__(
+        self,
+        optimizer: str = "adam",
+        server_lr: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        weighting: str = "samples",
+        bias_correction: bool = False,
+        variant: str = "reddi",
+    ):
         self.optimizer = choice("strategy.optimizer", optimizer, OPTIMIZERS)
         self.weighting = choice("strategy.weighting", weighting, WEIGHTINGS)
         self.variant = choice("strategy.variant", variant, VARIANTS)
@@ -65,17 +73,25 @@ class ServerOptimizer(Strategy):
 
     def _check_bias_correction(self, value: bool) -> bool:
         if value and self.optimizer == "avgm":
-            raise ConfigError("strategy.bias_correction", value, "false for fedavgm",
-                              "Momentum SGD on the server has no second moment to correct.")
+            raise ConfigError(
+                "strategy.bias_correction",
+                value,
+                "false for fedavgm",
+                "Momentum SGD on the server has no second moment to correct.",
+            )
         if value and self.variant == "flower":
-            raise ConfigError("strategy.bias_correction", value, "false with variant=flower",
-                              "variant=flower already applies Flower's own correction (FedAdam) or none (FedYogi).")
+            raise ConfigError(
+                "strategy.bias_correction",
+                value,
+                "false with variant=flower",
+                "variant=flower already applies Flower's own correction (FedAdam) or none (FedYogi).",
+            )
         return value
 
     def init_state(self, params: torch.Tensor, num_clients: int) -> State:
         state: State = {"step": 0, "m": torch.zeros_like(params)}
         if self.optimizer != "avgm":
-            state["v"] = torch.full_like(params, self.tau ** 2 if self.variant == "reddi" else 0.0)
+            state["v"] = torch.full_like(params, self.tau**2 if self.variant == "reddi" else 0.0)
         return state
 
     def step_scale(self, step: int, round_: int) -> float:
@@ -88,7 +104,7 @@ class ServerOptimizer(Strategy):
             t = step
         else:
             return 1.0
-        return math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
+        return math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         if not state:

@@ -54,20 +54,25 @@ class InvalidReplyError(RunError):
     def __init__(self, server_round: int, problems: list[str]):
         self.problems = problems
         shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
-        super().__init__(f"round {server_round}: {len(problems)} client repl{'y' if len(problems) == 1 else 'ies'} "
-                         "cannot be aggregated:\n  " + "\n  ".join(shown) +
-                         "\nFix the client, or build the adapter with on_invalid='reject' to drop such replies.")
+        super().__init__(
+            f"round {server_round}: {len(problems)} client repl{'y' if len(problems) == 1 else 'ies'} "
+            "cannot be aggregated:\n  "
+            + "\n  ".join(shown)
+            + "\nFix the client, or build the adapter with on_invalid='reject' to drop such replies."
+        )
 
 
 # ---- conversions between the flat [P] vector and Flower records -----------------------------
 def to_arrayrecord(layout: Layout, flat: torch.Tensor) -> ArrayRecord:
     """One ``Array`` per layout tensor, named as in the model's state dict."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(t.detach().cpu().numpy()))
-                        for name, t in layout.to_state_dict(flat).items()})
+    return ArrayRecord(
+        {name: Array(np.ascontiguousarray(t.detach().cpu().numpy())) for name, t in layout.to_state_dict(flat).items()}
+    )
 
 
-def read_arrays(layout: Layout, arrays: Mapping[str, Any],
-                what: str = "arrays") -> tuple[torch.Tensor | None, list[str]]:
+def read_arrays(
+    layout: Layout, arrays: Mapping[str, Any], what: str = "arrays"
+) -> tuple[torch.Tensor | None, list[str]]:
     """``(flat [P], [])`` when ``arrays`` (name -> Flower ``Array`` or ndarray) fits the layout,
     else ``(None, problems)`` naming the keys, shapes and non-finite entries that do not."""
     expected = layout.names
@@ -82,8 +87,9 @@ def read_arrays(layout: Layout, arrays: Mapping[str, Any],
         value = arrays[spec.name]
         shape = tuple(int(d) for d in value.shape)
         if shape != spec.shape:
-            problems.append(f"{what}: array {spec.name!r} has shape {list(shape)}, "
-                            f"the layout expects {list(spec.shape)}")
+            problems.append(
+                f"{what}: array {spec.name!r} has shape {list(shape)}, the layout expects {list(spec.shape)}"
+            )
             continue
         try:
             arr = value if isinstance(value, np.ndarray) else value.numpy()
@@ -135,20 +141,33 @@ class _Row(NamedTuple):
 class ReplyAggregator:
     """Checks client updates, keeps node identity and the strategy's state, calls the strategy."""
 
-    def __init__(self, strategy: Strategy, layout: Layout, *, num_clients: int | None = None,
-                 validate: Callable[[torch.Tensor], float] | None = None, on_invalid: str = "error",
-                 initial_params: torch.Tensor | None = None):
+    def __init__(
+        self,
+        strategy: Strategy,
+        layout: Layout,
+        *,
+        num_clients: int | None = None,
+        validate: Callable[[torch.Tensor], float] | None = None,
+        on_invalid: str = "error",
+        initial_params: torch.Tensor | None = None,
+    ):
         if not isinstance(strategy, Strategy):
             raise ConfigError("strategy", type(strategy).__name__, "a gossipsoup Strategy (see strategies/)")
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
-        if num_clients is not None and (isinstance(num_clients, bool) or not isinstance(num_clients, int)
-                                        or num_clients < 1):
-            raise ConfigError("num_clients", num_clients,
-                              "null (the nodes connected at the first round) or an int >= 1")
+        if num_clients is not None and (
+            isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1
+        ):
+            raise ConfigError(
+                "num_clients", num_clients, "null (the nodes connected at the first round) or an int >= 1"
+            )
         if strategy.needs_validation and validate is None:
-            raise ConfigError("validate", None, "a server-side function params [P] -> score (higher is better)",
-                              f"Strategy {strategy.name} scores candidate models on held-out data.")
+            raise ConfigError(
+                "validate",
+                None,
+                "a server-side function params [P] -> score (higher is better)",
+                f"Strategy {strategy.name} scores candidate models on held-out data.",
+            )
         self.strategy, self.layout, self.validate, self.on_invalid = strategy, layout, validate, on_invalid
         self.fixed_clients = num_clients  # None: N follows the nodes seen
         self.num_clients = num_clients  # N of the current state
@@ -190,8 +209,15 @@ class ReplyAggregator:
         fresh = self.strategy.init_state(reference, n)
         for key, old in state.items():
             new = fresh.get(key)
-            if (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.dim() and new.dim()
-                    and old.shape[0] == old_n and new.shape[0] == n and old.shape[1:] == new.shape[1:]):
+            if (
+                isinstance(old, torch.Tensor)
+                and isinstance(new, torch.Tensor)
+                and old.dim()
+                and new.dim()
+                and old.shape[0] == old_n
+                and new.shape[0] == n
+                and old.shape[1:] == new.shape[1:]
+            ):
                 new[:old_n] = old
                 state[key] = new
 
@@ -201,8 +227,9 @@ class ReplyAggregator:
             problems.append("a second reply from this node in one round")
         index = self.node_index.get(u.node)
         if index is None:
-            problems.append(f"node is beyond num_clients={self.fixed_clients}, the number of clients the adapter "
-                            "was built for")
+            problems.append(
+                f"node is beyond num_clients={self.fixed_clients}, the number of clients the adapter was built for"
+            )
         n = u.num_examples
         if n is None:
             problems.append(f"its MetricRecord has no {NUM_EXAMPLES!r}")
@@ -229,16 +256,19 @@ class ReplyAggregator:
         assert index is not None and flat is not None, "a missing index or model adds a problem above"
         return [], _Row(index, flat, float(n), extras)
 
-    def aggregate(self, server_round: int,
-                  updates: list[ClientUpdate]) -> tuple[torch.Tensor, dict[str, float], list[int]]:
+    def aggregate(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> tuple[torch.Tensor, dict[str, float], list[int]]:
         """The new global model, the round's counts and the positions of the updates aggregated.
 
         Raises InvalidReplyError in "error" mode when any update is bad.
         """
         reference = self.reference
         if reference is None:
-            raise RunError("the adapter has no current global model: configure_train was not called "
-                           "and no initial_params were given")
+            raise RunError(
+                "the adapter has no current global model: configure_train was not called "
+                "and no initial_params were given"
+            )
         self.register(u.node for u in updates)  # a round's new nodes get indices in sorted order
         seen: set[Hashable] = set()
         rows: list[_Row] = []
@@ -261,11 +291,17 @@ class ReplyAggregator:
         state, num_clients = self._sized_state(reference)
         ids = torch.tensor([r.client_id for r in rows], dtype=torch.long)
         info = AggregationInfo(
-            client_ids=ids, num_samples=torch.tensor([r.num_samples for r in rows], dtype=torch.float64),
-            round=server_round, num_clients=num_clients, layout=self.layout, reference=reference,
+            client_ids=ids,
+            num_samples=torch.tensor([r.num_samples for r in rows], dtype=torch.float64),
+            round=server_round,
+            num_clients=num_clients,
+            layout=self.layout,
+            reference=reference,
             validate=self.validate,
             extras={name: torch.stack([r.extras[name] for r in rows]) for name in self.strategy.requires}
-            if rows else {})
+            if rows
+            else {},
+        )
         if rows:
             params, state = self.strategy.aggregate(torch.stack([r.params for r in rows]), info, state)
         else:
@@ -304,21 +340,40 @@ class GossipsoupStrategy(AggregatorHolder, FlowerFedAvg):
     Every other keyword goes to Flower's ``FedAvg`` (``fraction_train``, ``min_available_nodes``, ...).
     """
 
-    def __init__(self, strategy: Strategy, layout: Layout, *, num_clients: int | None = None,
-                 validate: Callable[[torch.Tensor], float] | None = None, on_invalid: str = "error",
-                 initial_params: torch.Tensor | None = None, **fedavg_kwargs: Any):
+    def __init__(
+        self,
+        strategy: Strategy,
+        layout: Layout,
+        *,
+        num_clients: int | None = None,
+        validate: Callable[[torch.Tensor], float] | None = None,
+        on_invalid: str = "error",
+        initial_params: torch.Tensor | None = None,
+        **fedavg_kwargs: Any,
+    ):
         super().__init__(**fedavg_kwargs)
-        self._hold(strategy, layout, num_clients=num_clients, validate=validate, on_invalid=on_invalid,
-                   initial_params=initial_params)
+        self._hold(
+            strategy,
+            layout,
+            num_clients=num_clients,
+            validate=validate,
+            on_invalid=on_invalid,
+            initial_params=initial_params,
+        )
 
     def summary(self) -> None:
         super().summary()
         agg = self.aggregator
-        log.info("gossipsoup strategy %s (requires %s), on_invalid=%s", agg.strategy.name,
-                 sorted(agg.strategy.requires) or "nothing", agg.on_invalid)
+        log.info(
+            "gossipsoup strategy %s (requires %s), on_invalid=%s",
+            agg.strategy.name,
+            sorted(agg.strategy.requires) or "nothing",
+            agg.on_invalid,
+        )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         agg = self.aggregator
         agg.reference = from_arrayrecord(agg.layout, arrays, "the global model")
         agg.register(grid.get_node_ids())
@@ -335,12 +390,14 @@ class GossipsoupStrategy(AggregatorHolder, FlowerFedAvg):
             arrays = next(iter(records.values()))
         if arrays is None:
             problems.append(f"no model ArrayRecord {self.arrayrecord_key!r} (it has {sorted(content.array_records)})")
-        num_examples = next((m[self.weighted_by_key] for m in content.metric_records.values()
-                             if self.weighted_by_key in m), None)
+        num_examples = next(
+            (m[self.weighted_by_key] for m in content.metric_records.values() if self.weighted_by_key in m), None
+        )
         return ClientUpdate(msg.metadata.src_node_id, arrays, num_examples, extras, problems)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         agg = self.aggregator

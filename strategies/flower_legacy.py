@@ -75,20 +75,35 @@ class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
     ``FedAvg`` (``fraction_fit``, ``min_available_clients``, ``fit_metrics_aggregation_fn``, ...).
     """
 
-    def __init__(self, strategy: Strategy, layout: Layout, *, num_clients: int | None = None,
-                 validate: Callable[[torch.Tensor], float] | None = None, on_invalid: str = "error",
-                 initial_params: torch.Tensor | None = None, **fedavg_kwargs: Any):
+    def __init__(
+        self,
+        strategy: Strategy,
+        layout: Layout,
+        *,
+        num_clients: int | None = None,
+        validate: Callable[[torch.Tensor], float] | None = None,
+        on_invalid: str = "error",
+        initial_params: torch.Tensor | None = None,
+        **fedavg_kwargs: Any,
+    ):
         if initial_params is not None and fedavg_kwargs.get("initial_parameters") is None:
             fedavg_kwargs["initial_parameters"] = ndarrays_to_parameters(to_ndarrays(layout, initial_params))
         super().__init__(**fedavg_kwargs)
-        self._hold(strategy, layout, num_clients=num_clients, validate=validate, on_invalid=on_invalid,
-                   initial_params=initial_params)
+        self._hold(
+            strategy,
+            layout,
+            num_clients=num_clients,
+            validate=validate,
+            on_invalid=on_invalid,
+            initial_params=initial_params,
+        )
 
     def __repr__(self) -> str:
         return f"GossipsoupLegacyStrategy({self.aggregator.strategy.name}, on_invalid={self.aggregator.on_invalid!r})"
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         agg = self.aggregator
         arrays = named(agg.layout, parameters_to_ndarrays(parameters))
         if isinstance(arrays, str):
@@ -119,7 +134,9 @@ class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
         return ClientUpdate(_node(proxy), arrays, res.num_examples, extras, problems)
 
     def aggregate_fit(
-        self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if failures and not self.accept_failures:
@@ -131,8 +148,9 @@ class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
         params, counts, accepted = agg.aggregate(server_round, [self._read(p, r) for p, r in results])
         metrics: dict[str, Scalar] = {}
         if self.fit_metrics_aggregation_fn and accepted:
-            metrics.update(self.fit_metrics_aggregation_fn(
-                [(results[i][1].num_examples, results[i][1].metrics) for i in accepted]))
+            metrics.update(
+                self.fit_metrics_aggregation_fn([(results[i][1].num_examples, results[i][1].metrics) for i in accepted])
+            )
         metrics.update(counts, **{"gossipsoup-failed": float(len(failures))})
         return ndarrays_to_parameters(to_ndarrays(agg.layout, params)), metrics
 

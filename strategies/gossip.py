@@ -53,8 +53,9 @@ def received_mean(received: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = received.indices()
     off = rows != cols
     count = torch.bincount(rows[off], minlength=received.shape[0])
-    mean = torch.sparse_coo_tensor(received.indices()[:, off], 1.0 / count[rows[off]].to(received.dtype),
-                                   received.shape, check_invariants=False).coalesce()
+    mean = torch.sparse_coo_tensor(
+        received.indices()[:, off], 1.0 / count[rows[off]].to(received.dtype), received.shape, check_invariants=False
+    ).coalesce()
     return mean, count
 
 
@@ -111,5 +112,6 @@ def uniform_rows(matrix: torch.Tensor) -> torch.Tensor:
     matrix = matrix.coalesce()
     rows = matrix.indices()[0]
     counts = torch.bincount(rows, minlength=matrix.shape[0]).to(matrix.dtype)
-    return torch.sparse_coo_tensor(matrix.indices(), 1.0 / counts[rows], matrix.shape,
-                                   check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        matrix.indices(), 1.0 / counts[rows], matrix.shape, check_invariants=False
+    ).coalesce()

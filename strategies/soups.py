@@ -87,9 +87,12 @@ class GreedySoup(Strategy):
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         if info.validate is None:
-            raise ConfigError("strategy.name", self.name, "a strategy that needs no validation split",
-                              "greedy_soup scores every candidate on a server-held validation split; "
-                              "set dataset.val_fraction > 0.")
+            raise ConfigError(
+                "strategy.name",
+                self.name,
+                "a strategy that needs no validation split",
+                "greedy_soup scores every candidate on a server-held validation split; set dataset.val_fraction > 0.",
+            )
         k = len(models)
         scores = [float(info.validate(models[i])) for i in range(k)]
         # NaN scores sort last; sorted() is stable, so equal scores keep the row order
@@ -120,8 +123,13 @@ class FisherMerge(Strategy):
     name = "fisher_merge"
     requires = frozenset({"fisher"})
 
-    def __init__(self, weighting: str = "uniform", fisher_floor: float = 1e-6, normalize_fishers: bool = True,
-                 favor_target_model: bool = True):
+    def __init__(
+        self,
+        weighting: str = "uniform",
+        fisher_floor: float = 1e-6,
+        normalize_fishers: bool = True,
+        favor_target_model: bool = True,
+    ):
         self.weighting = _check_weighting(weighting)
         self.fisher_floor = check_positive(self.name, "fisher_floor", fisher_floor)
         self.normalize_fishers = _check_bool("normalize_fishers", normalize_fishers)
@@ -130,11 +138,15 @@ class FisherMerge(Strategy):
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         fisher = info.extras.get("fisher")
         if fisher is None:
-            raise RunError("fisher_merge needs each client's diagonal Fisher in info.extras['fisher'], "
-                           "but the engine did not provide Fisher diagonals for this round.")
+            raise RunError(
+                "fisher_merge needs each client's diagonal Fisher in info.extras['fisher'], "
+                "but the engine did not provide Fisher diagonals for this round."
+            )
         if fisher.shape != models.shape:
-            raise RunError(f"fisher_merge got Fisher diagonals of shape {tuple(fisher.shape)} for models of "
-                           f"shape {tuple(models.shape)}; they must match.")
+            raise RunError(
+                f"fisher_merge got Fisher diagonals of shape {tuple(fisher.shape)} for models of "
+                f"shape {tuple(models.shape)}; they must match."
+            )
         lam = client_weights(self.weighting, info, len(models)).to(torch.float64)
         params = info.layout.trainable_mask()
         x, f = models.to(torch.float64), fisher.to(torch.float64)[:, params]  # [K, P], [K, p]
@@ -176,10 +188,12 @@ class Interpolate(Strategy):
 class SparseSoup(Strategy):
     name = "sparse_soup"
     #: why FL and gossip runs refuse this rule (``sim.experiment.validate_config`` reads it)
-    offline_only = ("sparse_soup merges checkpoints that share a pruning mask, but local training here does not "
-                    "keep pruned weights at zero: after one round no entry is zero in every model and the rule is "
-                    "a plain average. Merge masked checkpoints offline with `python -m sim.merge CHECKPOINTS "
-                    "--method sparse_soup`, or use uniform_soup / fedavg as the run's rule.")
+    offline_only = (
+        "sparse_soup merges checkpoints that share a pruning mask, but local training here does not "
+        "keep pruned weights at zero: after one round no entry is zero in every model and the rule is "
+        "a plain average. Merge masked checkpoints offline with `python -m sim.merge CHECKPOINTS "
+        "--method sparse_soup`, or use uniform_soup / fedavg as the run's rule."
+    )
 
     def __init__(self, mask: str = "intersection", weighting: str = "uniform"):
         if mask not in SPARSE_MASKS:

@@ -77,8 +77,15 @@ def disjoint_merge(tau: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class TaskArithmetic(Strategy):
     name = "task_arithmetic"
 
-    def __init__(self, method: str = "task_arithmetic", scaling: float = 1.0, density: float = 1.0,
-                 weighting: str = "uniform", sign_consensus: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        method: str = "task_arithmetic",
+        scaling: float = 1.0,
+        density: float = 1.0,
+        weighting: str = "uniform",
+        sign_consensus: bool = False,
+        seed: int = 0,
+    ):
         if method not in METHODS:
             raise ConfigError("strategy.method", method, f"one of {', '.join(METHODS)}")
         self.method = method
@@ -86,8 +93,12 @@ class TaskArithmetic(Strategy):
         self.scaling = check_positive(method, "scaling", scaling)
         check_unit_interval(method, "density", density, closed_right=True, closed_left=False)
         if method == "task_arithmetic" and density != 1:
-            raise ConfigError("strategy.density", density, "1 for task_arithmetic",
-                              "Only ties (magnitude trim) and dare (random drop) sparsify the deltas.")
+            raise ConfigError(
+                "strategy.density",
+                density,
+                "1 for task_arithmetic",
+                "Only ties (magnitude trim) and dare (random drop) sparsify the deltas.",
+            )
         self.density = float(density)
         if weighting not in WEIGHTINGS:
             raise ConfigError("strategy.weighting", weighting, f"one of {', '.join(WEIGHTINGS)}")

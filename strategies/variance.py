@@ -59,8 +59,9 @@ VARIANTS = {"reference": "weights_and_biases", "follow_others": "weights", "cons
 CORRECTED = {"weights": ("weight",), "weights_and_biases": ("weight", "bias")}
 
 
-def rescale_to_variance(merged: torch.Tensor, target: torch.Tensor, layout: Layout, kinds: tuple[str, ...],
-                        eps: float) -> torch.Tensor:
+def rescale_to_variance(
+    merged: torch.Tensor, target: torch.Tensor, layout: Layout, kinds: tuple[str, ...], eps: float
+) -> torch.Tensor:
     """Rescale each corrected tensor of ``merged [..., P]`` to the variance ``target[..., layer]``.
 
     Works on one model ``[P]`` with ``target [L]`` and on stacks ``[N, P]`` with ``[N, L]``.
@@ -72,23 +73,32 @@ def rescale_to_variance(merged: torch.Tensor, target: torch.Tensor, layout: Layo
         w = merged[..., spec.slice]
         mean = w.mean(dim=-1, keepdim=True)
         var = w.var(dim=-1, keepdim=True)
-        scale = torch.sqrt((target[..., j:j + 1] + eps) / (var + eps))
+        scale = torch.sqrt((target[..., j : j + 1] + eps) / (var + eps))
         out[..., spec.slice] = (w - mean) * scale + mean
     return out
 
 
 def layer_variances(models: torch.Tensor, layout: Layout, kinds: tuple[str, ...]) -> torch.Tensor:
     """``[..., L]``: the unbiased variance of each corrected tensor of each model."""
-    cols = [models[..., s.slice].var(dim=-1) if s.numel > 1 else models.new_zeros(models.shape[:-1])
-            for s in layout.specs if s.kind in kinds]
+    cols = [
+        models[..., s.slice].var(dim=-1) if s.numel > 1 else models.new_zeros(models.shape[:-1])
+        for s in layout.specs
+        if s.kind in kinds
+    ]
     return torch.stack(cols, dim=-1)
 
 
 class VarianceCorrected(Strategy):
     name = "variance_corrected"
 
-    def __init__(self, variant: str = "reference", c: float = 0.5, correct: str | None = None,
-                 weights: str = "mixing", eps: float = 1e-4):
+    def __init__(
+        self,
+        variant: str = "reference",
+        c: float = 0.5,
+        correct: str | None = None,
+        weights: str = "mixing",
+        eps: float = 1e-4,
+    ):
         if variant not in VARIANTS:
             raise ConfigError("strategy.variant", variant, f"one of {', '.join(VARIANTS)}")
         correct = VARIANTS[variant] if correct is None else correct

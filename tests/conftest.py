@@ -35,8 +35,7 @@ def ray_session():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             # address="local": a new Ray of our own even where another one runs or a stale session file exists
-            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-                     log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     if started and ray.is_initialized():
         ray.shutdown()

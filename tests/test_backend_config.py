@@ -32,6 +32,7 @@ def restore_threads():
 
 # ---- the automatic rule ------------------------------------------------------------------------
 
+
 def test_small_models_get_one_thread_whatever_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert auto_threads(4810, 10, cores=64) == 1  # the default MLP on digits
@@ -82,6 +83,7 @@ def test_configure_threads_applies_the_count(restore_threads):
 
 # ---- applied at the start of a run and recorded ------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["auto", "sequential", "vectorized"])
 def test_a_run_applies_and_records_its_thread_count(make_cfg, tmp_path, restore_threads, backend):
     torch.set_num_threads(2)  # torch's default on a 2-core machine
@@ -105,20 +107,27 @@ BAD = [  # (backend, override, field)
     *[(b, "backend.chunk_size=2.5", "backend.chunk_size") for b in ("auto", "vectorized")],
     *[(b, "backend.chunk_size=true", "backend.chunk_size") for b in ("auto", "vectorized")],
     *[(b, "backend.kernel=fast", "backend.kernel") for b in ("auto", "vectorized")],
-    ("ray", "backend.num_cpus=inf", "backend.num_cpus"), ("ray", "backend.num_cpus=nan", "backend.num_cpus"),
-    ("ray", "backend.num_cpus=-1", "backend.num_cpus"), ("ray", "backend.num_cpus=true", "backend.num_cpus"),
-    ("ray", "backend.num_gpus=inf", "backend.num_gpus"), ("ray", "backend.num_gpus=nan", "backend.num_gpus"),
+    ("ray", "backend.num_cpus=inf", "backend.num_cpus"),
+    ("ray", "backend.num_cpus=nan", "backend.num_cpus"),
+    ("ray", "backend.num_cpus=-1", "backend.num_cpus"),
+    ("ray", "backend.num_cpus=true", "backend.num_cpus"),
+    ("ray", "backend.num_gpus=inf", "backend.num_gpus"),
+    ("ray", "backend.num_gpus=nan", "backend.num_gpus"),
     ("ray", "backend.aggregator_num_gpus=-0.5", "backend.aggregator_num_gpus"),
     ("ray", "backend.aggregator_num_gpus=inf", "backend.aggregator_num_gpus"),
-    ("ray", "backend.num_actors=2.5", "backend.num_actors"), ("ray", "backend.num_actors=-3", "backend.num_actors"),
+    ("ray", "backend.num_actors=2.5", "backend.num_actors"),
+    ("ray", "backend.num_actors=-3", "backend.num_actors"),
     ("ray", "backend.max_retries=1.5", "backend.max_retries"),
     ("ray", "backend.driver_max_clients=-1", "backend.driver_max_clients"),
     ("ray", "backend.start_timeout_s=inf", "backend.start_timeout_s"),
     ("ray", "backend.start_timeout_s=0", "backend.start_timeout_s"),
-    ("ray", "backend.noop_train=1", "backend.noop_train"), ("ray", "backend.noop_train=yes", "backend.noop_train"),
-    ("ray", "backend.inner=ray", "backend.inner"), ("ray", "backend.device=tpu", "backend.device"),
+    ("ray", "backend.noop_train=1", "backend.noop_train"),
+    ("ray", "backend.noop_train=yes", "backend.noop_train"),
+    ("ray", "backend.inner=ray", "backend.inner"),
+    ("ray", "backend.device=tpu", "backend.device"),
     ("ray", "backend.aggregate_on=gpu", "backend.aggregate_on"),
-    ("ray", "backend.runtime_env=[1,2]", "backend.runtime_env"), ("ray", "backend.address=''", "backend.address"),
+    ("ray", "backend.runtime_env=[1,2]", "backend.runtime_env"),
+    ("ray", "backend.address=''", "backend.address"),
     ("ray", "backend.address=nohost", "backend.address"),
     *[(b, "+backend.colour=red", "backend.colour") for b in ("auto", "sequential", "vectorized", "ray")],
 ]
@@ -141,6 +150,7 @@ def test_the_shipped_backend_configs_are_valid(make_cfg, backend):
 
 
 # ---- Ray: honest figures and connection errors -------------------------------------------------
+
 
 def test_the_no_gpu_error_gives_this_machines_real_cpu_count(monkeypatch):
     ray = pytest.importorskip("ray")
@@ -198,10 +208,22 @@ def test_a_port_that_is_not_a_ray_head_says_what_ray_init_said(tmp_path):
 
     threading.Thread(target=close_every_connection, daemon=True).start()
     try:
-        result = subprocess.run([sys.executable, "-m", "sim", *TINY, "backend=ray",
-                                 f"backend.address=ray://127.0.0.1:{port}", f"hydra.run.dir={tmp_path / 'run'}"],
-                                cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=180,
-                                check=False)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sim",
+                *TINY,
+                "backend=ray",
+                f"backend.address=ray://127.0.0.1:{port}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
     finally:
         server.close()
     assert result.returncode == 2, result.stderr[-2000:]

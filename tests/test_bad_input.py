@@ -17,8 +17,12 @@ def _npz(tmp_path, **arrays):
 
 def _arrays(n=40, d=5):
     rng = np.random.default_rng(0)
-    return {"x_train": rng.normal(size=(n, d)), "y_train": rng.integers(0, 3, n),
-            "x_test": rng.normal(size=(10, d)), "y_test": rng.integers(0, 3, 10)}
+    return {
+        "x_train": rng.normal(size=(n, d)),
+        "y_train": rng.integers(0, 3, n),
+        "x_test": rng.normal(size=(10, d)),
+        "y_test": rng.integers(0, 3, 10),
+    }
 
 
 CASES = {
@@ -37,49 +41,66 @@ CASES = {
     "more clients than training samples": (["num_clients=5000", "participation.clients_per_round=5"], "num_clients"),
     "unknown config key": (["learning_rate=0.1"], "learning_rate"),
     "a sweep with one bad value": (["--multirun", "strategy=fedavg,fedavx"], "strategy"),
-    "participation probability above 1": (["participation=bernoulli", "participation.probability=constant",
-                                           "participation.p=1.5"], "participation.p"),
-    "participation probability zero": (["participation=markov", "participation.probability=constant",
-                                        "participation.p=0"], "participation.p"),
+    "participation probability above 1": (
+        ["participation=bernoulli", "participation.probability=constant", "participation.p=1.5"],
+        "participation.p",
+    ),
+    "participation probability zero": (
+        ["participation=markov", "participation.probability=constant", "participation.p=0"],
+        "participation.p",
+    ),
     "participation floor zero": (["participation=bernoulli", "participation.floor=0"], "participation.floor"),
-    "a constant pattern without p": (["participation=cyclic", "participation.probability=constant"],
-                                     "participation.p"),
+    "a constant pattern without p": (["participation=cyclic", "participation.probability=constant"], "participation.p"),
     "fedau cutoff below 1": (["strategy=fedau", "strategy.cutoff=0"], "strategy.cutoff"),
     "cyclic period below 1": (["participation=cyclic", "participation.period=0"], "participation.period"),
     "unknown participation": (["participation=poisson"], "participation"),
-    "degree at least num_clients": (["mode=gossip", "topology=random_regular", "topology.degree=20"],
-                                    "topology.degree"),
+    "degree at least num_clients": (
+        ["mode=gossip", "topology=random_regular", "topology.degree=20"],
+        "topology.degree",
+    ),
     "drop probability above 1": (["mode=gossip", "topology=ring", "gossip.drop_prob=1.5"], "gossip.drop_prob"),
-    "negative delay": (["mode=gossip", "topology=ring", "gossip.schedule=async", "gossip.delay_value=-1"],
-                       "gossip.delay_value"),
+    "negative delay": (
+        ["mode=gossip", "topology=ring", "gossip.schedule=async", "gossip.delay_value=-1"],
+        "gossip.delay_value",
+    ),
     "unknown topology": (["mode=gossip", "topology=hypercube"], "topology"),
     "federated mode on a ring": (["topology=ring"], "topology.name"),
-    "greedy soup without a validation split": (["strategy=greedy_soup", "dataset.val_fraction=0"],
-                                               "dataset.val_fraction"),
+    "greedy soup without a validation split": (
+        ["strategy=greedy_soup", "dataset.val_fraction=0"],
+        "dataset.val_fraction",
+    ),
     "interpolation alpha above 1": (["strategy=interpolate", "strategy.alpha=1.5"], "strategy.alpha"),
     "init checkpoint missing": (["model.init_checkpoint=/nonexistent/model.safetensors"], "model.init_checkpoint"),
     "unknown backend": (["backend=gpu"], "backend"),
     "unknown vectorized kernel": (["backend.kernel=fast"], "backend.kernel"),
     "dense kernel for a cnn": (["model=cnn", "backend=vectorized", "backend.kernel=dense"], "backend.kernel"),
     "eval_nodes zero": (["mode=gossip", "topology=ring", "gossip.eval_nodes=0"], "gossip.eval_nodes"),
-    "batch_exchanges not a boolean": (["mode=gossip", "topology=ring", "gossip.schedule=async",
-                                       "gossip.batch_exchanges=maybe"], "gossip.batch_exchanges"),
+    "batch_exchanges not a boolean": (
+        ["mode=gossip", "topology=ring", "gossip.schedule=async", "gossip.batch_exchanges=maybe"],
+        "gossip.batch_exchanges",
+    ),
     "npz path missing": (["dataset=npz", "dataset.path=/nonexistent/data.npz", "partition=iid"], "dataset.path"),
     # every float must be finite (inf passed `v > 0`); one case per module that checks numbers
     "lr infinite": (["train.lr=inf"], "train.lr"),
     "strategy number not a number": (["strategy=fedadam", "strategy.tau=nan"], "strategy.tau"),
-    "async wake interval infinite": (["mode=gossip", "topology=ring", "gossip.schedule=async",
-                                      "gossip.wake_interval=inf"], "gossip.wake_interval"),
+    "async wake interval infinite": (
+        ["mode=gossip", "topology=ring", "gossip.schedule=async", "gossip.wake_interval=inf"],
+        "gossip.wake_interval",
+    ),
     "participation alpha infinite": (["participation=bernoulli", "participation.alpha=inf"], "participation.alpha"),
     # keys: the schema is the chosen option's YAML file
     "appended unknown key": (["+train.foo=1"], "train.foo"),
     "misspelt key gets a suggestion": (["train.lrr=0.1"], "Did you mean train.lr?"),
     "gossip block checked in federated mode": (["gossip.drop_prob=2"], "gossip.drop_prob"),
     # values that would make the run meaningless
-    "async evaluation after the run ends": (["mode=gossip", "topology=ring", "gossip.schedule=async", "rounds=2",
-                                             "gossip.eval_interval=5"], "gossip.eval_interval"),
-    "nobody ever takes part": (["participation=bernoulli", "participation.probability=constant",
-                                "participation.p=1e-9", "rounds=2"], "participation"),
+    "async evaluation after the run ends": (
+        ["mode=gossip", "topology=ring", "gossip.schedule=async", "rounds=2", "gossip.eval_interval=5"],
+        "gossip.eval_interval",
+    ),
+    "nobody ever takes part": (
+        ["participation=bernoulli", "participation.probability=constant", "participation.p=1e-9", "rounds=2"],
+        "participation",
+    ),
     "train_classes the data lack": (["dataset.train_classes=[12]"], "dataset.train_classes"),
     # backend keys: integers >= 1, finite numbers, real booleans, an honest message without a GPU
     "negative threads": (["backend.num_threads=-2"], "backend.num_threads"),
@@ -120,13 +141,19 @@ def test_bad_npz_file(case, tmp_path):
         arrays["x_train"][3, 1] = np.nan
         expect = "x_train holds NaN at row 3"
     elif case == "huge label":
-        arrays["y_test"][2] = 10 ** 12
+        arrays["y_test"][2] = 10**12
         expect = "y_test holds 1000000000000 at row 2"
     else:
         arrays["y_train"] = arrays["y_train"][:-5]
         expect = "x_train"
-    args = ["dataset=npz", _npz(tmp_path, **arrays), "partition=iid", "num_clients=4",
-            "participation.clients_per_round=2", "model=logreg"]
+    args = [
+        "dataset=npz",
+        _npz(tmp_path, **arrays),
+        "partition=iid",
+        "num_clients=4",
+        "participation.clients_per_round=2",
+        "model=logreg",
+    ]
     proc = _run(tmp_path, args)
     _check_clean_failure(proc, "dataset", tmp_path)
     assert expect in proc.stderr
@@ -149,16 +176,33 @@ def test_bad_graph_file(case, tmp_path):
 
 
 def test_good_npz_file_runs(tmp_path):
-    args = ["dataset=npz", _npz(tmp_path, **_arrays()), "partition=iid", "num_clients=4",
-            "participation.clients_per_round=2", "model=logreg", "rounds=2", "hydra.run.dir=run"]
+    args = [
+        "dataset=npz",
+        _npz(tmp_path, **_arrays()),
+        "partition=iid",
+        "num_clients=4",
+        "participation.clients_per_round=2",
+        "model=logreg",
+        "rounds=2",
+        "hydra.run.dir=run",
+    ]
     proc = _run(tmp_path, args)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "summary.json").exists()
 
 
 def test_nan_from_a_client_exits_3_without_traceback(tmp_path):
-    proc = _run(tmp_path, ["num_clients=6", "participation.clients_per_round=3", "rounds=4", "strategy=fedadam",
-                           "strategy.server_lr=1e30", "hydra.run.dir=run"])
+    proc = _run(
+        tmp_path,
+        [
+            "num_clients=6",
+            "participation.clients_per_round=3",
+            "rounds=4",
+            "strategy=fedadam",
+            "strategy.server_lr=1e30",
+            "hydra.run.dir=run",
+        ],
+    )
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: round ") and "NaN or Inf" in proc.stderr
     assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()
@@ -171,8 +215,9 @@ _LAYOUT_KEY = "gossipsoup_layout"
 
 
 def _run_module(tmp_path, module, args):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def _check_refused(proc, fragments, tmp_path, before):
@@ -229,8 +274,14 @@ def _checkpoint_bytes(case, layout, params):
     return save(tensors, metadata={_LAYOUT_KEY: layout.to_json()}), "net.2.bias holds 2 NaN or Inf"
 
 
-CHECKPOINT_CASES = ["not safetensors", "truncated", "layout metadata missing", "layout metadata garbled",
-                    "a tensor disagrees with the layout", "NaN and Inf values"]
+CHECKPOINT_CASES = [
+    "not safetensors",
+    "truncated",
+    "layout metadata missing",
+    "layout metadata garbled",
+    "a tensor disagrees with the layout",
+    "NaN and Inf values",
+]
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
@@ -263,9 +314,11 @@ def test_merge_refuses_a_garbled_summary_naming_it(case, merge_runs, tmp_path):
     root, _, _ = merge_runs
     run = tmp_path / "garbled"
     shutil.copytree(root / "r0", run)
-    text = {"not JSON": '{"status": "completed", "config": {"seed": 0',
-            "no config": json.dumps({"status": "completed"}),
-            "config not usable": json.dumps({"status": "completed", "config": {"seed": 0, "mode": "federated"}})}
+    text = {
+        "not JSON": '{"status": "completed", "config": {"seed": 0',
+        "no config": json.dumps({"status": "completed"}),
+        "config not usable": json.dumps({"status": "completed", "config": {"seed": 0, "mode": "federated"}}),
+    }
     (run / "summary.json").write_text(text[case])
     before = set(tmp_path.rglob("*"))
     proc = _run_module(tmp_path, "sim.merge", [str(run), str(root / "r1")])
@@ -304,8 +357,9 @@ def _report_run(folder, summary=None, metrics="round,test_accuracy,wall_s\n0,0.1
     import json
 
     folder.mkdir(parents=True)
-    summary = {"status": "completed", "config": {"seed": 0, "strategy": {"name": "fedavg"}}} \
-        if summary is None else summary
+    summary = (
+        {"status": "completed", "config": {"seed": 0, "strategy": {"name": "fedavg"}}} if summary is None else summary
+    )
     (folder / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
     if metrics is not None:
         (folder / "metrics.csv").write_text(metrics)
@@ -319,10 +373,16 @@ REPORT_CASES = {  # case: (how run 1 of two is broken, file named, fragment)
     "metrics header only": ({"metrics": "round,test_accuracy,wall_s\n"}, "metrics.csv", "only the header"),
     "metrics empty file": ({"metrics": ""}, "metrics.csv", "readable metrics.csv"),
     "metrics missing": ({"metrics": None}, "metrics.csv", "missing"),
-    "metrics text in a number cell": ({"metrics": "round,test_accuracy\n0,0.1\n1,high\n"}, "metrics.csv",
-                                      "Line 3 has 'high'"),
-    "metrics text in the round cell": ({"metrics": "round,test_accuracy\n0,0.1\none,0.5\n"}, "metrics.csv",
-                                       "round cells"),
+    "metrics text in a number cell": (
+        {"metrics": "round,test_accuracy\n0,0.1\n1,high\n"},
+        "metrics.csv",
+        "Line 3 has 'high'",
+    ),
+    "metrics text in the round cell": (
+        {"metrics": "round,test_accuracy\n0,0.1\none,0.5\n"},
+        "metrics.csv",
+        "round cells",
+    ),
     "metric never evaluated": ({"metrics": "round,test_accuracy\n0,\n1,\n"}, "metrics.csv", "Every test_accuracy"),
 }
 

@@ -11,8 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_bench_scale_smoke_prints_its_tables():
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_scale.py"), "--smoke",
-                           "--parts", "w2", "scale", "aggregate"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "bench_scale.py"),
+            "--smoke",
+            "--parts",
+            "w2",
+            "scale",
+            "aggregate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "W2: synchronous gossip" in out and "Scale:" in out and "Aggregation:" in out

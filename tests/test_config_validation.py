@@ -39,11 +39,15 @@ def test_every_experiment_file_composes_and_validates(experiment):
     _validate(f"experiment={experiment}")
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in group_options().items() if g != "experiment"
-                                          for o in opts])
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g, opts in group_options().items() if g != "experiment" for o in opts]
+)
 def test_every_group_option_validates(group, option, tmp_path):
-    extra = {"topology": ["mode=gossip", "num_clients=12"], "dataset": ["partition=iid"],
-             "partition": ["dataset=synthetic"]}.get(group, [])
+    extra = {
+        "topology": ["mode=gossip", "num_clients=12"],
+        "dataset": ["partition=iid"],
+        "partition": ["dataset=synthetic"],
+    }.get(group, [])
     if (group, option) == ("dataset", "npz"):
         path = tmp_path / "ok.npz"
         np.savez(path, x_train=np.zeros((40, 3)), y_train=np.arange(40) % 2)
@@ -64,18 +68,36 @@ def test_every_group_option_validates(group, option, tmp_path):
 
 # Class 1: every float option must be finite; `v > 0` alone let inf through.
 NON_FINITE = {
-    "train.lr": [], "train.weight_decay": [], "train.momentum": [], "train.label_smoothing": [],
-    "strategy.server_lr": [], "strategy.tau": ["strategy=fedadam"], "strategy.beta1": ["strategy=fedyogi"],
-    "strategy.fisher_floor": ["strategy=fisher_merge"], "strategy.scaling": ["strategy=ties"],
-    "strategy.density": ["strategy=dare"], "strategy.alpha": ["strategy=interpolate"],
-    "strategy.eps": ["strategy=variance_corrected"], "strategy.c": ["strategy=variance_corrected"],
-    "participation.alpha": ["participation=bernoulli"], "participation.mean": ["participation=markov"],
-    "participation.floor": ["participation=cyclic"], "participation.q": ["participation=markov"],
-    "gossip.wake_interval": GOSSIP_ASYNC, "gossip.delay_value": GOSSIP_ASYNC, "gossip.delay_low": GOSSIP_ASYNC,
-    "gossip.mean_online": GOSSIP_ASYNC, "gossip.mean_offline": GOSSIP_ASYNC, "gossip.eval_interval": GOSSIP_ASYNC,
-    "gossip.drop_prob": GOSSIP_ASYNC, "gossip.online_prob": GOSSIP_ASYNC,
-    "partition.alpha": [], "dataset.alpha": ["dataset=synthetic"], "dataset.size_lognormal_mean": ["dataset=synthetic"],
-    "dataset.val_fraction": [], "topology.mean_degree": ["mode=gossip", "topology=erdos_renyi"],
+    "train.lr": [],
+    "train.weight_decay": [],
+    "train.momentum": [],
+    "train.label_smoothing": [],
+    "strategy.server_lr": [],
+    "strategy.tau": ["strategy=fedadam"],
+    "strategy.beta1": ["strategy=fedyogi"],
+    "strategy.fisher_floor": ["strategy=fisher_merge"],
+    "strategy.scaling": ["strategy=ties"],
+    "strategy.density": ["strategy=dare"],
+    "strategy.alpha": ["strategy=interpolate"],
+    "strategy.eps": ["strategy=variance_corrected"],
+    "strategy.c": ["strategy=variance_corrected"],
+    "participation.alpha": ["participation=bernoulli"],
+    "participation.mean": ["participation=markov"],
+    "participation.floor": ["participation=cyclic"],
+    "participation.q": ["participation=markov"],
+    "gossip.wake_interval": GOSSIP_ASYNC,
+    "gossip.delay_value": GOSSIP_ASYNC,
+    "gossip.delay_low": GOSSIP_ASYNC,
+    "gossip.mean_online": GOSSIP_ASYNC,
+    "gossip.mean_offline": GOSSIP_ASYNC,
+    "gossip.eval_interval": GOSSIP_ASYNC,
+    "gossip.drop_prob": GOSSIP_ASYNC,
+    "gossip.online_prob": GOSSIP_ASYNC,
+    "partition.alpha": [],
+    "dataset.alpha": ["dataset=synthetic"],
+    "dataset.size_lognormal_mean": ["dataset=synthetic"],
+    "dataset.val_fraction": [],
+    "topology.mean_degree": ["mode=gossip", "topology=erdos_renyi"],
     "topology.p": ["mode=gossip", "topology=small_world"],
 }
 
@@ -91,13 +113,20 @@ def _numeric_leaves():
 
     The backend group is left to its own tests (tests/test_backend_config.py).
     """
-    context = {"topology": ["mode=gossip", "num_clients=12"], "gossip": GOSSIP_ASYNC,
-               "strategy": ["mode=gossip", "topology=ring"]}
+    context = {
+        "topology": ["mode=gossip", "num_clients=12"],
+        "gossip": GOSSIP_ASYNC,
+        "strategy": ["mode=gossip", "topology=ring"],
+    }
     root, _ = _file("config")
     blocks = [("", root, [])]
-    blocks += [(f"{group}.", _file(f"{group}/{option}")[0], [f"{group}={option}"])
-               for group, options in group_options().items() if group not in ("experiment", "backend", "mode")
-               for option in options if (group, option) != ("dataset", "npz")]
+    blocks += [
+        (f"{group}.", _file(f"{group}/{option}")[0], [f"{group}={option}"])
+        for group, options in group_options().items()
+        if group not in ("experiment", "backend", "mode")
+        for option in options
+        if (group, option) != ("dataset", "npz")
+    ]
     leaves = {}
     for prefix, content, extra in blocks:
         for key, value in content.items():
@@ -121,28 +150,37 @@ def test_every_number_in_the_config_files_is_checked(field):
         _refused(field, *NUMERIC_LEAVES[field], f"{field}=inf")
 
 
-@pytest.mark.parametrize("field,extra", [("train.lr", []), ("strategy.server_lr", ["strategy=fedavgm"]),
-                                         ("gossip.eval_interval", GOSSIP_ASYNC), ("partition.alpha", []),
-                                         ("participation.p", ["participation=bernoulli",
-                                                              "participation.probability=constant"])])
+@pytest.mark.parametrize(
+    "field,extra",
+    [
+        ("train.lr", []),
+        ("strategy.server_lr", ["strategy=fedavgm"]),
+        ("gossip.eval_interval", GOSSIP_ASYNC),
+        ("partition.alpha", []),
+        ("participation.p", ["participation=bernoulli", "participation.probability=constant"]),
+    ],
+)
 def test_strings_and_booleans_are_not_numbers(field, extra):
     for value in ("abc", "true"):
         _refused(field, *extra, f"{field}={value}")
 
 
 # Class 3: keys. The schema is the chosen option's YAML file; typos get the closest key.
-@pytest.mark.parametrize("override,field,suggestion", [
-    ("+train.foo=1", "train.foo", None),
-    ("train.lrr=0.1", "train.lrr", "train.lr"),
-    ("+strategy.typo=1", "strategy.typo", None),
-    ("+strategy.server_lrr=1", "strategy.server_lrr", "strategy.server_lr"),
-    ("learning_rate=0.1", "learning_rate", None),
-    ("lr=0.1", "lr", "train.lr"),
-    ("+roundz=3", "roundz", "rounds"),
-    ("gossip.wake_intervall=2", "gossip.wake_intervall", "gossip.wake_interval"),
-    ("++dataset.iidd=true", "dataset.iidd", None),
-    ("+model.hiden=[8]", "model.hiden", "model.hidden"),
-])
+@pytest.mark.parametrize(
+    "override,field,suggestion",
+    [
+        ("+train.foo=1", "train.foo", None),
+        ("train.lrr=0.1", "train.lrr", "train.lr"),
+        ("+strategy.typo=1", "strategy.typo", None),
+        ("+strategy.server_lrr=1", "strategy.server_lrr", "strategy.server_lr"),
+        ("learning_rate=0.1", "learning_rate", None),
+        ("lr=0.1", "lr", "train.lr"),
+        ("+roundz=3", "roundz", "rounds"),
+        ("gossip.wake_intervall=2", "gossip.wake_intervall", "gossip.wake_interval"),
+        ("++dataset.iidd=true", "dataset.iidd", None),
+        ("+model.hiden=[8]", "model.hiden", "model.hidden"),
+    ],
+)
 def test_unknown_keys_are_refused_with_a_suggestion(override, field, suggestion):
     message = _refused(field, override)
     assert "+" not in message.split("is not allowed")[1]  # never Hydra's advice to append the key
@@ -199,25 +237,39 @@ def test_strategy_labels_and_seeds():
 
 def test_a_delay_that_outlasts_the_run_is_refused():
     _refused("gossip.delay_value", *GOSSIP_ASYNC, "rounds=4", "gossip.delay_value=4")
-    _refused("gossip.delay_low", *GOSSIP_ASYNC, "rounds=4", "gossip.delay=uniform", "gossip.delay_low=5",
-             "gossip.delay_value=6")
+    _refused(
+        "gossip.delay_low",
+        *GOSSIP_ASYNC,
+        "rounds=4",
+        "gossip.delay=uniform",
+        "gossip.delay_low=5",
+        "gossip.delay_value=6",
+    )
     _validate(*GOSSIP_ASYNC, "rounds=4", "gossip.delay=exponential", "gossip.delay_value=10")
 
 
-@pytest.mark.parametrize("overrides,field", [
-    (["participation.clients_per_round=0"], "participation.clients_per_round"),
-    (["participation=bernoulli", "participation.probability=constant", "participation.p=0"], "participation.p"),
-    (["participation=bernoulli", "participation.floor=0"], "participation.floor"),
-    (["participation=markov", "participation.q=0"], "participation.q"),
-    (["participation=cyclic", "participation.period=0"], "participation.period"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (["participation.clients_per_round=0"], "participation.clients_per_round"),
+        (["participation=bernoulli", "participation.probability=constant", "participation.p=0"], "participation.p"),
+        (["participation=bernoulli", "participation.floor=0"], "participation.floor"),
+        (["participation=markov", "participation.q=0"], "participation.q"),
+        (["participation=cyclic", "participation.period=0"], "participation.period"),
+    ],
+)
 def test_participation_that_cannot_happen_is_refused(overrides, field):
     _refused(field, *overrides)
 
 
 def test_participation_with_nobody_in_any_round_is_refused():
-    overrides = ["participation=bernoulli", "participation.probability=constant", "participation.p=1e-9",
-                 "num_clients=3", "rounds=4"]
+    overrides = [
+        "participation=bernoulli",
+        "participation.probability=constant",
+        "participation.p=1e-9",
+        "num_clients=3",
+        "rounds=4",
+    ]
     message = _refused("participation", *overrides)
     assert "no client takes part in any of the 4 round(s)" in message
     _validate(*overrides[:-1], "participation.p=1")
@@ -247,19 +299,26 @@ def test_train_classes_the_data_lack_name_the_field(tmp_path):
 # Class 2: data files are checked when loaded, naming the file, the array and the row.
 def _npz_arrays():
     rng = np.random.default_rng(0)
-    return {"x_train": rng.normal(size=(30, 4)), "y_train": np.arange(30) % 3,
-            "x_test": rng.normal(size=(6, 4)), "y_test": np.arange(6) % 3}
+    return {
+        "x_train": rng.normal(size=(30, 4)),
+        "y_train": np.arange(30) % 3,
+        "x_test": rng.normal(size=(6, 4)),
+        "y_test": np.arange(6) % 3,
+    }
 
 
-@pytest.mark.parametrize("array,row,value,expect", [
-    ("x_train", 3, np.nan, "x_train holds NaN at row 3"),
-    ("x_test", 5, np.inf, "x_test holds Inf"),
-    ("x_train", 7, 1e300, "x_train holds Inf"),  # beyond float32
-    ("y_train", 4, -1, "y_train holds -1 at row 4"),
-    ("y_train", 2, 10 ** 9, "y_train holds 1000000000 at row 2"),
-    ("y_test", 1, 1.5, "y_test holds 1.5 at row 1"),
-    ("y_train", 0, np.nan, "y_train holds nan at row 0"),
-])
+@pytest.mark.parametrize(
+    "array,row,value,expect",
+    [
+        ("x_train", 3, np.nan, "x_train holds NaN at row 3"),
+        ("x_test", 5, np.inf, "x_test holds Inf"),
+        ("x_train", 7, 1e300, "x_train holds Inf"),  # beyond float32
+        ("y_train", 4, -1, "y_train holds -1 at row 4"),
+        ("y_train", 2, 10**9, "y_train holds 1000000000 at row 2"),
+        ("y_test", 1, 1.5, "y_test holds 1.5 at row 1"),
+        ("y_train", 0, np.nan, "y_train holds nan at row 0"),
+    ],
+)
 def test_bad_values_in_an_npz_are_refused_when_loaded(tmp_path, array, row, value, expect):
     arrays = _npz_arrays()
     arrays[array] = arrays[array].astype(np.float64)

@@ -17,8 +17,13 @@ DIGITS = {"name": "digits", "test_fraction": 0.2, "val_fraction": 0.1}
 DIGITS_ROWS = 1797
 # 1797 rows: floor(0.2 * 1797) = 359 test, floor(0.1 * 1438) = 143 validation, 1295 for training.
 DIGITS_TRAIN = 1295
-BENCH_SYNTHETIC = {"name": "synthetic", "size_offset": 10, "size_lognormal_mean": 3.0,
-                   "size_lognormal_sigma": 1.0, "size_cap": 300}
+BENCH_SYNTHETIC = {
+    "name": "synthetic",
+    "size_offset": 10,
+    "size_lognormal_mean": 3.0,
+    "size_lognormal_sigma": 1.0,
+    "size_cap": 300,
+}
 
 
 def label_skew(data: FederatedData) -> float:
@@ -47,8 +52,7 @@ def write_npz(path, **arrays) -> str:
 
 
 def npz_cfg(path, **extra) -> dict:
-    return {"name": "npz", "path": str(path), "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None,
-            **extra}
+    return {"name": "npz", "path": str(path), "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None, **extra}
 
 
 # ---------------------------------------------------------------- digits and the partitioners
@@ -97,9 +101,12 @@ def test_iid_clients_differ_in_size_by_at_most_one():
 
 def test_label_skew_grows_as_dirichlet_alpha_falls():
     # Execute
-    skews = {alpha: np.mean([label_skew(load_federated_data(DIGITS, {"name": "dirichlet", "alpha": alpha}, 10, s))
-                             for s in range(3)])
-             for alpha in (100.0, 1.0, 0.1)}
+    skews = {
+        alpha: np.mean(
+            [label_skew(load_federated_data(DIGITS, {"name": "dirichlet", "alpha": alpha}, 10, s)) for s in range(3)]
+        )
+        for alpha in (100.0, 1.0, 0.1)
+    }
     # Assert
     assert skews[100.0] < 0.1 < skews[1.0] < skews[0.1]
 
@@ -191,8 +198,9 @@ def test_dictconfig_is_accepted():
 
 def test_synthetic_natural_shapes_and_labels():
     # Execute
-    data = load_federated_data({"name": "synthetic", "num_features": 20, "num_classes": 5},
-                               {"name": "natural"}, 30, seed=0)
+    data = load_federated_data(
+        {"name": "synthetic", "num_features": 20, "num_classes": 5}, {"name": "natural"}, 30, seed=0
+    )
     # Assert
     assert data.num_clients == 30 and data.input_shape == (20,) and data.num_classes == 5
     assert data.x.shape[1] == data.x_test.shape[1] == data.x_val.shape[1] == 20
@@ -224,8 +232,14 @@ def test_synthetic_per_user_test_and_val_shares():
 
 def test_synthetic_feature_variance_follows_the_diagonal_covariance():
     # Prepare: one user with 4001 rows
-    cfg = {"name": "synthetic", "size_offset": 4000, "size_lognormal_mean": 0.0, "size_lognormal_sigma": 0.0,
-           "test_fraction": 0.0, "val_fraction": 0.0}
+    cfg = {
+        "name": "synthetic",
+        "size_offset": 4000,
+        "size_lognormal_mean": 0.0,
+        "size_lognormal_sigma": 0.0,
+        "test_fraction": 0.0,
+        "val_fraction": 0.0,
+    }
     # Execute
     x = load_federated_data(cfg, {"name": "natural"}, 1, seed=0).x.numpy()
     # Assert: Var(x_j) = j^-1.2
@@ -237,8 +251,7 @@ def test_synthetic_is_deterministic_and_data_seed_pins_the_data():
     # Execute
     a, b = (load_federated_data(BENCH_SYNTHETIC, {"name": "natural"}, 50, seed=1) for _ in range(2))
     other_run = load_federated_data(BENCH_SYNTHETIC, {"name": "natural"}, 50, seed=2)
-    pinned = [load_federated_data({**BENCH_SYNTHETIC, "data_seed": 9}, {"name": "natural"}, 50, seed=s)
-              for s in (1, 2)]
+    pinned = [load_federated_data({**BENCH_SYNTHETIC, "data_seed": 9}, {"name": "natural"}, 50, seed=s) for s in (1, 2)]
     # Assert
     assert_same(a, b)
     assert a.x.shape != other_run.x.shape or not torch.equal(a.x, other_run.x)
@@ -278,8 +291,9 @@ def test_npz_with_test_arrays_uses_them_as_given(tmp_path):
     # Prepare
     rng = np.random.default_rng(1)
     x_test, y_test = rng.random((7, 4)), np.array([0, 1, 2, 3, 4, 5, 6])
-    path = write_npz(tmp_path / "d.npz", x_train=rng.random((40, 4)), y_train=rng.integers(0, 3, 40),
-                     x_test=x_test, y_test=y_test)
+    path = write_npz(
+        tmp_path / "d.npz", x_train=rng.random((40, 4)), y_train=rng.integers(0, 3, 40), x_test=x_test, y_test=y_test
+    )
     # Execute
     data = load_federated_data(npz_cfg(path, input_shape=[2, 2]), {"name": "iid"}, 4, seed=0)
     # Assert
@@ -292,8 +306,9 @@ def test_npz_with_test_arrays_uses_them_as_given(tmp_path):
 def test_npz_client_train_gives_natural_clients_in_sorted_id_order(tmp_path):
     # Prepare: the feature encodes the row's client id; ids 30, 10, 20 own 10, 20, 30 rows
     ids = np.repeat([30, 10, 20], [10, 20, 30])
-    path = write_npz(tmp_path / "d.npz", x_train=ids[:, None].astype(float), y_train=np.arange(60) % 3,
-                     client_train=ids)
+    path = write_npz(
+        tmp_path / "d.npz", x_train=ids[:, None].astype(float), y_train=np.arange(60) % 3, client_train=ids
+    )
     # Execute
     data = load_federated_data(npz_cfg(path), {"name": "natural"}, 3, seed=0)
     # Assert: ids 10, 20, 30 -> clients 0, 1, 2, each minus its own test and validation rows
@@ -382,8 +397,13 @@ def test_npz_mismatched_lengths_are_named(tmp_path):
         load_federated_data(npz_cfg(path), {"name": "iid"}, 2, seed=0)
 
 
-@pytest.mark.parametrize("labels, match", [(np.array([0.0, 1.5, 1.0, 0.0]), "integer class labels in y_train"),
-                                           (np.array([0, -1, 1, 0]), "class labels >= 0 in y_train")])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([0.0, 1.5, 1.0, 0.0]), "integer class labels in y_train"),
+        (np.array([0, -1, 1, 0]), "class labels >= 0 in y_train"),
+    ],
+)
 def test_npz_bad_labels(tmp_path, labels, match):
     path = write_npz(tmp_path / "d.npz", x_train=np.zeros((4, 2)), y_train=labels)
     with pytest.raises(ConfigError, match=match):
@@ -391,8 +411,9 @@ def test_npz_bad_labels(tmp_path, labels, match):
 
 
 def test_npz_client_count_must_match_num_clients(tmp_path):
-    path = write_npz(tmp_path / "d.npz", x_train=np.zeros((30, 2)), y_train=np.arange(30) % 2,
-                     client_train=np.arange(30) % 3)
+    path = write_npz(
+        tmp_path / "d.npz", x_train=np.zeros((30, 2)), y_train=np.arange(30) % 2, client_train=np.arange(30) % 3
+    )
     with pytest.raises(ConfigError, match="num_clients=4.*3, the number of distinct client ids"):
         load_federated_data(npz_cfg(path), {"name": "natural"}, 4, seed=0)
 
@@ -412,8 +433,7 @@ def test_npz_input_shape_must_hold_a_row(tmp_path):
 def test_synthetic_iid_is_one_task_that_label_partitions_can_skew():
     from sim.data import load_federated_data
 
-    ds = {"name": "synthetic", "iid": True, "size_offset": 10, "size_lognormal_mean": 3.0,
-          "size_lognormal_sigma": 1.0}
+    ds = {"name": "synthetic", "iid": True, "size_offset": 10, "size_lognormal_mean": 3.0, "size_lognormal_sigma": 1.0}
     a = load_federated_data(ds, {"name": "dirichlet", "alpha": 0.1}, 20, seed=0)
     b = load_federated_data(ds, {"name": "dirichlet", "alpha": 0.1}, 20, seed=0)
     assert torch.equal(a.x, b.x) and torch.equal(a.offsets, b.offsets)
@@ -425,8 +445,14 @@ def test_synthetic_iid_is_one_task_that_label_partitions_can_skew():
 def test_label_mix_gives_every_client_a_skewed_share():
     from sim.data import load_federated_data
 
-    ds = {"name": "synthetic", "iid": True, "size_offset": 50, "size_lognormal_mean": 4.0,
-          "size_lognormal_sigma": 1.0, "size_cap": 1000}
+    ds = {
+        "name": "synthetic",
+        "iid": True,
+        "size_offset": 50,
+        "size_lognormal_mean": 4.0,
+        "size_lognormal_sigma": 1.0,
+        "size_cap": 1000,
+    }
     data = load_federated_data(ds, {"name": "label_mix", "alpha": 0.1}, 100, seed=1)
     sizes = data.client_sizes
     assert int(sizes.sum()) == len(data.y) and int(sizes.min()) > 0

@@ -24,13 +24,17 @@ def _autograd_reference(model, layout, params, x, y, mask, smoothing):
     return torch.stack(grads), torch.stack(losses)
 
 
-@pytest.mark.parametrize("model", [
-    LogisticRegression(5, 3),
-    MLP(5, 3, [4, 6]),
-    nn.Sequential(
-        nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 4, bias=False), nn.Sigmoid(), nn.Identity(), nn.Linear(4, 3)
-    ),
-], ids=["logreg", "mlp", "sequential-tanh-sigmoid-nobias"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        LogisticRegression(5, 3),
+        MLP(5, 3, [4, 6]),
+        nn.Sequential(
+            nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 4, bias=False), nn.Sigmoid(), nn.Identity(), nn.Linear(4, 3)
+        ),
+    ],
+    ids=["logreg", "mlp", "sequential-tanh-sigmoid-nobias"],
+)
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_dense_kernel_matches_autograd_on_padded_batches(model, smoothing):
     # Prepare: 4 clients, batches padded to 6 rows, client 2 with a single real row

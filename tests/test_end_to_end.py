@@ -16,8 +16,16 @@ SMALL = ("num_clients=6", "participation.clients_per_round=3", "rounds=3", "mode
 def test_three_round_run_writes_every_result_file(make_cfg, tmp_path):
     summary = run_experiment(make_cfg(*SMALL), tmp_path)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    for column in ("round", "test_accuracy", "test_loss", "train_loss", "num_participants", "bytes_up",
-                   "bytes_down", "wall_s"):
+    for column in (
+        "round",
+        "test_accuracy",
+        "test_loss",
+        "train_loss",
+        "num_participants",
+        "bytes_up",
+        "bytes_down",
+        "wall_s",
+    ):
         assert column in metrics.columns
     assert metrics["round"].tolist() == [0, 1, 2, 3]
     assert metrics["num_participants"].tolist() == [0, 3, 3, 3]
@@ -67,8 +75,9 @@ def _sim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_command_line_multirun_sweep(tmp_path):
-    proc = _sim(tmp_path, "--multirun", "strategy=fedavg,fedadam", "seed=0,1", *SMALL, "rounds=2",
-                "hydra.sweep.dir=sweep")
+    proc = _sim(
+        tmp_path, "--multirun", "strategy=fedavg,fedadam", "seed=0,1", *SMALL, "rounds=2", "hydra.sweep.dir=sweep"
+    )
     assert proc.returncode == 0, proc.stderr
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 4

@@ -13,9 +13,15 @@ LAYOUT = Layout.from_module(torch.nn.Linear(1, 1))
 
 def info(ids, reference, p=None, n=4):
     ids = torch.tensor(ids, dtype=torch.long)
-    return AggregationInfo(client_ids=ids, num_samples=torch.ones(len(ids), dtype=torch.long), round=1,
-                           num_clients=n, layout=LAYOUT, reference=torch.tensor(reference),
-                           participation_prob=None if p is None else torch.tensor(p, dtype=torch.float64))
+    return AggregationInfo(
+        client_ids=ids,
+        num_samples=torch.ones(len(ids), dtype=torch.long),
+        round=1,
+        num_clients=n,
+        layout=LAYOUT,
+        reference=torch.tensor(reference),
+        participation_prob=None if p is None else torch.tensor(p, dtype=torch.float64),
+    )
 
 
 def test_fedau_hand_computed_step_and_state():

@@ -61,8 +61,9 @@ def run_both(flower, ours: ServerOptimizer, steps_from_configure: bool) -> list[
         mine, _ = adapter.aggregate_train(r, replies)
         if theirs is not None:  # Strategy.start keeps the previous model when a round returns None
             theirs_global = theirs
-        results.append((from_arrayrecord(LAYOUT, theirs_global).double().numpy(),
-                        from_arrayrecord(LAYOUT, mine).double().numpy()))
+        results.append(
+            (from_arrayrecord(LAYOUT, theirs_global).double().numpy(), from_arrayrecord(LAYOUT, mine).double().numpy())
+        )
     return results
 
 

@@ -49,8 +49,12 @@ def client_data(node: int, rows: int):
 def reply(node, params, n=10, layout=TINY, arrays=None, metrics=None, **records):
     """A client's reply to the server's train message, with the records given."""
     ins = model_message(layout, torch.zeros(layout.size), {"server-round": 1}, node_id=node)
-    content = RecordDict({"arrays": arrays if arrays is not None else to_arrayrecord(layout, torch.tensor(params)),
-                          "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": n})})
+    content = RecordDict(
+        {
+            "arrays": arrays if arrays is not None else to_arrayrecord(layout, torch.tensor(params)),
+            "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": n}),
+        }
+    )
     for key, value in records.items():
         content[key] = value
     return Message(content, reply_to=ins)
@@ -64,9 +68,17 @@ def flat(record, layout=TINY):
 def test_adapter_fedavg_matches_flower_fedavg_on_trained_replies(mlp):
     model, layout = mlp
     start = layout.flatten(model)
-    replies = [train_reply(model_message(layout, start, {"server-round": 1}, node_id=node), model, layout,
-                           *client_data(node, rows), TrainConfig(), client=node)
-               for node, rows in ((11, 13), (22, 40), (33, 7))]
+    replies = [
+        train_reply(
+            model_message(layout, start, {"server-round": 1}, node_id=node),
+            model,
+            layout,
+            *client_data(node, rows),
+            TrainConfig(),
+            client=node,
+        )
+        for node, rows in ((11, 13), (22, 40), (33, 7))
+    ]
 
     ours, our_metrics = GossipsoupStrategy(FedAvg(), layout, initial_params=start).aggregate_train(1, replies)
     theirs, their_metrics = FlowerFedAvg().aggregate_train(1, replies)
@@ -142,14 +154,23 @@ def test_fisher_extras_travel_in_their_own_record(mlp):
     start = layout.flatten(model)
     config = {"server-round": 1, "gossipsoup-requires": ["fisher"]}  # what the adapter's configure_train adds
     data = {node: client_data(node, 12) for node in (5, 6)}
-    replies = [train_reply(model_message(layout, start, config, node_id=n), model, layout, *data[n], TrainConfig(),
-                           client=n) for n in (5, 6)]
+    replies = [
+        train_reply(model_message(layout, start, config, node_id=n), model, layout, *data[n], TrainConfig(), client=n)
+        for n in (5, 6)
+    ]
 
     models = torch.stack([flat(r.content["arrays"], layout) for r in replies])
     fishers = torch.stack([flat(r.content["fisher"], layout) for r in replies])
     assert torch.allclose(fishers[0], diagonal_fisher(model, layout, models[0], data[5][0]))
-    info = AggregationInfo(client_ids=torch.arange(2), num_samples=torch.tensor([12, 12]), round=1, num_clients=2,
-                           layout=layout, reference=start, extras={"fisher": fishers})
+    info = AggregationInfo(
+        client_ids=torch.arange(2),
+        num_samples=torch.tensor([12, 12]),
+        round=1,
+        num_clients=2,
+        layout=layout,
+        reference=start,
+        extras={"fisher": fishers},
+    )
     expected, _ = FisherMerge().aggregate(models, info, {})
 
     arrays, _ = GossipsoupStrategy(FisherMerge(), layout, initial_params=start).aggregate_train(1, replies)
@@ -200,7 +221,8 @@ def test_mismatched_keys_are_named():
     bad["extra.weight"] = bad.pop("bias")
     with pytest.raises(InvalidReplyError) as err:
         GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2)).aggregate_train(
-            3, [reply(1, [1.0, 1.0]), reply(42, None, arrays=bad)])
+            3, [reply(1, [1.0, 1.0]), reply(42, None, arrays=bad)]
+        )
     message = str(err.value)
     assert "round 3" in message and "node 42" in message
     assert "missing ['bias']" in message and "unexpected ['extra.weight']" in message
@@ -208,29 +230,40 @@ def test_mismatched_keys_are_named():
 
 def test_mismatched_shape_is_named():
     bad = to_arrayrecord(Layout.from_module(torch.nn.Linear(2, 1)), torch.ones(3))
-    with pytest.raises(InvalidReplyError, match=r"node 5: arrays: array 'weight' has shape \[1, 2\], "
-                                                 r"the layout expects \[1, 1\]"):
+    with pytest.raises(
+        InvalidReplyError,
+        match=r"node 5: arrays: array 'weight' has shape \[1, 2\], "
+        r"the layout expects \[1, 1\]",
+    ):
         GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2)).aggregate_train(
-            1, [reply(5, None, arrays=bad)])
+            1, [reply(5, None, arrays=bad)]
+        )
 
 
 def test_reply_without_num_examples_is_named():
     with pytest.raises(InvalidReplyError, match=r"node 5: its MetricRecord has no 'num-examples'"):
         GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2)).aggregate_train(
-            1, [reply(5, [1.0, 1.0], metrics={"train-loss": 0.5})])
+            1, [reply(5, [1.0, 1.0], metrics={"train-loss": 0.5})]
+        )
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_arrays_raise_by_default(value):
     with pytest.raises(InvalidReplyError, match=r"node 8: arrays: array 'bias' has 1 NaN/Inf entry"):
         GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2)).aggregate_train(
-            1, [reply(7, [1.0, 1.0]), reply(8, [1.0, value])])
+            1, [reply(7, [1.0, 1.0]), reply(8, [1.0, value])]
+        )
 
 
 def test_reject_mode_drops_and_counts_bad_replies():
     adapter = GossipsoupStrategy(FedAvg(), TINY, on_invalid="reject", initial_params=torch.zeros(2))
-    replies = [reply(1, [1.0, 2.0], n=1), reply(2, [math.nan, 0.0]), reply(3, [3.0, 4.0], n=3),
-               reply(4, [9.0, 9.0], metrics={}), reply(3, [0.0, 0.0])]  # NaN, no count, second reply of node 3
+    replies = [
+        reply(1, [1.0, 2.0], n=1),
+        reply(2, [math.nan, 0.0]),
+        reply(3, [3.0, 4.0], n=3),
+        reply(4, [9.0, 9.0], metrics={}),
+        reply(3, [0.0, 0.0]),
+    ]  # NaN, no count, second reply of node 3
 
     arrays, metrics = adapter.aggregate_train(1, replies)
 
@@ -255,7 +288,8 @@ def test_error_replies_are_counted_as_failures_not_aggregated():
     ins = model_message(TINY, torch.zeros(2), node_id=9)
     failed = Message(Error(code=0, reason="client crashed"), reply_to=ins)
     arrays, metrics = GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2)).aggregate_train(
-        1, [reply(1, [1.0, 1.0]), failed])
+        1, [reply(1, [1.0, 1.0]), failed]
+    )
     assert flat(arrays).tolist() == [1.0, 1.0] and metrics["gossipsoup-failed"] == 1
 
 
@@ -274,12 +308,14 @@ def test_legacy_adapter_names_bad_replies_and_reads_extras(mlp):
     good = to_ndarrays(layout, start + 1)
 
     def fit(node, arrays, n=5, metrics=None):
-        return GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n,
-                                                      metrics or {})
+        return GridClientProxy(node, None, 1), FitRes(
+            Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics or {}
+        )
 
     with pytest.raises(InvalidReplyError, match=r"node 2: it sent 3 arrays, the model's layout has 4"):
         GossipsoupLegacyStrategy(FedAvg(), layout, initial_params=start).aggregate_fit(
-            1, [fit(1, good), fit(2, good[:3])], [])
+            1, [fit(1, good), fit(2, good[:3])], []
+        )
     nan = [a.copy() for a in good]
     nan[0][0, 0] = np.nan
     adapter = GossipsoupLegacyStrategy(FedAvg(), layout, on_invalid="reject", initial_params=start)

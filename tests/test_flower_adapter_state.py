@@ -39,8 +39,10 @@ TINY = Layout.from_module(torch.nn.Linear(1, 1))  # 2 entries: weight [1, 1], bi
 def reply(node, params, n=10, records=None):
     """A client's reply to the server's train message; ``records`` replaces the default content."""
     ins = model_message(TINY, torch.zeros(TINY.size), {"server-round": 1}, node_id=node)
-    content = records or {"arrays": to_arrayrecord(TINY, torch.tensor(params)),
-                          "metrics": MetricRecord({"num-examples": n})}
+    content = records or {
+        "arrays": to_arrayrecord(TINY, torch.tensor(params)),
+        "metrics": MetricRecord({"num-examples": n}),
+    }
     return Message(RecordDict(content), reply_to=ins)
 
 
@@ -99,8 +101,11 @@ def test_first_round_without_replies_sizes_the_state_for_one_client():
 def test_fisher_merge_round_with_every_reply_rejected_keeps_the_model():
     adapter = GossipsoupStrategy(FisherMerge(), TINY, on_invalid="reject", initial_params=torch.zeros(2))
     fisher = to_arrayrecord(TINY, torch.ones(2))
-    good = {"arrays": to_arrayrecord(TINY, torch.tensor([2.0, 2.0])), "metrics": MetricRecord({"num-examples": 1}),
-            "fisher": fisher}
+    good = {
+        "arrays": to_arrayrecord(TINY, torch.tensor([2.0, 2.0])),
+        "metrics": MetricRecord({"num-examples": 1}),
+        "fisher": fisher,
+    }
     arrays, _ = adapter.aggregate_train(1, [reply(1, None, records=good)])
     assert flat(arrays).tolist() == [2.0, 2.0]
     arrays, metrics = adapter.aggregate_train(2, [reply(1, [5.0, 5.0])])  # no Fisher record: rejected
@@ -113,8 +118,14 @@ def test_round_and_layout_reach_the_strategy():
     adapter = GossipsoupStrategy(dare, TINY, initial_params=torch.zeros(2))
     models = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
     arrays, _ = adapter.aggregate_train(4, [reply(1, models[0].tolist(), n=1), reply(2, models[1].tolist(), n=1)])
-    info = AggregationInfo(client_ids=torch.tensor([0, 1]), num_samples=torch.tensor([1.0, 1.0]), round=4,
-                           num_clients=2, layout=TINY, reference=torch.zeros(2))
+    info = AggregationInfo(
+        client_ids=torch.tensor([0, 1]),
+        num_samples=torch.tensor([1.0, 1.0]),
+        round=4,
+        num_clients=2,
+        layout=TINY,
+        reference=torch.zeros(2),
+    )
     assert torch.equal(flat(arrays), dare.aggregate(models, info, {})[0])
     info.round = 5
     assert not torch.equal(flat(arrays), dare.aggregate(models, info, {})[0])  # the round matters here
@@ -149,8 +160,11 @@ def test_a_single_array_record_under_another_key_is_the_model():
 
 def test_the_model_under_its_own_key_is_found_next_to_other_records():
     adapter = GossipsoupStrategy(FedAvg(), TINY, initial_params=torch.zeros(2))
-    content = {"arrays": to_arrayrecord(TINY, torch.tensor([2.0, 2.0])), "debug": to_arrayrecord(TINY, torch.ones(2)),
-               "metrics": MetricRecord({"num-examples": 1})}
+    content = {
+        "arrays": to_arrayrecord(TINY, torch.tensor([2.0, 2.0])),
+        "debug": to_arrayrecord(TINY, torch.ones(2)),
+        "metrics": MetricRecord({"num-examples": 1}),
+    }
     arrays, _ = adapter.aggregate_train(1, [reply(1, None, records=content)])
     assert flat(arrays).tolist() == [2.0, 2.0]
 
@@ -179,8 +193,7 @@ def test_invalid_reply_error_keeps_every_problem_and_shows_five():
 # ---- the legacy adapter ---------------------------------------------------------------------
 def fit(node, values, n=1, metrics=None):
     arrays = to_ndarrays(TINY, torch.tensor(values))
-    return GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n,
-                                                  metrics or {})
+    return GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics or {})
 
 
 def legacy_params(params):
@@ -203,10 +216,12 @@ def test_legacy_client_metrics_are_aggregated_over_accepted_replies():
     def mean_acc(pairs):
         return {"acc": sum(n * m["acc"] for n, m in pairs) / sum(n for n, _ in pairs)}
 
-    adapter = GossipsoupLegacyStrategy(FedAvg(), TINY, initial_params=torch.zeros(2),
-                                       fit_metrics_aggregation_fn=mean_acc)
-    _, metrics = adapter.aggregate_fit(1, [fit(1, [1.0, 1.0], 1, {"acc": 0.2}), fit(2, [1.0, 1.0], 3, {"acc": 0.6})],
-                                       [])
+    adapter = GossipsoupLegacyStrategy(
+        FedAvg(), TINY, initial_params=torch.zeros(2), fit_metrics_aggregation_fn=mean_acc
+    )
+    _, metrics = adapter.aggregate_fit(
+        1, [fit(1, [1.0, 1.0], 1, {"acc": 0.2}), fit(2, [1.0, 1.0], 3, {"acc": 0.6})], []
+    )
     assert metrics["acc"] == pytest.approx(0.5)
 
 
@@ -217,8 +232,11 @@ def test_legacy_nodes_are_keyed_by_their_integer_node_id():
 
 
 def test_legacy_initial_parameters_explicit_wins():
-    assert legacy_params(GossipsoupLegacyStrategy(FedAvg(), TINY, initial_params=torch.ones(2))
-                         .initialize_parameters(SimpleClientManager())) == [1.0, 1.0]
+    assert legacy_params(
+        GossipsoupLegacyStrategy(FedAvg(), TINY, initial_params=torch.ones(2)).initialize_parameters(
+            SimpleClientManager()
+        )
+    ) == [1.0, 1.0]
     explicit = ndarrays_to_parameters(to_ndarrays(TINY, torch.zeros(2)))
     adapter = GossipsoupLegacyStrategy(FedAvg(), TINY, initial_params=torch.ones(2), initial_parameters=explicit)
     assert legacy_params(adapter.initialize_parameters(SimpleClientManager())) == [0.0, 0.0]
@@ -239,8 +257,13 @@ def test_legacy_configure_fit_registers_nodes_and_asks_for_extras():
     manager = SimpleClientManager()
     for node in (12, 11):
         manager.register(GridClientProxy(node, None, 1))
-    adapter = GossipsoupLegacyStrategy(FisherMerge(), TINY, min_available_clients=2, min_fit_clients=2,
-                                       on_fit_config_fn=lambda server_round: {"round": server_round})
+    adapter = GossipsoupLegacyStrategy(
+        FisherMerge(),
+        TINY,
+        min_available_clients=2,
+        min_fit_clients=2,
+        on_fit_config_fn=lambda server_round: {"round": server_round},
+    )
     pairs = adapter.configure_fit(3, ndarrays_to_parameters(to_ndarrays(TINY, torch.tensor([5.0, 6.0]))), manager)
     assert adapter.aggregator.node_index == {11: 0, 12: 1}
     assert adapter.aggregator.reference.tolist() == [5.0, 6.0]
@@ -271,9 +294,13 @@ def test_a_bad_model_is_rejected_even_when_its_extra_is_fine():
     fisher = to_arrayrecord(TINY, torch.ones(2))
 
     def content(params):
-        return {"arrays": to_arrayrecord(TINY, torch.tensor(params)), "metrics": MetricRecord({"num-examples": 1}),
-                "fisher": fisher}
+        return {
+            "arrays": to_arrayrecord(TINY, torch.tensor(params)),
+            "metrics": MetricRecord({"num-examples": 1}),
+            "fisher": fisher,
+        }
 
-    arrays, metrics = adapter.aggregate_train(1, [reply(1, None, records=content([math.nan, 0.0])),
-                                                  reply(2, None, records=content([4.0, 4.0]))])
+    arrays, metrics = adapter.aggregate_train(
+        1, [reply(1, None, records=content([math.nan, 0.0])), reply(2, None, records=content([4.0, 4.0]))]
+    )
     assert flat(arrays).tolist() == [4.0, 4.0] and metrics["gossipsoup-rejected"] == 1

@@ -100,27 +100,52 @@ def deployment(tmp_path):
     link = free_port()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "test-deployment"\n\n'
-        f'[superlink.test-deployment]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PYTHONUNBUFFERED": "1"}
+        f'[superlink.test-deployment]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     started: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "w")
-        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         started.append(proc)
         return proc
 
     try:
-        superlink = start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
-                          "--disable-runtime-dependency-installation")
+        superlink = start(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(link),
+            "--disable-runtime-dependency-installation",
+        )
         wait_healthy(link, superlink, tmp_path / "superlink.log")
         for i in range(2):
-            start(f"supernode{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-                  "--host", "127.0.0.1", "--port", str(free_port()),
-                  "--node-config", f"partition-id={i} num-partitions=2")
+            start(
+                f"supernode{i}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={i} num-partitions=2",
+            )
         yield env, "test-deployment", tmp_path
     finally:
         for proc in reversed(started):
@@ -135,9 +160,21 @@ def test_example_app_runs_on_a_real_superlink_and_supernodes(deployment):
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
 
     proc = subprocess.run(
-        ["flwr", "run", str(app), connection, "--stream",
-         "--run-config", f'num-server-rounds={ROUNDS} result-path="{result}"'],
-        env=env, cwd=logs, capture_output=True, text=True, timeout=300)
+        [
+            "flwr",
+            "run",
+            str(app),
+            connection,
+            "--stream",
+            "--run-config",
+            f'num-server-rounds={ROUNDS} result-path="{result}"',
+        ],
+        env=env,
+        cwd=logs,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
     assert proc.returncode == 0, f"flwr run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{tails}"

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from flwr.app import ConfigRecord, Context, Message, MetricRecord
     from flwr.clientapp import ClientApp
@@ -70,7 +70,7 @@ SCRIPT = textwrap.dedent('''
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "num_gpus": 0}})
     print("RESULT " + json.dumps(report), flush=True)
-''')
+""")
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_flower_simulation_with_the_adapter_completes_and_improves(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"simulation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    report = json.loads(lines[-1][len("RESULT "):])
+    report = json.loads(lines[-1][len("RESULT ") :])
 
     fedau, fisher = report["fedau"], report["fisher_merge"]
     assert len(fedau["accuracy"]) == 4  # round 0 and three rounds

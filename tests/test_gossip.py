@@ -30,8 +30,9 @@ def _run(make_cfg, tmp_path, *overrides):
 
 def test_sync_gossip_on_complete_graph_equals_fedavg_with_full_participation(make_cfg, tmp_path):
     fl = _run(make_cfg, tmp_path / "fl", "participation.clients_per_round=8", "strategy.weighting=uniform")
-    gl = _run(make_cfg, tmp_path / "gl", "mode=gossip", "topology=complete", "strategy=gossip_avg",
-              "strategy.weights=uniform")
+    gl = _run(
+        make_cfg, tmp_path / "gl", "mode=gossip", "topology=complete", "strategy=gossip_avg", "strategy.weights=uniform"
+    )
     assert np.allclose(fl["test_accuracy"], gl["test_accuracy"], atol=1e-6)
     assert np.allclose(fl["test_loss"], gl["test_loss"], atol=1e-5)
     assert np.allclose(gl["test_accuracy_min"], gl["test_accuracy_max"])  # all nodes agree
@@ -39,20 +40,46 @@ def test_sync_gossip_on_complete_graph_equals_fedavg_with_full_participation(mak
 
 
 @pytest.mark.parametrize("drop_prob", [0.0, 0.4])
-@pytest.mark.parametrize("strategy", [
-    ("strategy=gossip_avg",), ("strategy=gossip_avg", "strategy.weights=uniform"),
-    ("strategy=gossip_avg", "strategy.weights=conservative"),
-    ("strategy=variance_corrected",), ("strategy=variance_corrected", "strategy.c=0.2"),
-    ("strategy=variance_corrected", "strategy.variant=follow_others"),
-    ("strategy=variance_corrected", "strategy.variant=follow_others", "strategy.weights=uniform"),
-    ("strategy=variance_corrected", "strategy.variant=conservative", "strategy.c=0.3",
-     "strategy.correct=weights_and_biases"),
-], ids=["gossip_avg", "gossip_avg-uniform", "gossip_avg-conservative", "variance-reference", "variance-reference-c",
-        "variance-follow_others", "variance-follow_others-uniform", "variance-conservative"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ("strategy=gossip_avg",),
+        ("strategy=gossip_avg", "strategy.weights=uniform"),
+        ("strategy=gossip_avg", "strategy.weights=conservative"),
+        ("strategy=variance_corrected",),
+        ("strategy=variance_corrected", "strategy.c=0.2"),
+        ("strategy=variance_corrected", "strategy.variant=follow_others"),
+        ("strategy=variance_corrected", "strategy.variant=follow_others", "strategy.weights=uniform"),
+        (
+            "strategy=variance_corrected",
+            "strategy.variant=conservative",
+            "strategy.c=0.3",
+            "strategy.correct=weights_and_biases",
+        ),
+    ],
+    ids=[
+        "gossip_avg",
+        "gossip_avg-uniform",
+        "gossip_avg-conservative",
+        "variance-reference",
+        "variance-reference-c",
+        "variance-follow_others",
+        "variance-follow_others-uniform",
+        "variance-conservative",
+    ],
+)
 def test_whole_graph_merge_equals_per_node_strategy_calls(make_cfg, strategy, drop_prob):
     # Prepare: independent random node models, so every node's merge and rescaling differ
-    exp = build_experiment(make_cfg(*SMALL, "mode=gossip", "topology=random_regular", "topology.degree=3",
-                                    f"gossip.drop_prob={drop_prob}", *strategy))
+    exp = build_experiment(
+        make_cfg(
+            *SMALL,
+            "mode=gossip",
+            "topology=random_regular",
+            "topology.degree=3",
+            f"gossip.drop_prob={drop_prob}",
+            *strategy,
+        )
+    )
     runner = SyncGossip(exp, exp.topology, exp.gossip)
     params = torch.randn(8, exp.layout.size) * torch.linspace(0.5, 2.0, 8).unsqueeze(1)
     # Execute: the sparse whole-graph path, then the per-node aggregate calls
@@ -67,8 +94,16 @@ def test_whole_graph_merge_equals_per_node_strategy_calls(make_cfg, strategy, dr
 
 @pytest.mark.parametrize("schedule", ["sync", "async"])
 def test_drop_probability_one_means_no_exchange_changes_a_model(make_cfg, schedule):
-    exp = build_experiment(make_cfg(*SMALL, "mode=gossip", "topology=ring", "strategy=gossip_avg",
-                                    f"gossip.schedule={schedule}", "gossip.drop_prob=1.0"))
+    exp = build_experiment(
+        make_cfg(
+            *SMALL,
+            "mode=gossip",
+            "topology=ring",
+            "strategy=gossip_avg",
+            f"gossip.schedule={schedule}",
+            "gossip.drop_prob=1.0",
+        )
+    )
     exp.backend.setup(exp.setup)
     if schedule == "sync":
         runner = SyncGossip(exp, exp.topology, exp.gossip)
@@ -84,9 +119,20 @@ def test_drop_probability_one_means_no_exchange_changes_a_model(make_cfg, schedu
 
 
 def test_offline_nodes_receive_nothing(make_cfg):
-    exp = build_experiment(make_cfg(*SMALL, "mode=gossip", "topology=ring", "strategy=gossip_avg",
-                                    "gossip.schedule=async", "gossip.churn=sessions", "gossip.mean_online=1.0",
-                                    "gossip.mean_offline=1.0", "gossip.delay=exponential", "gossip.delay_value=0.5"))
+    exp = build_experiment(
+        make_cfg(
+            *SMALL,
+            "mode=gossip",
+            "topology=ring",
+            "strategy=gossip_avg",
+            "gossip.schedule=async",
+            "gossip.churn=sessions",
+            "gossip.mean_online=1.0",
+            "gossip.mean_offline=1.0",
+            "gossip.delay=exponential",
+            "gossip.delay_value=0.5",
+        )
+    )
     exp.backend.setup(exp.setup)
     runner = AsyncGossip(exp, exp.topology, exp.gossip)
     received_while = []
@@ -103,10 +149,20 @@ def test_offline_nodes_receive_nothing(make_cfg):
 
 
 def test_async_gossip_is_deterministic_for_a_seed(make_cfg, tmp_path):
-    args = ("mode=gossip", "topology=random_regular", "topology.degree=3", "strategy=variance_corrected",
-            "gossip.schedule=async", "gossip.protocol=push_pull", "gossip.drop_prob=0.2", "gossip.delay=uniform",
-            "gossip.delay_value=0.3", "gossip.churn=probability", "gossip.online_prob=0.8",
-            "gossip.shared_init=false")
+    args = (
+        "mode=gossip",
+        "topology=random_regular",
+        "topology.degree=3",
+        "strategy=variance_corrected",
+        "gossip.schedule=async",
+        "gossip.protocol=push_pull",
+        "gossip.drop_prob=0.2",
+        "gossip.delay=uniform",
+        "gossip.delay_value=0.3",
+        "gossip.churn=probability",
+        "gossip.online_prob=0.8",
+        "gossip.shared_init=false",
+    )
     a = _run(make_cfg, tmp_path / "a", *args).drop(columns=["wall_s"])
     b = _run(make_cfg, tmp_path / "b", *args).drop(columns=["wall_s"])
     c = _run(make_cfg, tmp_path / "c", *args, "seed=1").drop(columns=["wall_s"])
@@ -117,8 +173,15 @@ def test_async_gossip_is_deterministic_for_a_seed(make_cfg, tmp_path):
 
 def test_independent_inits_differ_and_shared_inits_agree(make_cfg, tmp_path):
     shared = _run(make_cfg, tmp_path / "s", "mode=gossip", "topology=ring", "strategy=gossip_avg", "rounds=1")
-    indep = _run(make_cfg, tmp_path / "i", "mode=gossip", "topology=ring", "strategy=gossip_avg", "rounds=1",
-                 "gossip.shared_init=false")
+    indep = _run(
+        make_cfg,
+        tmp_path / "i",
+        "mode=gossip",
+        "topology=ring",
+        "strategy=gossip_avg",
+        "rounds=1",
+        "gossip.shared_init=false",
+    )
     assert shared["consensus_distance"].iloc[0] < 1e-5 < indep["consensus_distance"].iloc[0]
     assert "weight_var/linear.weight" in indep.columns
 
@@ -127,10 +190,23 @@ def test_independent_inits_differ_and_shared_inits_agree(make_cfg, tmp_path):
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
 def test_batched_async_exchanges_equal_the_event_by_event_simulation(make_cfg, tmp_path, order, backend):
     # Prepare: pushes and pulls with delays, losses and churn, so batches are cut by every kind of conflict
-    args = ("mode=gossip", "num_clients=12", "topology=random_regular", "topology.degree=3",
-            "strategy=variance_corrected", "gossip.schedule=async", "gossip.protocol=push_pull",
-            f"gossip.order={order}", "gossip.drop_prob=0.1", "gossip.delay=exponential", "gossip.delay_value=0.2",
-            "gossip.churn=probability", "gossip.online_prob=0.9", "gossip.shared_init=false", f"backend={backend}")
+    args = (
+        "mode=gossip",
+        "num_clients=12",
+        "topology=random_regular",
+        "topology.degree=3",
+        "strategy=variance_corrected",
+        "gossip.schedule=async",
+        "gossip.protocol=push_pull",
+        f"gossip.order={order}",
+        "gossip.drop_prob=0.1",
+        "gossip.delay=exponential",
+        "gossip.delay_value=0.2",
+        "gossip.churn=probability",
+        "gossip.online_prob=0.9",
+        "gossip.shared_init=false",
+        f"backend={backend}",
+    )
     # Execute
     one_by_one = _run(make_cfg, tmp_path / "single", *args, "gossip.batch_exchanges=false").drop(columns=["wall_s"])
     batched = _run(make_cfg, tmp_path / "batched", *args).drop(columns=["wall_s"])
@@ -142,8 +218,17 @@ def test_batched_async_exchanges_equal_the_event_by_event_simulation(make_cfg, t
 
 
 def test_async_batches_hold_several_deliveries(make_cfg):
-    exp = build_experiment(make_cfg("mode=gossip", "num_clients=40", "rounds=3", "topology=random_regular",
-                                    "topology.degree=4", "strategy=gossip_avg", "gossip.schedule=async"))
+    exp = build_experiment(
+        make_cfg(
+            "mode=gossip",
+            "num_clients=40",
+            "rounds=3",
+            "topology=random_regular",
+            "topology.degree=4",
+            "strategy=gossip_avg",
+            "gossip.schedule=async",
+        )
+    )
     exp.backend.setup(exp.setup)
     runner = AsyncGossip(exp, exp.topology, exp.gossip)
     runner.run(MetricsLog("/dev/null"), lambda row: None)
@@ -154,8 +239,9 @@ def test_async_batches_hold_several_deliveries(make_cfg):
 
 def test_independent_inits_start_norm_scales_at_one_and_keep_buffers():
     # Prepare: a model with a LayerNorm, a BatchNorm (running statistics) and plain Linear layers
-    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3),
-                                torch.nn.BatchNorm1d(3))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)
+    )
     layout = Layout.from_module(model)
     initial = layout.flatten(model)
     # Execute
@@ -172,9 +258,18 @@ def test_independent_inits_start_norm_scales_at_one_and_keep_buffers():
 @pytest.mark.parametrize("batch", [True, False])
 def test_async_update_merge_trains_both_models_before_merging(make_cfg, batch):
     # Prepare: two nodes with different models; node 1 pushes its model to node 0
-    exp = build_experiment(make_cfg(*SMALL, "num_clients=2", "mode=gossip", "topology=complete",
-                                    "strategy=gossip_avg", "gossip.schedule=async", "backend=vectorized",
-                                    f"gossip.batch_exchanges={str(batch).lower()}"))
+    exp = build_experiment(
+        make_cfg(
+            *SMALL,
+            "num_clients=2",
+            "mode=gossip",
+            "topology=complete",
+            "strategy=gossip_avg",
+            "gossip.schedule=async",
+            "backend=vectorized",
+            f"gossip.batch_exchanges={str(batch).lower()}",
+        )
+    )
     exp.backend.setup(exp.setup)
     runner = AsyncGossip(exp, exp.topology, exp.gossip)
     runner.params = torch.randn(2, exp.layout.size, generator=torch.Generator().manual_seed(3))
@@ -184,8 +279,10 @@ def test_async_update_merge_trains_both_models_before_merging(make_cfg, batch):
     runner.flush()
     # Assert: node 0 trained its own model (its training 0) and the received one (training 1), then averaged
     x, y = exp.data.client(0)
-    by_hand = [local_train(exp.model, exp.layout, start, x, y, exp.train, torch_generator(0, "train", n, 0)).params
-               for n, start in ((0, own), (1, received))]
+    by_hand = [
+        local_train(exp.model, exp.layout, start, x, y, exp.train, torch_generator(0, "train", n, 0)).params
+        for n, start in ((0, own), (1, received))
+    ]
     assert torch.allclose(runner.params[0], (by_hand[0] + by_hand[1]) / 2, atol=1e-6)
     assert torch.equal(runner.params[1], received)
     assert runner.trained.tolist() == [2, 0] and runner.counts["trainings"] == 2 and runner.counts["merges"] == 1
@@ -212,8 +309,9 @@ def test_async_rows_record_the_training_loss_since_the_previous_evaluation(make_
     sizes = exp.data.client_sizes[ids].double()
     assert len(ids) == rows["num_participants"].sum() > 20
     bounds = np.cumsum([0, *rows["num_participants"]])
-    expected = [float((sizes[a:b] * losses[a:b]).sum() / sizes[a:b].sum()) if b > a else np.nan
-                for a, b in pairwise(bounds)]
+    expected = [
+        float((sizes[a:b] * losses[a:b]).sum() / sizes[a:b].sum()) if b > a else np.nan for a, b in pairwise(bounds)
+    ]
     assert np.isnan(rows["train_loss"].iloc[0])  # the start: no training yet
     assert rows["train_loss"].iloc[1:].notna().sum() >= 4
     assert np.allclose(rows["train_loss"], expected, rtol=1e-6, equal_nan=True)

@@ -22,9 +22,16 @@ LAYOUT = Layout.from_module(Tiny())  # weight [0:8], bias [8:10]
 
 
 def info(k, self_index=0, mixing=None):
-    return AggregationInfo(client_ids=torch.arange(k), num_samples=torch.ones(k, dtype=torch.long), round=1,
-                           num_clients=k, layout=LAYOUT, reference=torch.zeros(LAYOUT.size),
-                           self_index=self_index, mixing_weights=None if mixing is None else torch.tensor(mixing))
+    return AggregationInfo(
+        client_ids=torch.arange(k),
+        num_samples=torch.ones(k, dtype=torch.long),
+        round=1,
+        num_clients=k,
+        layout=LAYOUT,
+        reference=torch.zeros(LAYOUT.size),
+        self_index=self_index,
+        mixing_weights=None if mixing is None else torch.tensor(mixing),
+    )
 
 
 def models_with_variances(variances, seed=0):
@@ -32,7 +39,7 @@ def models_with_variances(variances, seed=0):
     rows = []
     for v in variances:
         w = torch.randn(8, generator=g)
-        w = (w - w.mean()) / w.std() * v ** 0.5 + 0.3  # exact unbiased variance v, mean 0.3
+        w = (w - w.mean()) / w.std() * v**0.5 + 0.3  # exact unbiased variance v, mean 0.3
         rows.append(torch.cat([w, torch.randn(2, generator=g)]))
     return torch.stack(rows)
 
@@ -70,7 +77,8 @@ def test_conservative_blends_self_and_received():
 def test_weights_and_biases_option_and_eps():
     models = models_with_variances([1.0, 3.0])
     both, _ = VarianceCorrected(variant="follow_others", correct="weights_and_biases", eps=1e-12).aggregate(
-        models, info(2), {})
+        models, info(2), {}
+    )
     target_bias = models[1, 8:].var()
     assert both[8:].var().item() == pytest.approx(target_bias.item(), rel=1e-5)
     eps_out, _ = VarianceCorrected(variant="follow_others", eps=1e-4).aggregate(models, info(2), {})
@@ -86,6 +94,7 @@ def test_as_server_rule_all_models_count_as_received():
 
 
 # ---- the first author's rule (DFL_torch preset VC) ------------------------------------------------
+
 
 class Normed(torch.nn.Module):
     """Weights, biases, a norm scale, a one-element tensor and BatchNorm buffers: every case the rule tells apart."""
@@ -124,9 +133,16 @@ def normed_models(k, seed=0):
 
 
 def normed_info(k):
-    return AggregationInfo(client_ids=torch.arange(k), num_samples=torch.ones(k, dtype=torch.long), round=1,
-                           num_clients=k, layout=NORMED, reference=torch.zeros(NORMED.size), self_index=0,
-                           mixing_weights=torch.full((k,), 1.0 / k))
+    return AggregationInfo(
+        client_ids=torch.arange(k),
+        num_samples=torch.ones(k, dtype=torch.long),
+        round=1,
+        num_clients=k,
+        layout=NORMED,
+        reference=torch.zeros(NORMED.size),
+        self_index=0,
+        mixing_weights=torch.full((k,), 1.0 / k),
+    )
 
 
 def test_reference_rule_by_hand_on_tiny_tensors():
@@ -134,9 +150,20 @@ def test_reference_rule_by_hand_on_tiny_tensors():
     layout = Layout.from_module(torch.nn.Linear(2, 2, bias=False))
     own, r1, r2 = torch.tensor([1.0, 2, 3, 4]), torch.tensor([0.0, 0, 4, 4]), torch.tensor([2.0, -2, 2, -2])
     # Execute: the default variant is the reference rule
-    out, _ = VarianceCorrected().aggregate(torch.stack([own, r1, r2]), AggregationInfo(
-        client_ids=torch.arange(3), num_samples=torch.ones(3, dtype=torch.long), round=1, num_clients=3,
-        layout=layout, reference=own, self_index=0, mixing_weights=torch.tensor([0.6, 0.2, 0.2])), {})
+    out, _ = VarianceCorrected().aggregate(
+        torch.stack([own, r1, r2]),
+        AggregationInfo(
+            client_ids=torch.arange(3),
+            num_samples=torch.ones(3, dtype=torch.long),
+            round=1,
+            num_clients=3,
+            layout=layout,
+            reference=own,
+            self_index=0,
+            mixing_weights=torch.tensor([0.6, 0.2, 0.2]),
+        ),
+        {},
+    )
     # Assert: merged = 0.5 self + 0.25 (r1 + r2) = [1, 0.5, 3, 2.5] (the mixing row is not used),
     # mean 1.75, Var(merged) = (0.5625 + 1.5625 + 1.5625 + 0.5625) / 3 = 4.25 / 3;
     # target = (Var r1 + Var r2) / 2 = (16/3 + 16/3) / 2
@@ -169,10 +196,17 @@ def test_a_node_that_received_nothing_keeps_its_model():
         assert torch.equal(out, own[0])
 
 
-@pytest.mark.parametrize("strategy", [
-    VarianceCorrected(), VarianceCorrected(variant="follow_others"), VarianceCorrected(variant="conservative", c=0.3),
-    VarianceCorrected(variant="follow_others", weights="conservative", c=0.7), GossipAvg(weights="conservative"),
-], ids=["reference", "follow_others", "conservative", "follow_others-conservative-row", "gossip_avg-conservative"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        VarianceCorrected(),
+        VarianceCorrected(variant="follow_others"),
+        VarianceCorrected(variant="conservative", c=0.3),
+        VarianceCorrected(variant="follow_others", weights="conservative", c=0.7),
+        GossipAvg(weights="conservative"),
+    ],
+    ids=["reference", "follow_others", "conservative", "follow_others-conservative-row", "gossip_avg-conservative"],
+)
 @pytest.mark.parametrize("drop", [0.0, 0.5])
 def test_whole_graph_merge_equals_per_node_calls_with_buffers(strategy, drop):
     # Prepare: a 6-node ring plus chords, lost messages moved to the diagonal as the sync loop does
@@ -195,9 +229,16 @@ def test_whole_graph_merge_equals_per_node_calls_with_buffers(strategy, drop):
     for i in range(n):
         senders = [j for j in range(n) if j != i and dense[i, j] > 0]
         members = [i, *senders]
-        info = AggregationInfo(client_ids=torch.tensor(members), num_samples=torch.ones(len(members), dtype=torch.long),
-                               round=1, num_clients=n, layout=NORMED, reference=models[i], self_index=0,
-                               mixing_weights=dense[i, members])
+        info = AggregationInfo(
+            client_ids=torch.tensor(members),
+            num_samples=torch.ones(len(members), dtype=torch.long),
+            round=1,
+            num_clients=n,
+            layout=NORMED,
+            reference=models[i],
+            self_index=0,
+            mixing_weights=dense[i, members],
+        )
         slow, _ = strategy.aggregate(models[members], info, {})
         assert torch.allclose(fast[i], slow, atol=1e-6), (i, (fast[i] - slow).abs().max())
     assert torch.equal(fast[5], models[5])

@@ -12,8 +12,14 @@ from sim.checkpoint import load_checkpoint, save_checkpoint
 from sim.merge import main
 from sim.run import run_experiment
 
-SMALL = ("num_clients=6", "participation.clients_per_round=3", "rounds=2", "train.epochs=1", "save_model=true",
-         "model.hidden=[16]")
+SMALL = (
+    "num_clients=6",
+    "participation.clients_per_round=3",
+    "rounds=2",
+    "train.epochs=1",
+    "save_model=true",
+    "model.hidden=[16]",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,23 @@ def test_greedy_and_fisher_and_wise_ft(sweep, tmp_path, capsys):
     assert main([str(sweep), "--method", "greedy_soup", "--out", str(tmp_path / "g.safetensors")]) == 0
     assert main([str(sweep), "--method", "fisher_merge", "--out", str(tmp_path / "f.safetensors")]) == 0
     base = sweep / "0" / "model.safetensors"
-    assert main([str(sweep / "1"), str(sweep / "2"), "--method", "interpolate", "--set", "alpha=0.0", "--base",
-                 str(base), "--out", str(tmp_path / "w.safetensors")]) == 0
+    assert (
+        main(
+            [
+                str(sweep / "1"),
+                str(sweep / "2"),
+                "--method",
+                "interpolate",
+                "--set",
+                "alpha=0.0",
+                "--base",
+                str(base),
+                "--out",
+                str(tmp_path / "w.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert torch.equal(load_checkpoint(tmp_path / "w.safetensors")[1], load_checkpoint(base)[1])  # alpha 0: base
 
 
@@ -56,8 +77,20 @@ def test_bad_inputs(sweep, tmp_path, capsys):
     assert "valid safetensors" in capsys.readouterr().err
     assert main([str(sweep), "--method", "interpolate"]) == 2  # needs --base
     assert "--base" in capsys.readouterr().err
-    assert main([str(sweep), "--method", "interpolate", "--set", "alpha=1.5", "--base",
-                 str(sweep / "0" / "model.safetensors")]) == 2
+    assert (
+        main(
+            [
+                str(sweep),
+                "--method",
+                "interpolate",
+                "--set",
+                "alpha=1.5",
+                "--base",
+                str(sweep / "0" / "model.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "strategy.alpha" in capsys.readouterr().err
     assert main([str(sweep), "--method", "nope"]) == 2
     assert main([str(sweep), "--shift-pixels", "8", "--out", str(tmp_path / "m.safetensors")]) == 2
@@ -72,8 +105,13 @@ def test_mismatched_layouts_name_the_first_tensor(sweep, tmp_path):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["progress=false", *SMALL, "model.hidden=[8]"])
     run_experiment(cfg, other)
-    proc = subprocess.run([sys.executable, "-m", "sim.merge", str(sweep / "0"), str(other)], capture_output=True,
-                          text=True, cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.merge", str(sweep / "0"), str(other)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "net.0.weight [16, 64] against net.0.weight [8, 64]" in proc.stderr
 
@@ -83,8 +121,9 @@ def test_fine_tuning_starts_from_a_checkpoint_and_source_split_keeps_listed_clas
     from sim.experiment import build_experiment
 
     ckpt = sweep / "0" / "model.safetensors"
-    exp = build_experiment(make_cfg("model.hidden=[16]", f"model.init_checkpoint={ckpt}",
-                                    "dataset.train_classes=[0,1,2]"))
+    exp = build_experiment(
+        make_cfg("model.hidden=[16]", f"model.init_checkpoint={ckpt}", "dataset.train_classes=[0,1,2]")
+    )
     assert torch.equal(exp.initial_params, load_checkpoint(ckpt)[1])
     assert set(exp.data.y.unique().tolist()) == {0, 1, 2} and len(exp.data.y_test.unique()) == 10
     with pytest.raises(ConfigError, match="model.init_checkpoint") as err:
@@ -94,8 +133,22 @@ def test_fine_tuning_starts_from_a_checkpoint_and_source_split_keeps_listed_clas
 
 def test_shifted_test_set_and_csv(sweep, tmp_path, capsys):
     csv = tmp_path / "t.csv"
-    assert main([str(sweep), "--shift-noise", "0.2", "--shift-pixels", "1", "--out", str(tmp_path / "m.safetensors"),
-                 "--csv", str(csv)]) == 0
+    assert (
+        main(
+            [
+                str(sweep),
+                "--shift-noise",
+                "0.2",
+                "--shift-pixels",
+                "1",
+                "--out",
+                str(tmp_path / "m.safetensors"),
+                "--csv",
+                str(csv),
+            ]
+        )
+        == 0
+    )
     assert "shifted test accuracy" in capsys.readouterr().out
     import pandas as pd
 
@@ -131,7 +184,7 @@ def test_fisher_merge_takes_each_entry_from_the_model_whose_fisher_is_not_zero(s
 
     def unit_entries(params, unit):  # the dead unit's bias and its outgoing weights
         bias, outgoing = layout.view(params, "net.0.bias"), layout.view(params, "net.2.weight")
-        return torch.cat([bias[unit:unit + 1], outgoing[:, unit]])
+        return torch.cat([bias[unit : unit + 1], outgoing[:, unit]])
 
     for unit, alive, dead in ((0, b, a), (1, a, b)):
         got, want, other = unit_entries(merged, unit), unit_entries(alive, unit), unit_entries(dead, unit)
@@ -162,8 +215,7 @@ def test_default_out_is_printed_and_sits_beside_the_first_checkpoint_and_base_is
     m = load_checkpoint(sweep / "0" / "model.safetensors")[1]
     first, second = (_run_folder(tmp_path / n, sweep / "0", p) for n, p in (("x", m), ("y", m * 0.5)))
     base = sweep / "2" / "model.safetensors"
-    assert main([str(first), str(second), "--method", "interpolate", "--set", "alpha=0.25", "--base",
-                 str(base)]) == 0
+    assert main([str(first), str(second), "--method", "interpolate", "--set", "alpha=0.25", "--base", str(base)]) == 0
     out = first / "merged_interpolate.safetensors"
     captured = capsys.readouterr()
     assert f"wrote the merged model to {out}" in captured.err
@@ -171,5 +223,10 @@ def test_default_out_is_printed_and_sits_beside_the_first_checkpoint_and_base_is
     want = 0.75 * load_checkpoint(base)[1] + 0.25 * (m * 0.75)
     assert torch.allclose(load_checkpoint(out)[1], want, atol=1e-6)
     names = [line.split("|")[1].strip() for line in captured.out.splitlines()[2:]]
-    assert names == [str(first / "model.safetensors"), str(second / "model.safetensors"), f"base: {base}",
-                     "merge: interpolate", "logit ensemble of 2"]
+    assert names == [
+        str(first / "model.safetensors"),
+        str(second / "model.safetensors"),
+        f"base: {base}",
+        "merge: interpolate",
+        "logit ensemble of 2",
+    ]

@@ -94,7 +94,7 @@ def test_cyclic_is_active_round_t_p_rounds_of_each_period_from_a_random_phase():
         assert 1 <= first_on <= off[n]  # starts inactive somewhere in its inactive phase
     first = np.argmax(active, axis=0)[p == 0.2] + 1
     assert len(np.unique(first)) > 20  # the phase is drawn per client, not shared (32 possible starts)
-    share = active[-5 * period:].mean(axis=0)  # 5 whole periods where the period is 40
+    share = active[-5 * period :].mean(axis=0)  # 5 whole periods where the period is 40
     assert np.allclose(share[p < 1], (on / period)[p < 1])
     assert np.allclose(pattern.long_run_rate(), on / (on + off))  # 40 / 41 where p = 1
 
@@ -149,8 +149,16 @@ def test_correlated_probability_by_hand():
 
 
 def test_round_without_participants_keeps_the_model_and_is_recorded(make_cfg, tmp_path):
-    cfg = make_cfg("num_clients=4", "rounds=12", "participation=bernoulli", "participation.probability=constant",
-                   "participation.p=0.1", "strategy=fedau", "model=logreg", "train.epochs=1")
+    cfg = make_cfg(
+        "num_clients=4",
+        "rounds=12",
+        "participation=bernoulli",
+        "participation.probability=constant",
+        "participation.p=0.1",
+        "strategy=fedau",
+        "model=logreg",
+        "train.epochs=1",
+    )
     run_experiment(cfg, tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     empty = m[(m["round"] > 0) & (m["num_participants"] == 0)]

@@ -44,10 +44,15 @@ def test_cyclic_accepts_any_period_of_at_least_one(options):
     Cyclic.check_options(options)
 
 
-@pytest.mark.parametrize("options, field", [({"period": 0}, "participation.period"),
-                                            ({"period": 2.5}, "participation.period"),
-                                            ({"period": True}, "participation.period"),
-                                            ({"perod": 5}, "participation")])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"period": 0}, "participation.period"),
+        ({"period": 2.5}, "participation.period"),
+        ({"period": True}, "participation.period"),
+        ({"perod": 5}, "participation"),
+    ],
+)
 def test_cyclic_rejects_bad_periods_and_unknown_options(options, field):
     # the field (and for an unknown option, the option's name) is what the CLI tells the user to fix
     with pytest.raises(ConfigError) as err:
@@ -85,8 +90,9 @@ def test_markov_accepts_q_in_the_unit_interval(q):
     Markov.check_options({"q": q})
 
 
-@pytest.mark.parametrize("options, field", [({"q": 0}, "participation.q"), ({"q": 1.5}, "participation.q"),
-                                            ({"qq": 0.1}, "participation")])
+@pytest.mark.parametrize(
+    "options, field", [({"q": 0}, "participation.q"), ({"q": 1.5}, "participation.q"), ({"qq": 0.1}, "participation")]
+)
 def test_markov_rejects_bad_q_and_unknown_options(options, field):
     with pytest.raises(ConfigError) as err:
         Markov.check_options(options)
@@ -107,23 +113,28 @@ def test_bernoulli_takes_no_options():
     assert err.value.field == "participation" and err.value.value == ["p"]
 
 
-@pytest.mark.parametrize("cfg", [{"probability": "constant", "p": 1}, {"mean": 1}, {"floor": 1},
-                                 {"alpha": 1e-9}, {}])
+@pytest.mark.parametrize("cfg", [{"probability": "constant", "p": 1}, {"mean": 1}, {"floor": 1}, {"alpha": 1e-9}, {}])
 def test_probability_config_accepts_the_boundaries(cfg):
     check_probability_config(cfg)
 
 
-@pytest.mark.parametrize("cfg, named", [
-    ({"probability": "constant", "p": 0}, "participation.p"),
-    ({"probability": "constant", "p": 1.5}, "participation.p"),
-    ({"probability": "constant", "p": True}, "participation.p"),
-    ({"probability": "constant", "p": "0.5"}, "participation.p"),
-    ({"probability": "constant"}, "participation.p"),
-    ({"p": 2}, "participation.p"),
-    ({"mean": 0}, "participation.mean"), ({"mean": 1.5}, "participation.mean"),
-    ({"floor": 0}, "participation.floor"), ({"floor": 1.5}, "participation.floor"),
-    ({"alpha": 0}, "participation.alpha"), ({"probability": "corelated"}, "participation.probability"),
-])
+@pytest.mark.parametrize(
+    "cfg, named",
+    [
+        ({"probability": "constant", "p": 0}, "participation.p"),
+        ({"probability": "constant", "p": 1.5}, "participation.p"),
+        ({"probability": "constant", "p": True}, "participation.p"),
+        ({"probability": "constant", "p": "0.5"}, "participation.p"),
+        ({"probability": "constant"}, "participation.p"),
+        ({"p": 2}, "participation.p"),
+        ({"mean": 0}, "participation.mean"),
+        ({"mean": 1.5}, "participation.mean"),
+        ({"floor": 0}, "participation.floor"),
+        ({"floor": 1.5}, "participation.floor"),
+        ({"alpha": 0}, "participation.alpha"),
+        ({"probability": "corelated"}, "participation.probability"),
+    ],
+)
 def test_probability_config_rejects_out_of_range_values(cfg, named):
     with pytest.raises(ConfigError) as err:
         check_probability_config(cfg)

@@ -64,6 +64,7 @@ def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, columns=COLUMNS) -> No
 
 # ---- chunks and pool sizing (no Ray needed) ---------------------------------------------------
 
+
 def test_balanced_chunks_cover_every_client_once_with_near_equal_work():
     rng = np.random.default_rng(0)
     costs = rng.integers(1, 40, size=53).tolist()
@@ -106,6 +107,7 @@ def test_pool_size_follows_cpus_and_gpus_per_actor():
 
 # ---- equivalence with the sequential reference -------------------------------------------------
 
+
 @pytest.fixture(scope="class")
 def pool(ray_session):
     """One 2-actor backend for the tests of a class, released when the class is done (the session's
@@ -113,8 +115,10 @@ def pool(ray_session):
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="configs", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["progress=false", *SMALL,
-                                                       "participation.clients_per_round=8", "strategy=fisher_merge"])
+        cfg = compose(
+            config_name="config",
+            overrides=["progress=false", *SMALL, "participation.clients_per_round=8", "strategy=fisher_merge"],
+        )
     exp = build_experiment(cfg)
     setup = dataclasses.replace(exp.setup, train=TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9))
     backend = RayBackend()
@@ -135,10 +139,12 @@ class TestOnePool:
         ids = torch.tensor([5, 0, 3, 6, 1, 2, 4])
         torch.manual_seed(1)
         per_node = exp.initial_params + 0.01 * torch.randn(7, setup.layout.size)
-        calls = [(exp.initial_params, 3, frozenset()),  # FL: one shared start
-                 (per_node, 2, frozenset()),  # sync gossip: one start per node
-                 (per_node, torch.tensor([1, 4, 2, 2, 7, 3, 1]), frozenset()),  # a start and a round per node
-                 (exp.initial_params, 1, frozenset({"fisher"}))]
+        calls = [
+            (exp.initial_params, 3, frozenset()),  # FL: one shared start
+            (per_node, 2, frozenset()),  # sync gossip: one start per node
+            (per_node, torch.tensor([1, 4, 2, 2, 7, 3, 1]), frozenset()),  # a start and a round per node
+            (exp.initial_params, 1, frozenset({"fisher"})),
+        ]
         for start, round_, needs in calls:
             a, b = seq.train(ids, start, round_, needs), ray_backend.train(ids, start, round_, needs)
             assert b.client_ids.tolist() == ids.tolist()
@@ -170,8 +176,10 @@ RUNS = {  # name: (overrides of both runs, overrides of the ray run)
     "sync_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg"), ()),
     "async_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async", "rounds=1"), ()),
     # per-client Fisher extras from vmapped chunks, reassembled, sent to the aggregator actor with the models
-    "fisher_vectorized_worker": (("strategy=fisher_merge", "participation.clients_per_round=5"),
-                                 ("backend.inner=vectorized", "backend.aggregate_on=worker")),
+    "fisher_vectorized_worker": (
+        ("strategy=fisher_merge", "participation.clients_per_round=5"),
+        ("backend.inner=vectorized", "backend.aggregate_on=worker"),
+    ),
 }
 
 
@@ -190,8 +198,16 @@ def test_whole_run_matches_sequential(make_cfg, tmp_path, ray_session, name):
 def test_aggregation_on_a_worker_falls_back_to_the_cpu_and_equals_the_driver(make_cfg, tmp_path, ray_session):
     run = (*SMALL, "strategy=fedadam", "participation.clients_per_round=5")  # a rule with server state
     driver = run_metrics(make_cfg, tmp_path / "driver", *run, "backend=sequential")
-    exp = build_experiment(make_cfg(*run, "backend=ray", "backend.aggregate_on=worker", "backend.device=auto",
-                                    "backend.num_cpus=2", "backend.num_threads=2"))
+    exp = build_experiment(
+        make_cfg(
+            *run,
+            "backend=ray",
+            "backend.aggregate_on=worker",
+            "backend.device=auto",
+            "backend.num_cpus=2",
+            "backend.num_threads=2",
+        )
+    )
     assert isinstance(exp.backend, RayBackend)
     exp.backend.setup(exp.setup)
     try:
@@ -213,9 +229,11 @@ def test_aggregation_on_a_worker_falls_back_to_the_cpu_and_equals_the_driver(mak
 
 # ---- faults ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_an_actor_killed_mid_round_is_retried_and_the_result_is_unchanged(make_cfg, tmp_path, ray_session,
-                                                                         monkeypatch, caplog):
+def test_an_actor_killed_mid_round_is_retried_and_the_result_is_unchanged(
+    make_cfg, tmp_path, ray_session, monkeypatch, caplog
+):
     # enough local work (400 steps, ~0.2 s per chunk) that the kill lands while the actor trains
     run = (*SMALL, "participation.clients_per_round=8", "train.local_steps=100")
     seq = run_metrics(make_cfg, tmp_path / "seq", *run, "backend=sequential")
@@ -237,6 +255,7 @@ def test_an_actor_killed_mid_round_is_retried_and_the_result_is_unchanged(make_c
 
 
 # ---- an existing cluster -----------------------------------------------------------------------
+
 
 def _processes_of(group: int, marker: str) -> list[str]:
     found = []
@@ -261,12 +280,28 @@ def separate_head(env: dict[str, str] | None = None):
     root = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, client, agent, agent_grpc, metrics, env_agent = (free_port() for _ in range(6))
     head = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false", f"--temp-dir={root}/ray", "--block", "--disable-usage-stats",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={env_agent}"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        [
+            "ray",
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            f"--temp-dir={root}/ray",
+            "--block",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={env_agent}",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     left: list[str] = []
     try:
         deadline = time.monotonic() + 90
@@ -294,9 +329,15 @@ def separate_head(env: dict[str, str] | None = None):
 
 
 def run_cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim", "progress=false", *overrides, f"hydra.run.dir={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sim", "progress=false", *overrides, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -346,6 +387,7 @@ def test_address_null_ignores_a_stale_session_file(tmp_path):
 
 # ---- bad input ---------------------------------------------------------------------------------
 
+
 def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(ConfigError) as info:
@@ -372,8 +414,14 @@ def test_an_unreachable_address_is_a_config_error_at_once(make_cfg, address):
 def test_an_unreachable_address_exits_2_within_30_s():
     t0 = time.monotonic()
     port = free_port()
-    result = subprocess.run([sys.executable, "-m", "sim", "backend=ray", f"backend.address=ray://127.0.0.1:{port}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "sim", "backend=ray", f"backend.address=ray://127.0.0.1:{port}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert time.monotonic() - t0 < 30
     assert result.returncode == 2
     assert "backend.address" in result.stderr and "Traceback" not in result.stderr
@@ -390,8 +438,9 @@ def test_gpus_asked_where_there_are_none(make_cfg, ray_session, monkeypatch):
     assert info.value.field == "backend.num_gpus"
     monkeypatch.undo()
     # a running Ray without GPUs: refused at setup, before any actor starts
-    exp = build_experiment(make_cfg("num_clients=4", "participation.clients_per_round=2", "backend=ray",
-                                    "backend.num_gpus=0.5"))
+    exp = build_experiment(
+        make_cfg("num_clients=4", "participation.clients_per_round=2", "backend=ray", "backend.num_gpus=0.5")
+    )
     with pytest.raises(ConfigError) as info:
         exp.backend.setup(exp.setup)
     exp.backend.close()
@@ -401,12 +450,19 @@ def test_gpus_asked_where_there_are_none(make_cfg, ray_session, monkeypatch):
     assert info.value.field == "backend.device"
 
 
-@pytest.mark.parametrize("override, field", [
-    ("backend.num_actors=0", "backend.num_actors"), ("backend.num_cpus=0", "backend.num_cpus"),
-    ("backend.num_gpus=-1", "backend.num_gpus"), ("backend.aggregate_on=gpu", "backend.aggregate_on"),
-    ("backend.device=tpu", "backend.device"), ("backend.max_retries=-1", "backend.max_retries"),
-    ("backend.inner=ray", "backend.inner"), ("+backend.colour=red", "backend.colour"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("backend.num_actors=0", "backend.num_actors"),
+        ("backend.num_cpus=0", "backend.num_cpus"),
+        ("backend.num_gpus=-1", "backend.num_gpus"),
+        ("backend.aggregate_on=gpu", "backend.aggregate_on"),
+        ("backend.device=tpu", "backend.device"),
+        ("backend.max_retries=-1", "backend.max_retries"),
+        ("backend.inner=ray", "backend.inner"),
+        ("+backend.colour=red", "backend.colour"),
+    ],
+)
 def test_bad_options_name_their_field(make_cfg, override, field):
     with pytest.raises(ConfigError) as info:
         validate_config(make_cfg("backend=ray", override))

@@ -31,14 +31,18 @@ SLOW = [0.10, 0.30, 0.50, NAN, 0.60, 0.70]  # never reaches 0.9
 
 def config(strategy: dict, seed: int, alpha: float = 1.0) -> dict:
     return {
-        "mode": "federated", "seed": seed, "rounds": 5, "num_clients": 20,
+        "mode": "federated",
+        "seed": seed,
+        "rounds": 5,
+        "num_clients": 20,
         "strategy": strategy,
         "dataset": {"name": "digits", "val_fraction": 0.1},
         "partition": {"name": "dirichlet", "alpha": alpha, "seed": seed},  # derived seed: ignored
         "model": {"name": "mlp", "hidden": [64, 32]},
         "train": {"lr": 0.05, "local_epochs": 1},
         "hydra": {"run": {"dir": f"outputs/{seed}-{strategy['name']}"}},  # differs: ignored
-        "progress": seed % 2 == 0, "save_model": False,
+        "progress": seed % 2 == 0,
+        "save_model": False,
     }
 
 
@@ -46,12 +50,19 @@ FEDAVG_CFG = {"name": "fedavg", "_target_": "strategies.fedavg.FedAvg", "server_
 
 
 def fedadam_cfg(lr: float) -> dict:
-    return {"name": "fedadam", "_target_": "strategies.fedopt.FedAdam", "server_lr": lr,
-            "beta1": 0.9}
+    return {"name": "fedadam", "_target_": "strategies.fedopt.FedAdam", "server_lr": lr, "beta1": 0.9}
 
 
-def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", wall: float = 10.0,
-              x: str = "round", setup: float = 5.0, timing: str = "loop_s") -> Path:
+def write_run(
+    d: Path,
+    cfg: dict,
+    acc: list[float],
+    status: str = "completed",
+    wall: float = 10.0,
+    x: str = "round",
+    setup: float = 5.0,
+    timing: str = "loop_s",
+) -> Path:
     """A run whose rounds took ``wall`` seconds and its whole job ``wall + setup``.
 
     ``timing``: what the run recorded of its loop time: ``loop_s`` (summary.json and metrics.csv, as
@@ -59,14 +70,18 @@ def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", w
     """
     d.mkdir(parents=True)
     n = len(acc)
-    metrics = pd.DataFrame({
-        x: range(n) if x == "round" else [0.5 * i for i in range(n)],
-        "test_accuracy": acc,
-        "test_loss": [NAN if math.isnan(a) else 1 - a for a in acc],
-        "train_loss": [1.0] * n, "num_participants": [5] * n,
-        "bytes_up": [100] * n, "bytes_down": [100] * n,
-        "wall_s": [wall * i / (n - 1) for i in range(n)],
-    })
+    metrics = pd.DataFrame(
+        {
+            x: range(n) if x == "round" else [0.5 * i for i in range(n)],
+            "test_accuracy": acc,
+            "test_loss": [NAN if math.isnan(a) else 1 - a for a in acc],
+            "train_loss": [1.0] * n,
+            "num_participants": [5] * n,
+            "bytes_up": [100] * n,
+            "bytes_down": [100] * n,
+            "wall_s": [wall * i / (n - 1) for i in range(n)],
+        }
+    )
     if timing == "none":
         metrics = metrics.drop(columns="wall_s")
     metrics.to_csv(d / "metrics.csv", index=False)
@@ -75,7 +90,9 @@ def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", w
         "status": status,
         "final": {"round": n - 1, "test_accuracy": acc[last], "test_loss": 1 - acc[last]},
         "best": {"test_accuracy": max(a for a in acc if not math.isnan(a)), "round": 0},
-        "wall_s": wall + setup, "config": cfg, "versions": {"python": "3.11"},
+        "wall_s": wall + setup,
+        "config": cfg,
+        "versions": {"python": "3.11"},
     }
     if timing == "loop_s":
         summary["loop_s"] = wall
@@ -87,9 +104,7 @@ def write_run(d: Path, cfg: dict, acc: list[float], status: str = "completed", w
 def multirun(tmp_path: Path) -> Path:
     """Hydra-like multirun: fedavg and fedadam × seeds 0..2, plus one failed job (6/)."""
     root = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
-    jobs = [(FEDAVG_CFG, s, FEDAVG[s]) for s in range(3)] + [
-        (fedadam_cfg(0.1), s, FEDADAM[s]) for s in range(3)
-    ]
+    jobs = [(FEDAVG_CFG, s, FEDAVG[s]) for s in range(3)] + [(fedadam_cfg(0.1), s, FEDADAM[s]) for s in range(3)]
     for i, (strategy, seed, acc) in enumerate(jobs):
         # job 0 of a sweep also pays the process warm-up (imports, first data load)
         write_run(root / str(i), config(strategy, seed), acc, wall=10.0 + i, setup=30.0 if i == 0 else 1.0)
@@ -147,7 +162,10 @@ def test_multirun_groups_numbers_and_files(multirun: Path, tmp_path: Path, capsy
     png = (out / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert sorted(p.name for p in out.iterdir()) == [
-        "comparison.png", "report.md", "report.parquet", "runs.parquet"
+        "comparison.png",
+        "report.md",
+        "report.parquet",
+        "runs.parquet",
     ]  # no temporary files left behind
 
 
@@ -193,8 +211,7 @@ def test_target_metric_default_out_and_time_axis(multirun: Path, tmp_path: Path)
     assert groups.loc["fedadam", "rounds_to_target_mean"] == 3.5  # seeds 0, 1 at rounds 5, 2
     assert groups.loc["fedavg", "rounds_to_target_mean"] == 5.0  # only seed 2, at round 5
 
-    gossip = write_run(tmp_path / "gossip" / "0", config({"name": "gossip_avg"}, 0),
-                       [0.2, 0.6, 0.91, 0.93], x="time")
+    gossip = write_run(tmp_path / "gossip" / "0", config({"name": "gossip_avg"}, 0), [0.2, 0.6, 0.91, 0.93], x="time")
     out = tmp_path / "g"
     assert main([str(gossip), "--out", str(out), "--target", "0.92"]) == 0
     runs = pd.read_parquet(out / "runs.parquet")
@@ -232,8 +249,14 @@ def test_errors_exit_2_and_write_nothing(args, fragment, multirun, tmp_path, cap
 
 def test_module_entry_point(multirun: Path, tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
-                         cwd=root, capture_output=True, text=True, timeout=60, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 2 and res.stderr.startswith("error: DIR=") and res.stdout == ""
 
 
@@ -249,5 +272,7 @@ def test_option_only_keys_are_not_repeated_in_setting_labels():
     assert labels == ["participation.name=bernoulli", "participation.name=markov"]
     # q varies within markov, so it must stay in the labels
     labels = [label for label, _ in setting_labels(configs)]
-    assert labels[1:] == ["participation.name=markov, participation.q=0.05",
-                          "participation.name=markov, participation.q=0.2"]
+    assert labels[1:] == [
+        "participation.name=markov, participation.q=0.05",
+        "participation.name=markov, participation.q=0.2",
+    ]

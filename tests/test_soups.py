@@ -13,16 +13,20 @@ from strategies.task_merging import TaskArithmetic, trim_by_magnitude
 
 LAYOUT = Layout.from_module(torch.nn.Linear(2, 2))  # weight [0:4], bias [4:6]
 
-MODELS = torch.tensor([[1.0, 2.0, 0.0, 4.0, 0.0, 6.0],
-                       [3.0, 0.0, 0.0, 8.0, 1.0, 2.0],
-                       [5.0, 4.0, 0.0, 0.0, 2.0, 1.0]])
+MODELS = torch.tensor([[1.0, 2.0, 0.0, 4.0, 0.0, 6.0], [3.0, 0.0, 0.0, 8.0, 1.0, 2.0], [5.0, 4.0, 0.0, 0.0, 2.0, 1.0]])
 
 
 def info(k=3, num_samples=None, reference=None, validate=None, extras=None, round_=1):
-    return AggregationInfo(client_ids=torch.arange(10, 10 + k),
-                           num_samples=torch.tensor(num_samples or [1] * k), round=round_, num_clients=20,
-                           layout=LAYOUT, reference=torch.zeros(6) if reference is None else torch.tensor(reference),
-                           validate=validate, extras=extras or {})
+    return AggregationInfo(
+        client_ids=torch.arange(10, 10 + k),
+        num_samples=torch.tensor(num_samples or [1] * k),
+        round=round_,
+        num_clients=20,
+        layout=LAYOUT,
+        reference=torch.zeros(6) if reference is None else torch.tensor(reference),
+        validate=validate,
+        extras=extras or {},
+    )
 
 
 def distance_to(target):
@@ -92,20 +96,22 @@ def test_fisher_merge_with_equal_fishers_is_the_plain_average():
 
 # theta_0 = 2, theta_1 = 8 everywhere; ||F_0|| = 5, ||F_1|| = 10; a floor of 1 makes the sums easy
 PAIR = torch.tensor([[2.0] * 6, [8.0] * 6])
-PAIR_FISHER = torch.tensor([[3.0, 0.0, 0.0, 4.0, 0.0, 0.0],
-                            [2.0, 4.0, 0.0, 0.0, 4.0, 8.0]])
+PAIR_FISHER = torch.tensor([[3.0, 0.0, 0.0, 4.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0, 4.0, 8.0]])
 
 
-@pytest.mark.parametrize("normalize, favor, expected", [
-    # c = [1/5, 1/10]; target F'_0 = max(F_0, 1) = [3, 1, 1, 4, 1, 1] -> [.6, .2, .2, .8, .2, .2];
-    # donor F_1 unfloored -> [.2, .4, 0, 0, .4, .8]; theta = 2 + 6 * w_1 / (w_0 + w_1)
-    (True, True, [3.5, 6.0, 2.0, 2.0, 6.0, 6.8]),
-    # donor floored too: F'_1 = [2, 4, 1, 1, 4, 8] -> [.2, .4, .1, .1, .4, .8]: columns 2, 3 change
-    (True, False, [3.5, 6.0, 4.0, 2 + 6 * 0.1 / 0.9, 6.0, 6.8]),
-    # c = [1, 1]: w_0 = [3, 1, 1, 4, 1, 1], w_1 = [2, 4, 0, 0, 4, 8]
-    (False, True, [4.4, 6.8, 2.0, 2.0, 6.8, 2 + 6 * 8 / 9]),
-    (False, False, [4.4, 6.8, 5.0, 3.2, 6.8, 2 + 6 * 8 / 9]),
-])
+@pytest.mark.parametrize(
+    "normalize, favor, expected",
+    [
+        # c = [1/5, 1/10]; target F'_0 = max(F_0, 1) = [3, 1, 1, 4, 1, 1] -> [.6, .2, .2, .8, .2, .2];
+        # donor F_1 unfloored -> [.2, .4, 0, 0, .4, .8]; theta = 2 + 6 * w_1 / (w_0 + w_1)
+        (True, True, [3.5, 6.0, 2.0, 2.0, 6.0, 6.8]),
+        # donor floored too: F'_1 = [2, 4, 1, 1, 4, 8] -> [.2, .4, .1, .1, .4, .8]: columns 2, 3 change
+        (True, False, [3.5, 6.0, 4.0, 2 + 6 * 0.1 / 0.9, 6.0, 6.8]),
+        # c = [1, 1]: w_0 = [3, 1, 1, 4, 1, 1], w_1 = [2, 4, 0, 0, 4, 8]
+        (False, True, [4.4, 6.8, 2.0, 2.0, 6.8, 2 + 6 * 8 / 9]),
+        (False, False, [4.4, 6.8, 5.0, 3.2, 6.8, 2 + 6 * 8 / 9]),
+    ],
+)
 def test_fisher_merge_by_hand_for_each_reference_option(normalize, favor, expected):
     merge = FisherMerge(fisher_floor=1.0, normalize_fishers=normalize, favor_target_model=favor)
     out, _ = merge.aggregate(PAIR, info(k=2, extras={"fisher": PAIR_FISHER}), {})
@@ -119,17 +125,19 @@ def test_fisher_merge_target_is_the_receivers_own_model_and_samples_weight_the_c
     # c = [1/5, 1/10]; F'_1 = [2, 4, 1, 1, 4, 8] -> [.2, .4, .1, .1, .4, .8]; w_0 = [.6, 0, 0, .8, 0, 0]
     assert torch.allclose(out, torch.tensor([3.5, 8.0, 8.0, 2 + 6 * 0.1 / 0.9, 8.0, 8.0]), atol=1e-6)
     weighted, _ = FisherMerge(fisher_floor=1.0, normalize_fishers=False, weighting="samples").aggregate(
-        PAIR, info(k=2, num_samples=[1, 3], extras={"fisher": PAIR_FISHER}), {})
+        PAIR, info(k=2, num_samples=[1, 3], extras={"fisher": PAIR_FISHER}), {}
+    )
     # l = [1, 3]: w_0 = [3, 1, 1, 4, 1, 1], w_1 = 3 * [2, 4, 0, 0, 4, 8]
-    assert torch.allclose(weighted, torch.tensor([2 + 6 * 6 / 9, 2 + 6 * 12 / 13, 2.0, 2.0, 2 + 6 * 12 / 13,
-                                                  2 + 6 * 24 / 25]), atol=1e-6)
+    assert torch.allclose(
+        weighted, torch.tensor([2 + 6 * 6 / 9, 2 + 6 * 12 / 13, 2.0, 2.0, 2 + 6 * 12 / 13, 2 + 6 * 24 / 25]), atol=1e-6
+    )
 
 
 def reference_fisher_merge(variables, fishers, coefficients, floor, favor_target_model, normalize_fishers):
     """``mmatena/model_merging``'s ``generate_merged_for_coeffs_set`` + ``_merge_with_coeffs``, re-expressed
     over lists (model -> variable -> tensor); model 0 is the target."""
     if normalize_fishers:
-        norms = [sum(float((d ** 2).sum()) for d in f) ** 0.5 for f in fishers]
+        norms = [sum(float((d**2).sum()) for d in f) ** 0.5 for f in fishers]
         coefficients = [c / n for c, n in zip(coefficients, norms, strict=True)]
     out = []
     for i in range(len(variables[0])):
@@ -159,12 +167,21 @@ def test_fisher_merge_matches_the_reference_formula(normalize, favor):
     def split(flat):
         return [flat[s.slice] for s in layout.specs]
 
-    expected = reference_fisher_merge([split(m) for m in models], [split(f) for f in fisher], lam, 1e-3,
-                                      favor, normalize)
-    i = AggregationInfo(client_ids=torch.arange(3), num_samples=torch.tensor([5, 3, 2]), round=1, num_clients=3,
-                        layout=layout, reference=torch.zeros(layout.size), extras={"fisher": fisher})
-    out, _ = FisherMerge(weighting="samples", fisher_floor=1e-3, normalize_fishers=normalize,
-                         favor_target_model=favor).aggregate(models, i, {})
+    expected = reference_fisher_merge(
+        [split(m) for m in models], [split(f) for f in fisher], lam, 1e-3, favor, normalize
+    )
+    i = AggregationInfo(
+        client_ids=torch.arange(3),
+        num_samples=torch.tensor([5, 3, 2]),
+        round=1,
+        num_clients=3,
+        layout=layout,
+        reference=torch.zeros(layout.size),
+        extras={"fisher": fisher},
+    )
+    out, _ = FisherMerge(
+        weighting="samples", fisher_floor=1e-3, normalize_fishers=normalize, favor_target_model=favor
+    ).aggregate(models, i, {})
     assert torch.allclose(out, torch.cat(expected), atol=1e-12, rtol=1e-12)
     assert (out - models.mean(0)).abs().max() > 0.1  # far from the plain mean: the Fisher decides
 
@@ -173,8 +190,15 @@ def test_fisher_merge_averages_buffers_with_the_model_weights():
     layout = Layout.from_module(torch.nn.BatchNorm1d(1))  # weight, bias, running_mean, running_var
     models = torch.tensor([[1.0, 0.0, 2.0, 1.0], [3.0, 2.0, 6.0, 3.0]])
     fisher = torch.tensor([[1.0, 1.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])  # buffers have no Fisher
-    i = AggregationInfo(client_ids=torch.arange(2), num_samples=torch.tensor([1, 3]), round=1, num_clients=2,
-                        layout=layout, reference=torch.zeros(4), extras={"fisher": fisher})
+    i = AggregationInfo(
+        client_ids=torch.arange(2),
+        num_samples=torch.tensor([1, 3]),
+        round=1,
+        num_clients=2,
+        layout=layout,
+        reference=torch.zeros(4),
+        extras={"fisher": fisher},
+    )
     out, _ = FisherMerge(weighting="samples", normalize_fishers=False).aggregate(models, i, {})
     # weight (1*1*1 + 3*3*3) / (1 + 9) = 2.8 ; bias (0 + 3*2) / 4 = 1.5 ; buffers (1 x + 3 y) / 4
     assert torch.allclose(out, torch.tensor([2.8, 1.5, 5.0, 2.5]))
@@ -202,8 +226,14 @@ def test_sparse_soup_keeps_every_masked_zero_exactly():
     mask = torch.rand(layout.size, generator=g) < 0.6
     models = torch.randn(3, layout.size, generator=g).masked_fill(mask, 0.0)
     models[1, mask] = -0.0
-    i = AggregationInfo(client_ids=torch.arange(3), num_samples=torch.tensor([5, 1, 2]), round=1, num_clients=3,
-                        layout=layout, reference=torch.zeros(layout.size))
+    i = AggregationInfo(
+        client_ids=torch.arange(3),
+        num_samples=torch.tensor([5, 1, 2]),
+        round=1,
+        num_clients=3,
+        layout=layout,
+        reference=torch.zeros(layout.size),
+    )
     out, _ = SparseSoup(weighting="samples").aggregate(models, i, {})
     assert torch.equal((out == 0), mask)  # sparsity kept, nothing else zeroed
     assert not torch.signbit(out[mask]).any()  # exactly +0.0
@@ -215,28 +245,33 @@ def test_task_arithmetic_scales_the_weighted_mean_delta():
     out, _ = TaskArithmetic(scaling=2.0).aggregate(MODELS, info(reference=[1.0] * 6), {})
     # mean delta = [3, 2, 0, 4, 1, 3] - 1 = [2, 1, -1, 3, 0, 2]; 1 + 2 * delta
     assert torch.allclose(out, torch.tensor([5.0, 3.0, -1.0, 7.0, 1.0, 5.0]))
-    samples, _ = TaskArithmetic(weighting="samples").aggregate(MODELS, info(num_samples=[1, 1, 2],
-                                                                            reference=[1.0] * 6), {})
+    samples, _ = TaskArithmetic(weighting="samples").aggregate(
+        MODELS, info(num_samples=[1, 1, 2], reference=[1.0] * 6), {}
+    )
     assert torch.allclose(samples, torch.tensor([3.5, 2.5, 0.0, 3.0, 1.25, 2.5]))
 
 
-TAUS = torch.tensor([[3.0, -1.0, 0.5, 2.0, 1.0, -0.5],
-                     [-2.0, 4.0, -1.0, 0.2, -3.0, 0.1],
-                     [2.5, -3.0, 0.5, -0.1, 0.2, 0.4]])
+TAUS = torch.tensor(
+    [[3.0, -1.0, 0.5, 2.0, 1.0, -0.5], [-2.0, 4.0, -1.0, 0.2, -3.0, 0.1], [2.5, -3.0, 0.5, -0.1, 0.2, 0.4]]
+)
 
 
 def test_ties_trims_each_tensor_separately():
     trimmed = trim_by_magnitude(TAUS, 0.5, LAYOUT)  # weight: top 2 of 4 ; bias: top 1 of 2
-    assert torch.equal(trimmed, torch.tensor([[3.0, 0.0, 0.0, 2.0, 1.0, 0.0],
-                                              [-2.0, 4.0, 0.0, 0.0, -3.0, 0.0],
-                                              [2.5, -3.0, 0.0, 0.0, 0.0, 0.4]]))
+    assert torch.equal(
+        trimmed,
+        torch.tensor(
+            [[3.0, 0.0, 0.0, 2.0, 1.0, 0.0], [-2.0, 4.0, 0.0, 0.0, -3.0, 0.0], [2.5, -3.0, 0.0, 0.0, 0.0, 0.4]]
+        ),
+    )
     # a global top-3 would have kept row 2's 0.5 at column 2 instead of 0.4 at column 5
 
 
 def test_ties_elects_signs_and_takes_the_disjoint_mean():
     base = torch.ones(6)
     out, _ = TaskArithmetic(method="ties", density=0.5, scaling=0.5).aggregate(
-        base + TAUS, info(reference=base.tolist()), {})
+        base + TAUS, info(reference=base.tolist()), {}
+    )
     # trimmed sums [3.5, 1, 0, 2, -2, 0.4] -> signs + + + + - + ; column 2 has no nonzero entry
     # disjoint means: (3 + 2.5) / 2, 4, 0, 2, -3, 0.4 ; result 1 + 0.5 * mean
     assert torch.allclose(out, torch.tensor([2.375, 3.0, 1.0, 2.0, -0.5, 1.2]))
@@ -258,8 +293,14 @@ def test_dare_drops_and_rescales_deterministically():
     g = torch.Generator().manual_seed(3)
     layout = Layout.from_module(torch.nn.Linear(20, 10))
     tau = torch.randn(1, layout.size, generator=g)
-    i = AggregationInfo(client_ids=torch.tensor([0]), num_samples=torch.tensor([1]), round=4, num_clients=1,
-                        layout=layout, reference=torch.zeros(layout.size))
+    i = AggregationInfo(
+        client_ids=torch.tensor([0]),
+        num_samples=torch.tensor([1]),
+        round=4,
+        num_clients=1,
+        layout=layout,
+        reference=torch.zeros(layout.size),
+    )
     out, _ = TaskArithmetic(method="dare", density=0.25, seed=7).aggregate(tau, i, {})
     kept = out != 0
     assert torch.allclose(out[kept], 4 * tau[0, kept])  # kept entries rescaled by 1 / density
@@ -290,8 +331,9 @@ def brute_force_fisher(model, layout, params, x):
 
 def test_diagonal_fisher_matches_brute_force_and_zeroes_buffers():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Tanh(),
-                                torch.nn.Linear(4, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Tanh(), torch.nn.Linear(4, 3)
+    ).double()
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 2.0)
@@ -311,38 +353,48 @@ def test_diagonal_fisher_matches_brute_force_and_zeroes_buffers():
 
 
 # ---- configuration -------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, field", [
-    (lambda: UniformSoup(weighting="median"), "strategy.weighting"),
-    (lambda: GreedySoup(strict="yes"), "strategy.strict"),
-    (lambda: FisherMerge(fisher_floor=0.0), "strategy.fisher_floor"),
-    (lambda: FisherMerge(weighting="fisher"), "strategy.weighting"),
-    (lambda: FisherMerge(normalize_fishers="yes"), "strategy.normalize_fishers"),
-    (lambda: FisherMerge(favor_target_model=1), "strategy.favor_target_model"),
-    (lambda: Interpolate(alpha=1.5), "strategy.alpha"),
-    (lambda: Interpolate(alpha=-0.1), "strategy.alpha"),
-    (lambda: Interpolate(base="checkpoint"), "strategy.base"),
-    (lambda: SparseSoup(mask="random"), "strategy.mask"),
-    (lambda: TaskArithmetic(method="slerp"), "strategy.method"),
-    (lambda: TaskArithmetic(method="ties", density=0.0), "strategy.density"),
-    (lambda: TaskArithmetic(method="dare", density=1.5), "strategy.density"),
-    (lambda: TaskArithmetic(density=0.5), "strategy.density"),
-    (lambda: TaskArithmetic(method="ties", scaling=0.0), "strategy.scaling"),
-    (lambda: TaskArithmetic(weighting="equal"), "strategy.weighting"),
-    (lambda: TaskArithmetic(method="dare", sign_consensus="sum"), "strategy.sign_consensus"),
-    (lambda: TaskArithmetic(method="dare", seed=1.5), "strategy.seed"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: UniformSoup(weighting="median"), "strategy.weighting"),
+        (lambda: GreedySoup(strict="yes"), "strategy.strict"),
+        (lambda: FisherMerge(fisher_floor=0.0), "strategy.fisher_floor"),
+        (lambda: FisherMerge(weighting="fisher"), "strategy.weighting"),
+        (lambda: FisherMerge(normalize_fishers="yes"), "strategy.normalize_fishers"),
+        (lambda: FisherMerge(favor_target_model=1), "strategy.favor_target_model"),
+        (lambda: Interpolate(alpha=1.5), "strategy.alpha"),
+        (lambda: Interpolate(alpha=-0.1), "strategy.alpha"),
+        (lambda: Interpolate(base="checkpoint"), "strategy.base"),
+        (lambda: SparseSoup(mask="random"), "strategy.mask"),
+        (lambda: TaskArithmetic(method="slerp"), "strategy.method"),
+        (lambda: TaskArithmetic(method="ties", density=0.0), "strategy.density"),
+        (lambda: TaskArithmetic(method="dare", density=1.5), "strategy.density"),
+        (lambda: TaskArithmetic(density=0.5), "strategy.density"),
+        (lambda: TaskArithmetic(method="ties", scaling=0.0), "strategy.scaling"),
+        (lambda: TaskArithmetic(weighting="equal"), "strategy.weighting"),
+        (lambda: TaskArithmetic(method="dare", sign_consensus="sum"), "strategy.sign_consensus"),
+        (lambda: TaskArithmetic(method="dare", seed=1.5), "strategy.seed"),
+    ],
+)
 def test_bad_options_name_their_field(make, field):
     with pytest.raises(ConfigError) as exc:
         make()
     assert exc.value.field == field
 
 
-@pytest.mark.parametrize("name, cls, method", [
-    ("uniform_soup", UniformSoup, None), ("greedy_soup", GreedySoup, None), ("fisher_merge", FisherMerge, None),
-    ("interpolate", Interpolate, None), ("sparse_soup", SparseSoup, None),
-    ("task_arithmetic", TaskArithmetic, "task_arithmetic"), ("ties", TaskArithmetic, "ties"),
-    ("dare", TaskArithmetic, "dare"),
-])
+@pytest.mark.parametrize(
+    "name, cls, method",
+    [
+        ("uniform_soup", UniformSoup, None),
+        ("greedy_soup", GreedySoup, None),
+        ("fisher_merge", FisherMerge, None),
+        ("interpolate", Interpolate, None),
+        ("sparse_soup", SparseSoup, None),
+        ("task_arithmetic", TaskArithmetic, "task_arithmetic"),
+        ("ties", TaskArithmetic, "ties"),
+        ("dare", TaskArithmetic, "dare"),
+    ],
+)
 def test_each_strategy_config_composes_and_builds(name, cls, method):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"strategy={name}"])

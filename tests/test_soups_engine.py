@@ -42,8 +42,9 @@ def trained(exp, ids: list[int], start: torch.Tensor, round_: int) -> torch.Tens
 
 
 def fishers_of(exp, models: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    return torch.stack([diagonal_fisher(exp.model, exp.layout, models[k], exp.data.client(c)[0])
-                        for k, c in enumerate(ids)])
+    return torch.stack(
+        [diagonal_fisher(exp.model, exp.layout, models[k], exp.data.client(c)[0]) for k, c in enumerate(ids)]
+    )
 
 
 # ---- Fisher merging ------------------------------------------------------------------------------
@@ -57,8 +58,16 @@ def test_fisher_merge_gets_fisher_diagonals_from_the_backend(make_cfg, tmp_path)
 
 
 def test_fl_fisher_merge_is_the_fisher_weighted_merge_of_the_trained_clients(make_cfg, tmp_path):
-    cfg = make_cfg("num_clients=3", "participation.clients_per_round=3", "rounds=1", "model=logreg",
-                   "strategy=fisher_merge", "save_model=true", "partition=shards", "partition.shards_per_client=1")
+    cfg = make_cfg(
+        "num_clients=3",
+        "participation.clients_per_round=3",
+        "rounds=1",
+        "model=logreg",
+        "strategy=fisher_merge",
+        "save_model=true",
+        "partition=shards",
+        "partition.shards_per_client=1",
+    )
     run_experiment(cfg, tmp_path)
     _, saved, _ = load_checkpoint(tmp_path / "model.safetensors")
     exp = build_experiment(cfg)
@@ -71,8 +80,9 @@ def test_fl_fisher_merge_is_the_fisher_weighted_merge_of_the_trained_clients(mak
 
 @pytest.mark.parametrize("order", ["update_merge", "merge_update"])
 def test_gossip_fisher_merge_runs_in_either_order_and_sends_fishers(make_cfg, tmp_path, order):
-    summary = run_experiment(make_cfg(*SMALL, "strategy=fisher_merge", "mode=gossip", "topology=ring",
-                                      f"gossip.order={order}"), tmp_path)
+    summary = run_experiment(
+        make_cfg(*SMALL, "strategy=fisher_merge", "mode=gossip", "topology=ring", f"gossip.order={order}"), tmp_path
+    )
     m = pd.read_csv(tmp_path / "metrics.csv")
     message_bytes = 2 * summary["num_parameters"] * 4  # a model and its sender's Fisher
     assert m["messages_sent"].tolist()[1:] == [12, 12]  # 6 nodes on a ring, 2 neighbours each
@@ -82,8 +92,17 @@ def test_gossip_fisher_merge_runs_in_either_order_and_sends_fishers(make_cfg, tm
 
 def test_merge_update_first_merge_uses_the_fishers_of_the_initial_models(make_cfg, tmp_path):
     # independent inits: the first merge (before any training) mixes different models with different Fishers
-    cfg = make_cfg("num_clients=4", "rounds=1", "model=logreg", "strategy=fisher_merge", "mode=gossip",
-                   "topology=ring", "gossip.order=merge_update", "gossip.shared_init=false", "save_model=true")
+    cfg = make_cfg(
+        "num_clients=4",
+        "rounds=1",
+        "model=logreg",
+        "strategy=fisher_merge",
+        "mode=gossip",
+        "topology=ring",
+        "gossip.order=merge_update",
+        "gossip.shared_init=false",
+        "save_model=true",
+    )
     run_experiment(cfg, tmp_path)
     _, saved, _ = load_checkpoint(tmp_path / "model.safetensors")  # the nodes' mean model
     exp = build_experiment(cfg)
@@ -108,8 +127,15 @@ def test_greedy_soup_as_server_rule_and_as_gossip_merge(make_cfg, tmp_path):
 
 def test_greedy_soup_adds_models_when_the_soup_is_better_than_any_one(make_cfg, tmp_path):
     # one label shard per client: each client's model knows about two classes, their soup knows all ten
-    cfg = make_cfg("num_clients=5", "participation.clients_per_round=5", "rounds=1", "model=logreg",
-                   "strategy=greedy_soup", "partition=shards", "partition.shards_per_client=1")
+    cfg = make_cfg(
+        "num_clients=5",
+        "participation.clients_per_round=5",
+        "rounds=1",
+        "model=logreg",
+        "strategy=greedy_soup",
+        "partition=shards",
+        "partition.shards_per_client=1",
+    )
     run_experiment(cfg, tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     exp = build_experiment(cfg)
@@ -133,8 +159,18 @@ def test_sparse_soup_is_refused_in_runs_before_any_work(make_cfg, tmp_path, mode
 def test_sparse_soup_merges_masked_checkpoints_offline(make_cfg, tmp_path, capsys):
     paths = []
     for seed in range(3):
-        run_experiment(make_cfg("num_clients=2", "participation.clients_per_round=2", "rounds=1", "model=logreg",
-                                "save_model=true", "dataset.data_seed=0", f"seed={seed}"), tmp_path / str(seed))
+        run_experiment(
+            make_cfg(
+                "num_clients=2",
+                "participation.clients_per_round=2",
+                "rounds=1",
+                "model=logreg",
+                "save_model=true",
+                "dataset.data_seed=0",
+                f"seed={seed}",
+            ),
+            tmp_path / str(seed),
+        )
         paths.append(tmp_path / str(seed) / "model.safetensors")
     layout = load_checkpoint(paths[0])[0]
     g = torch.Generator().manual_seed(0)

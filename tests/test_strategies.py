@@ -25,8 +25,14 @@ LAYOUT = Layout.from_module(torch.nn.Linear(1, 1, bias=True))  # 2 entries: weig
 
 def info(reference, num_samples, round_=1):
     k = len(num_samples)
-    return AggregationInfo(client_ids=torch.arange(k), num_samples=torch.tensor(num_samples), round=round_,
-                           num_clients=10, layout=LAYOUT, reference=torch.tensor(reference))
+    return AggregationInfo(
+        client_ids=torch.arange(k),
+        num_samples=torch.tensor(num_samples),
+        round=round_,
+        num_clients=10,
+        layout=LAYOUT,
+        reference=torch.tensor(reference),
+    )
 
 
 MODELS = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -66,8 +72,14 @@ def _one_param(s, steps):
     layout = Layout.from_module(torch.nn.Linear(1, 1, bias=False))
     x, state = torch.tensor([0.0]), s.init_state(torch.zeros(1), 1)
     for delta in steps:
-        i = AggregationInfo(client_ids=torch.tensor([0]), num_samples=torch.tensor([1]), round=1, num_clients=1,
-                            layout=layout, reference=x)
+        i = AggregationInfo(
+            client_ids=torch.tensor([0]),
+            num_samples=torch.tensor([1]),
+            round=1,
+            num_clients=1,
+            layout=layout,
+            reference=x,
+        )
         x, state = s.aggregate((x + delta).unsqueeze(0), i, state)
     return x, state
 
@@ -103,7 +115,7 @@ def test_bias_correction_scales_later_steps():
     assert a1.item() == pytest.approx(b1.item())  # sqrt(1 - 0.99) / (1 - 0.9) = 1 at step 1
     a2, _ = _one_param(plain, [1.0, 0.05])
     b2, _ = _one_param(corrected, [1.0, 0.05])
-    factor = math.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2)
+    factor = math.sqrt(1 - 0.99**2) / (1 - 0.9**2)
     assert (b2 - b1).item() == pytest.approx(factor * (a2 - a1).item(), rel=1e-5)
 
 
@@ -135,8 +147,14 @@ def test_state_is_data_and_resumes_identically():
     reloaded = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in mid.items()}
     layout = Layout.from_module(torch.nn.Linear(1, 1, bias=False))
     x_mid, _ = _one_param(s, [0.3, -0.2])
-    i = AggregationInfo(client_ids=torch.tensor([0]), num_samples=torch.tensor([1]), round=3, num_clients=1,
-                        layout=layout, reference=x_mid)
+    i = AggregationInfo(
+        client_ids=torch.tensor([0]),
+        num_samples=torch.tensor([1]),
+        round=3,
+        num_clients=1,
+        layout=layout,
+        reference=x_mid,
+    )
     x_resumed, _ = s.aggregate((x_mid + 0.1).unsqueeze(0), i, reloaded)
     assert torch.equal(x_resumed, x_all)
 
@@ -144,24 +162,33 @@ def test_state_is_data_and_resumes_identically():
 FEDAVG, FEDOPT = "strategies.fedavg.FedAvg", "strategies.fedopt.ServerOptimizer"
 
 
-@pytest.mark.parametrize("cfg, field, says", [
-    ({"_target_": FEDAVG, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
-    ({"_target_": FEDAVG, "server_lr": 0}, "strategy.server_lr", "> 0 for fedavg"),
-    ({"_target_": FEDOPT, "optimizer": "sgd"}, "strategy.optimizer", "one of avgm, adam, yogi"),
-    ({"_target_": FEDOPT, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
-    ({"_target_": FEDOPT, "server_lr": 0}, "strategy.server_lr", "> 0 for fedadam"),
-    ({"_target_": FEDOPT, "optimizer": "avgm", "beta1": 1.0}, "strategy.beta1", "[0, 1) for fedavgm"),
-    ({"_target_": FEDOPT, "beta2": 1.0}, "strategy.beta2", "[0, 1) for fedadam"),
-    ({"_target_": FEDOPT, "optimizer": "yogi", "tau": -1}, "strategy.tau", "> 0 for fedyogi"),
-    ({"_target_": FEDOPT, "variant": "pytorch"}, "strategy.variant", "one of reddi, flower"),
-    ({"_target_": FEDOPT, "bias_correction": "yes"}, "strategy.bias_correction", "true or false"),
-    ({"_target_": FEDOPT, "optimizer": "avgm", "bias_correction": True}, "strategy.bias_correction",
-     "false for fedavgm. Momentum SGD on the server has no second moment"),
-    ({"_target_": FEDOPT, "variant": "flower", "bias_correction": True}, "strategy.bias_correction",
-     "false with variant=flower. variant=flower already applies Flower's own correction (FedAdam)"),
-    ({"_target_": "strategies.nope.Nope"}, "strategy._target_", "an importable Strategy class"),
-    ({"_target_": FEDAVG, "gamma": 1}, "strategy", "options that FedAvg accepts"),
-])
+@pytest.mark.parametrize(
+    "cfg, field, says",
+    [
+        ({"_target_": FEDAVG, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
+        ({"_target_": FEDAVG, "server_lr": 0}, "strategy.server_lr", "> 0 for fedavg"),
+        ({"_target_": FEDOPT, "optimizer": "sgd"}, "strategy.optimizer", "one of avgm, adam, yogi"),
+        ({"_target_": FEDOPT, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
+        ({"_target_": FEDOPT, "server_lr": 0}, "strategy.server_lr", "> 0 for fedadam"),
+        ({"_target_": FEDOPT, "optimizer": "avgm", "beta1": 1.0}, "strategy.beta1", "[0, 1) for fedavgm"),
+        ({"_target_": FEDOPT, "beta2": 1.0}, "strategy.beta2", "[0, 1) for fedadam"),
+        ({"_target_": FEDOPT, "optimizer": "yogi", "tau": -1}, "strategy.tau", "> 0 for fedyogi"),
+        ({"_target_": FEDOPT, "variant": "pytorch"}, "strategy.variant", "one of reddi, flower"),
+        ({"_target_": FEDOPT, "bias_correction": "yes"}, "strategy.bias_correction", "true or false"),
+        (
+            {"_target_": FEDOPT, "optimizer": "avgm", "bias_correction": True},
+            "strategy.bias_correction",
+            "false for fedavgm. Momentum SGD on the server has no second moment",
+        ),
+        (
+            {"_target_": FEDOPT, "variant": "flower", "bias_correction": True},
+            "strategy.bias_correction",
+            "false with variant=flower. variant=flower already applies Flower's own correction (FedAdam)",
+        ),
+        ({"_target_": "strategies.nope.Nope"}, "strategy._target_", "an importable Strategy class"),
+        ({"_target_": FEDAVG, "gamma": 1}, "strategy", "options that FedAvg accepts"),
+    ],
+)
 def test_bad_strategy_options_are_config_errors(cfg, field, says):
     with pytest.raises(ConfigError) as err:
         build_strategy({"name": "x", **cfg})
@@ -180,15 +207,21 @@ def test_server_optimizer_configs_take_either_variant(make_cfg, name, variant):
     state = strategy.init_state(torch.zeros(2), 3)
     assert ("v" in state) == (name != "fedavgm")  # momentum SGD keeps no second moment
     if name != "fedavgm":  # Flower starts the second moment at 0, Reddi et al. at tau^2
-        assert state["v"].tolist() == pytest.approx([0.0, 0.0] if variant == "flower" else [strategy.tau ** 2] * 2)
+        assert state["v"].tolist() == pytest.approx([0.0, 0.0] if variant == "flower" else [strategy.tau**2] * 2)
 
 
 # ---- FedAU and the all-client rules over several rounds (state carries; N = 3) -----------------
 def of(ids, reference, round_=1, p=None):
     """Info for the clients ``ids`` (in the order given) of N = 3."""
-    return AggregationInfo(client_ids=torch.tensor(ids, dtype=torch.long), num_samples=torch.ones(len(ids)),
-                           round=round_, num_clients=3, layout=LAYOUT, reference=torch.tensor(reference),
-                           participation_prob=None if p is None else torch.tensor(p, dtype=torch.float64))
+    return AggregationInfo(
+        client_ids=torch.tensor(ids, dtype=torch.long),
+        num_samples=torch.ones(len(ids)),
+        round=round_,
+        num_clients=3,
+        layout=LAYOUT,
+        reference=torch.tensor(reference),
+        participation_prob=None if p is None else torch.tensor(p, dtype=torch.float64),
+    )
 
 
 def test_fedau_four_rounds_with_an_empty_one_and_server_lr():
@@ -199,8 +232,9 @@ def test_fedau_four_rounds_with_an_empty_one_and_server_lr():
     _, state = s.on_empty_round(of([], x.tolist(), 2), state)  # everyone's count grows
     assert state["count"].tolist() == [1.0, 1.0, 2.0]
     # round 3, clients 2 then 0: weights 1 (nothing recorded) and 1 (interval [1]); x + 0.5/3 [3, 0]
-    x, state = s.aggregate(torch.stack([x + torch.tensor([3.0, 3.0]), x + torch.tensor([0.0, -3.0])]),
-                           of([2, 0], x.tolist(), 3), state)
+    x, state = s.aggregate(
+        torch.stack([x + torch.tensor([3.0, 3.0]), x + torch.tensor([0.0, -3.0])]), of([2, 0], x.tolist(), 3), state
+    )
     assert torch.allclose(x, torch.tensor([5 / 6, 2 / 3]))
     assert state["interval_sum"].tolist() == [3.0, 1.0, 3.0] and state["interval_num"].tolist() == [2.0, 1.0, 1.0]
     assert state["count"].tolist() == [0.0, 2.0, 0.0]
@@ -262,8 +296,9 @@ def test_fedavg_all_and_known_probability_with_server_lr():
 def test_gossip_avg_merges_all_nodes_by_hand():
     received = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.0, 1.0]]).to_sparse()
     models = torch.tensor([[1.0, 0.0], [2.0, 4.0], [4.0, 8.0]])
-    assert torch.allclose(uniform_rows(received).to_dense(),
-                          torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.0, 0.0, 1.0]]))
+    assert torch.allclose(
+        uniform_rows(received).to_dense(), torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.0, 0.0, 1.0]])
+    )
     mixed = GossipAvg().aggregate_all(received, models, LAYOUT)
     assert torch.allclose(mixed, torch.tensor([[1.5, 2.0], [2.25, 4.0], [4.0, 8.0]]))
     uniform = GossipAvg(weights="uniform").aggregate_all(received, models, LAYOUT)

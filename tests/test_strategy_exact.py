@@ -31,15 +31,20 @@ def info(reference, num_samples=None, layout=ONE, **kw):
     reference = torch.tensor(reference)
     k = kw.pop("k", len(num_samples) if num_samples else 1)
     num_samples = num_samples or [1] * k
-    defaults = dict(client_ids=torch.arange(k), num_samples=torch.tensor(num_samples), round=1,
-                    num_clients=kw.pop("num_clients", 2), layout=layout, reference=reference)
+    defaults = dict(
+        client_ids=torch.arange(k),
+        num_samples=torch.tensor(num_samples),
+        round=1,
+        num_clients=kw.pop("num_clients", 2),
+        layout=layout,
+        reference=reference,
+    )
     return AggregationInfo(**{**defaults, **kw})
 
 
 def test_known_probability_default_server_lr_is_one():
     # x = 0 + (1 / N) * (1 / p) * 1 with N = 2, p = 0.5
-    x, _ = KnownProbability().aggregate(torch.tensor([[1.0]]), info([0.0], participation_prob=torch.tensor([0.5])),
-                                        {})
+    x, _ = KnownProbability().aggregate(torch.tensor([[1.0]]), info([0.0], participation_prob=torch.tensor([0.5])), {})
     assert x.tolist() == [1.0]
 
 
@@ -136,7 +141,8 @@ def _dare_expected(models, ref, node):
 def test_dare_server_draws_from_the_node_minus_one_stream():
     models, ref = _dare_models()
     x, _ = TaskArithmetic(method="dare", density=0.5, seed=7).aggregate(
-        models, info(ref.tolist(), [1, 1, 1], TWO, round=3), {})
+        models, info(ref.tolist(), [1, 1, 1], TWO, round=3), {}
+    )
     assert torch.allclose(x.double(), _dare_expected(models, ref, -1), atol=1e-6)
 
 
@@ -155,26 +161,35 @@ def test_dare_gossip_node_draws_from_its_own_client_id_stream():
 
 def test_fedau_metrics_count_only_clients_with_an_interval():
     # weights [2, 1 (none recorded), 4] against 1/p = [2, 2, 4]: the recorded ones are exact
-    state = {"count": torch.zeros(3, dtype=torch.float64),
-             "interval_sum": torch.tensor([2.0, 0.0, 8.0], dtype=torch.float64),
-             "interval_num": torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)}
+    state = {
+        "count": torch.zeros(3, dtype=torch.float64),
+        "interval_sum": torch.tensor([2.0, 0.0, 8.0], dtype=torch.float64),
+        "interval_num": torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64),
+    }
     assert FedAU().round_metrics(state, torch.tensor([0.5, 0.5, 0.25])) == {
-        "fedau_weight_rel_error": 0.0, "fedau_clients_estimated": 2}
+        "fedau_weight_rel_error": 0.0,
+        "fedau_clients_estimated": 2,
+    }
     fresh = FedAU().round_metrics(FedAU().init_state(torch.zeros(2), 3), torch.tensor([0.5, 0.5, 0.25]))
     assert math.isnan(fresh["fedau_weight_rel_error"]) and fresh["fedau_clients_estimated"] == 0
 
 
 def test_fedau_empty_round_without_state_starts_the_counts():
-    x, state = FedAU().on_empty_round(info([1.0, 2.0], num_clients=2, client_ids=torch.tensor([], dtype=torch.long),
-                                           k=0), {})
+    x, state = FedAU().on_empty_round(
+        info([1.0, 2.0], num_clients=2, client_ids=torch.tensor([], dtype=torch.long), k=0), {}
+    )
     assert x.tolist() == [1.0, 2.0] and state["count"].tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("weights", ["conservative", "uniform", "mixing"])
 def test_gossip_node_that_received_nothing_keeps_its_model(weights):
     # nodes 0 and 1 swap models, node 2 (the last, so no index names it off the diagonal) hears nobody
-    received = torch.sparse_coo_tensor(torch.tensor([[0, 0, 1, 1, 2], [0, 1, 0, 1, 2]]),
-                                       torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0]), (3, 3), check_invariants=True)
+    received = torch.sparse_coo_tensor(
+        torch.tensor([[0, 0, 1, 1, 2], [0, 1, 0, 1, 2]]),
+        torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0]),
+        (3, 3),
+        check_invariants=True,
+    )
     merged = GossipAvg(weights=weights, c=0.5).aggregate_all(received, torch.tensor([[1.0], [3.0], [7.0]]), ONE)
     assert merged.tolist() == [[2.0], [2.0], [7.0]]
 
@@ -211,12 +226,15 @@ def test_gossip_avg_accepts_c_one_and_names_a_bad_c():
     assert err.value.field == "strategy.c"
 
 
-@pytest.mark.parametrize("make, field, value", [
-    (lambda: GossipAvg(weights="mix"), "strategy.weights", "mix"),
-    (lambda: VarianceCorrected(variant="refrence"), "strategy.variant", "refrence"),
-    (lambda: VarianceCorrected(correct="bias"), "strategy.correct", "bias"),
-    (lambda: VarianceCorrected(weights="mix"), "strategy.weights", "mix"),
-])
+@pytest.mark.parametrize(
+    "make, field, value",
+    [
+        (lambda: GossipAvg(weights="mix"), "strategy.weights", "mix"),
+        (lambda: VarianceCorrected(variant="refrence"), "strategy.variant", "refrence"),
+        (lambda: VarianceCorrected(correct="bias"), "strategy.correct", "bias"),
+        (lambda: VarianceCorrected(weights="mix"), "strategy.weights", "mix"),
+    ],
+)
 def test_bad_gossip_choices_name_their_field_and_value(make, field, value):
     with pytest.raises(ConfigError) as err:
         make()

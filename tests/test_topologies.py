@@ -40,13 +40,16 @@ def edge_set(topology, round_=0):
 # ----------------------------------------------------------------------------- builders
 
 
-@pytest.mark.parametrize("name, params, expected", [
-    ("ring", {}, 2),
-    ("torus", {}, 4),
-    ("random_regular", {"degree": 4}, 4),
-    ("random_regular", {"degree": 3}, 3),
-    ("complete", {}, N - 1),
-])
+@pytest.mark.parametrize(
+    "name, params, expected",
+    [
+        ("ring", {}, 2),
+        ("torus", {}, 4),
+        ("random_regular", {"degree": 4}, 4),
+        ("random_regular", {"degree": 3}, 3),
+        ("complete", {}, N - 1),
+    ],
+)
 def test_regular_builders_have_the_stated_degree(name, params, expected):
     topology = build(name, **params)
     assert nx.is_connected(topology.graph())
@@ -67,14 +70,20 @@ def test_exponential_degree_is_about_two_log2_n(n, expected):
     d = degrees(topology)
     assert set(d) == {expected}
     assert d[0] <= 2 * math.ceil(math.log2(n))
-    assert topology.neighbors(0, 0) == sorted({(s * (1 << j)) % n for j in range(max((n - 1).bit_length(), 1))
-                                               for s in (1, -1)})
+    assert topology.neighbors(0, 0) == sorted(
+        {(s * (1 << j)) % n for j in range(max((n - 1).bit_length(), 1)) for s in (1, -1)}
+    )
 
 
-@pytest.mark.parametrize("name, params", [
-    ("erdos_renyi", {"mean_degree": 6}), ("erdos_renyi", {"p": 0.3}), ("small_world", {"k": 4, "p": 0.2}),
-    ("scale_free", {"m": 2}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("erdos_renyi", {"mean_degree": 6}),
+        ("erdos_renyi", {"p": 0.3}),
+        ("small_world", {"k": 4, "p": 0.2}),
+        ("scale_free", {"m": 2}),
+    ],
+)
 def test_random_builders_are_connected(name, params):
     topology = build(name, **params)
     assert nx.is_connected(topology.graph())
@@ -106,8 +115,15 @@ def test_single_node_complete_and_star():
 
 # ----------------------------------------------------------------------------- mixing weights
 
-MIXING_CASES = [("ring", {}), ("star", {}), ("torus", {}), ("scale_free", {}), ("erdos_renyi", {}),
-                ("exponential", {}), ("complete", {})]
+MIXING_CASES = [
+    ("ring", {}),
+    ("star", {}),
+    ("torus", {}),
+    ("scale_free", {}),
+    ("erdos_renyi", {}),
+    ("exponential", {}),
+    ("complete", {}),
+]
 
 
 @pytest.mark.parametrize("name, params", MIXING_CASES)
@@ -131,11 +147,15 @@ def test_mixing_matrix_properties(name, params, rule):
 def test_mixing_weights_by_hand_on_a_star_of_three():
     # hub degree 2, leaves degree 1
     mh = dense(build("star", n=3))
-    assert torch.allclose(mh, torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 3, 2 / 3, 0], [1 / 3, 0, 2 / 3]],
-                                           dtype=torch.float64), atol=1e-7)
+    assert torch.allclose(
+        mh, torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 3, 2 / 3, 0], [1 / 3, 0, 2 / 3]], dtype=torch.float64), atol=1e-7
+    )
     uniform = dense(build("star", n=3, mixing="uniform"))
-    assert torch.allclose(uniform, torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 1 / 2, 0], [1 / 2, 0, 1 / 2]],
-                                                dtype=torch.float64), atol=1e-7)
+    assert torch.allclose(
+        uniform,
+        torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 1 / 2, 0], [1 / 2, 0, 1 / 2]], dtype=torch.float64),
+        atol=1e-7,
+    )
     max_degree = dense(build("star", n=3, mixing="max_degree"))
     assert torch.allclose(max_degree, mh, atol=1e-7)  # d_max = 2 gives the same weights here
 
@@ -255,8 +275,18 @@ def test_bad_file_contents(tmp_path):
 def test_summary_is_json_and_complete():
     summary = build("ring").summary()
     assert json.loads(json.dumps(summary)) == summary
-    for key in ("name", "num_nodes", "num_edges", "degree_min", "degree_max", "degree_mean", "diameter",
-                "connected", "spectral_gap", "time_varying"):
+    for key in (
+        "name",
+        "num_nodes",
+        "num_edges",
+        "degree_min",
+        "degree_max",
+        "degree_mean",
+        "diameter",
+        "connected",
+        "spectral_gap",
+        "time_varying",
+    ):
         assert key in summary
     assert summary["num_edges"] == N and summary["diameter"] == N // 2 and summary["degree_mean"] == 2.0
     assert build("star").summary()["diameter"] == 2 and build("complete").summary()["diameter"] == 1

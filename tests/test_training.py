@@ -21,8 +21,9 @@ def test_local_train_matches_torch_optim_sgd(momentum, weight_decay, local_steps
     x, y = _data()
     model = build_model({"name": "mlp", "hidden": [8]}, (6,), 3, seed=0)
     layout = Layout.from_module(model)
-    cfg = TrainConfig(epochs=2, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay,
-                      local_steps=local_steps)
+    cfg = TrainConfig(
+        epochs=2, batch_size=5, lr=0.1, momentum=momentum, weight_decay=weight_decay, local_steps=local_steps
+    )
     result = local_train(model, layout, layout.flatten(model), x, y, cfg, torch.Generator().manual_seed(7))
 
     reference = copy.deepcopy(model)
@@ -41,7 +42,7 @@ def test_batch_schedule_covers_every_row_each_epoch():
     batches = batch_schedule(10, cfg, torch.Generator().manual_seed(0))
     assert [len(b) for b in batches] == [4, 4, 2] * 3
     for e in range(3):
-        assert sorted(torch.cat(batches[3 * e:3 * e + 3]).tolist()) == list(range(10))
+        assert sorted(torch.cat(batches[3 * e : 3 * e + 3]).tolist()) == list(range(10))
 
 
 def test_local_train_leaves_input_untouched_and_is_deterministic():

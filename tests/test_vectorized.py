@@ -22,10 +22,18 @@ SMALL = ("num_clients=8", "model.hidden=[16]", "rounds=2", "train.epochs=1")
 @pytest.mark.parametrize("local_steps", [None, 7])
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_vectorized_batch_equals_local_train_per_client(make_cfg, local_steps, chunk_size, kernel):
-    exp = build_experiment(make_cfg("num_clients=7", "model.hidden=[16]", "partition=dirichlet",
-                                    "partition.alpha=0.3", "participation.clients_per_round=7"))
-    cfg = TrainConfig(epochs=2, batch_size=7, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                      local_steps=local_steps, label_smoothing=0.1)
+    exp = build_experiment(
+        make_cfg(
+            "num_clients=7",
+            "model.hidden=[16]",
+            "partition=dirichlet",
+            "partition.alpha=0.3",
+            "participation.clients_per_round=7",
+        )
+    )
+    cfg = TrainConfig(
+        epochs=2, batch_size=7, lr=0.05, momentum=0.9, weight_decay=1e-3, local_steps=local_steps, label_smoothing=0.1
+    )
     setup = dataclasses.replace(exp.setup, train=cfg)
     sizes = (setup.data.offsets[1:] - setup.data.offsets[:-1]).tolist()
     assert len(set(sizes)) > 1 and any(n % 7 for n in sizes)  # uneven clients, partial batches
@@ -65,12 +73,17 @@ RUNS = {
     "fedavg": ("participation.clients_per_round=5",),
     "sync_gossip": ("mode=gossip", "topology=ring", "strategy=gossip_avg"),
     "fedadam": ("strategy=fedadam", "participation.clients_per_round=5"),
-    "fedau": ("strategy=fedau", "participation=bernoulli", "participation.probability=constant",
-              "participation.p=0.5"),
+    "fedau": ("strategy=fedau", "participation=bernoulli", "participation.probability=constant", "participation.p=0.5"),
     "variance_corrected": ("mode=gossip", "strategy=variance_corrected", "gossip.shared_init=false"),
     "fisher_merge": ("strategy=fisher_merge", "participation.clients_per_round=5"),
-    "async_gossip": ("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async",
-                     "gossip.delay=exponential", "gossip.delay_value=0.3"),
+    "async_gossip": (
+        "mode=gossip",
+        "topology=ring",
+        "strategy=gossip_avg",
+        "gossip.schedule=async",
+        "gossip.delay=exponential",
+        "gossip.delay_value=0.3",
+    ),
     "cnn_vmap_kernel": ("model=cnn", "model.channels=[2,4]", "model.hidden=8", "participation.clients_per_round=4"),
 }
 

@@ -10,5 +10,12 @@ from .config import TOPOLOGIES
 from .mixing import MIXING_RULES, mixing_matrix, mixing_weights
 from .topology import Topology, build_topology, validate_topology_config
 
-__all__ = ["MIXING_RULES", "TOPOLOGIES", "Topology", "build_topology", "mixing_matrix", "mixing_weights",
-           "validate_topology_config"]
+__all__ = [
+    "MIXING_RULES",
+    "TOPOLOGIES",
+    "Topology",
+    "build_topology",
+    "mixing_matrix",
+    "mixing_weights",
+    "validate_topology_config",
+]

@@ -63,14 +63,21 @@ def _torus_shape(p: dict, n: int) -> None:
     if rows is None or cols is None:
         field, given = ("rows", rows) if rows is not None else ("cols", cols)
         if n % given:
-            raise ConfigError(f"topology.{field}", given, f"a divisor of num_clients ({n})",
-                              "Leave topology.rows and topology.cols null for the most square torus.")
+            raise ConfigError(
+                f"topology.{field}",
+                given,
+                f"a divisor of num_clients ({n})",
+                "Leave topology.rows and topology.cols null for the most square torus.",
+            )
         p["rows"], p["cols"] = (given, n // given) if rows is not None else (n // given, given)
         return
     if rows * cols != n:
-        raise ConfigError("topology.rows", rows, f"rows * cols == num_clients ({n})",
-                          f"topology.cols={cols} gives {rows * cols} nodes; leave both null for the "
-                          "most square torus.")
+        raise ConfigError(
+            "topology.rows",
+            rows,
+            f"rows * cols == num_clients ({n})",
+            f"topology.cols={cols} gives {rows * cols} nodes; leave both null for the most square torus.",
+        )
 
 
 def _check_params(name: str, p: dict, n: int) -> None:
@@ -83,20 +90,33 @@ def _check_params(name: str, p: dict, n: int) -> None:
     elif name == "random_regular":
         _int("topology.degree", p["degree"], 1, n - 1, f"num_clients is {n}.")
         if (n * p["degree"]) % 2:
-            raise ConfigError("topology.degree", p["degree"], "a degree with num_clients * degree even",
-                              f"num_clients={n} * degree={p['degree']} is odd: no such regular graph exists.")
+            raise ConfigError(
+                "topology.degree",
+                p["degree"],
+                "a degree with num_clients * degree even",
+                f"num_clients={n} * degree={p['degree']} is odd: no such regular graph exists.",
+            )
         if p["degree"] == 1 and n > 2 and not p["allow_disconnected"]:
-            raise ConfigError("topology.degree", 1, f"at least 2 for a connected graph on {n} nodes",
-                              "Degree 1 is a perfect matching (N/2 components); set "
-                              "topology.allow_disconnected=true to use it anyway.")
+            raise ConfigError(
+                "topology.degree",
+                1,
+                f"at least 2 for a connected graph on {n} nodes",
+                "Degree 1 is a perfect matching (N/2 components); set "
+                "topology.allow_disconnected=true to use it anyway.",
+            )
     elif name == "erdos_renyi":
         if p["p"] is not None:
             p["edge_p"] = _prob("topology.p", p["p"])
         elif p["mean_degree"] is None:
             raise ConfigError("topology.p", None, "a number in [0, 1] (or set topology.mean_degree)")
         else:
-            md = number("topology.mean_degree", p["mean_degree"], 0, n - 1,
-                        allowed=f"a number in [0, num_clients - 1 = {n - 1}]")
+            md = number(
+                "topology.mean_degree",
+                p["mean_degree"],
+                0,
+                n - 1,
+                allowed=f"a number in [0, num_clients - 1 = {n - 1}]",
+            )
             p["edge_p"] = md / (n - 1)
     elif name == "small_world":
         _int("topology.k", p["k"], 2, n - 1, f"num_clients is {n}.")
@@ -110,12 +130,17 @@ def _check_params(name: str, p: dict, n: int) -> None:
     elif name == "file":
         path = p["path"]
         if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "???"):
-            raise ConfigError("topology.path", path, "the path of an edge list or a .graphml file",
-                              "Set it on the command line, e.g. topology.path=/data/graph.graphml.")
+            raise ConfigError(
+                "topology.path",
+                path,
+                "the path of an edge list or a .graphml file",
+                "Set it on the command line, e.g. topology.path=/data/graph.graphml.",
+            )
         path = p["path"] = str(path)
         if not os.path.isfile(path):
-            raise ConfigError("topology.path", path, "an existing, readable graph file",
-                              f"No file at {os.path.abspath(path)}.")
+            raise ConfigError(
+                "topology.path", path, "an existing, readable graph file", f"No file at {os.path.abspath(path)}."
+            )
 
 
 def normalize(topology_cfg, num_nodes: int) -> dict:
@@ -131,13 +156,21 @@ def normalize(topology_cfg, num_nodes: int) -> dict:
     if not is_int(num_nodes) or num_nodes < 1:
         raise ConfigError("num_clients", num_nodes, "an integer >= 1")
     if num_nodes < 2 and name not in SINGLE_NODE_OK:
-        raise ConfigError("num_clients", num_nodes, f"at least 2 for topology.name={name}",
-                          f"Only {' and '.join(SINGLE_NODE_OK)} accept a single node.")
+        raise ConfigError(
+            "num_clients",
+            num_nodes,
+            f"at least 2 for topology.name={name}",
+            f"Only {' and '.join(SINGLE_NODE_OK)} accept a single node.",
+        )
     defaults = {**COMMON, **SPECS[name]}
     for key, value in given.items():
         if key not in defaults:
-            raise ConfigError(f"topology.{key}", value, f"a key that topology.name={name} takes: "
-                              f"{', '.join(defaults)}", did_you_mean(key, defaults).strip())
+            raise ConfigError(
+                f"topology.{key}",
+                value,
+                f"a key that topology.name={name} takes: {', '.join(defaults)}",
+                did_you_mean(key, defaults).strip(),
+            )
     p = {**defaults, **given}
     choice("topology.mixing", p["mixing"], MIXING_RULES)
     boolean("topology.allow_disconnected", p["allow_disconnected"])

@@ -81,8 +81,7 @@ class Resampled:
             components = count_components(edges, self.num_nodes)
             if components == 1:
                 return edges
-        raise self._error(f"each of {self.tries} draws was disconnected (the last had {components} "
-                          "components).", key)
+        raise self._error(f"each of {self.tries} draws was disconnected (the last had {components} components).", key)
 
     def _error(self, what: str, key: int) -> ConfigError:
         field = BLAME[self.name]
@@ -94,7 +93,10 @@ class Resampled:
             hint = f" Connectivity needs p above about ln(N)/N = {math.log(n) / n:.3g} (mean degree {math.log(n):.1f})."
         where = f" (round {key})" if self.time_varying else ""
         retry = " raise topology.max_tries," if "max_tries" in self.params else ""
-        return ConfigError(f"topology.{field}", self.params[field],
-                           "a value that gives a connected graph (or topology.allow_disconnected=true)",
-                           f"topology.name={self.name} with {n} nodes{where}: {what}{hint} Change "
-                           f"topology.{field},{retry} or set topology.allow_disconnected=true.")
+        return ConfigError(
+            f"topology.{field}",
+            self.params[field],
+            "a value that gives a connected graph (or topology.allow_disconnected=true)",
+            f"topology.name={self.name} with {n} nodes{where}: {what}{hint} Change "
+            f"topology.{field},{retry} or set topology.allow_disconnected=true.",
+        )

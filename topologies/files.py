@@ -48,8 +48,12 @@ def _read_edge_list(path: str) -> tuple[list, list]:
             try:
                 ids = [int(t) for t in tokens[:2]]
             except ValueError:
-                raise ConfigError("topology.path", path, ALLOWED,
-                                  f"Line {number} does not start with integer node ids: {line.strip()!r}.") from None
+                raise ConfigError(
+                    "topology.path",
+                    path,
+                    ALLOWED,
+                    f"Line {number} does not start with integer node ids: {line.strip()!r}.",
+                ) from None
             nodes.update(ids)
             if len(ids) == 2:
                 edges.append(ids)
@@ -74,8 +78,12 @@ def read_graph_file(path: str, num_nodes: int) -> np.ndarray:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("topology.path", path, ALLOWED, f"It could not be read: {exc}") from None
     if len(nodes) != num_nodes:
-        raise ConfigError("topology.path", path, f"a graph with num_clients={num_nodes} nodes",
-                          f"The file has {len(nodes)} nodes; set num_clients={len(nodes)} or use another graph.")
+        raise ConfigError(
+            "topology.path",
+            path,
+            f"a graph with num_clients={num_nodes} nodes",
+            f"The file has {len(nodes)} nodes; set num_clients={len(nodes)} or use another graph.",
+        )
     index = {node: k for k, node in enumerate(nodes)}
     pairs = np.array([[index[u], index[v]] for u, v in edges], dtype=np.int64).reshape(-1, 2)
     return canonical(pairs, num_nodes)

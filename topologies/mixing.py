@@ -48,8 +48,7 @@ def mixing_weights(edges: np.ndarray, num_nodes: int, rule: str, directed: bool 
         values = np.full(rows.shape, 1.0 / (d_max + 1.0))
         self_weight = 1.0 - degree / (d_max + 1.0)
     diag = np.arange(num_nodes, dtype=np.int64)
-    return (np.concatenate([rows, diag]), np.concatenate([cols, diag]),
-            np.concatenate([values, self_weight]))
+    return (np.concatenate([rows, diag]), np.concatenate([cols, diag]), np.concatenate([values, self_weight]))
 
 
 def mixing_matrix(edges: np.ndarray, num_nodes: int, rule: str, directed: bool = False) -> torch.Tensor:

@@ -84,7 +84,7 @@ def _symmetric_operator(edges: np.ndarray, num_nodes: int, rule: str, directed: 
     rows, cols, values = mixing_weights(edges, num_nodes, rule, directed)
     if directed:
         w = sp.csr_matrix((values, (rows, cols)), shape=(num_nodes, num_nodes))
-        return (w.T @ w).tocsr(), np.full(num_nodes, num_nodes ** -0.5), 0.5
+        return (w.T @ w).tocsr(), np.full(num_nodes, num_nodes**-0.5), 0.5
     pi = stationary(rule, np.bincount(rows[: len(rows) - num_nodes], minlength=num_nodes))
     scale = np.sqrt(pi)
     values = values * scale[rows] / scale[cols]
@@ -98,7 +98,7 @@ def spectral_gap(edges: np.ndarray, num_nodes: int, rule: str, directed: bool) -
     s, top, power = _symmetric_operator(edges, num_nodes, rule, directed)
     if num_nodes <= EXACT_LIMIT:
         modulus = np.sort(np.abs(np.linalg.eigvalsh(s.toarray())))[::-1][1]
-        return round(float(max(0.0, 1.0 - modulus ** power)), 12), False
+        return round(float(max(0.0, 1.0 - modulus**power)), 12), False
     # Power iteration on S with its top eigenvector projected out: the norm ratio converges to
     # |lambda_2(S)| from below.
     x = np.random.default_rng(0).standard_normal(num_nodes)
@@ -112,7 +112,7 @@ def spectral_gap(edges: np.ndarray, num_nodes: int, rule: str, directed: bool) -
         if modulus == 0.0:
             break
         x = y / modulus
-    return float(max(0.0, 1.0 - modulus ** power)), True
+    return float(max(0.0, 1.0 - modulus**power)), True
 
 
 def summarize(topology) -> dict:

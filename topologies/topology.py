@@ -44,7 +44,7 @@ class _RoundGraph:
             indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=self.num_nodes))])
             self._csr = (indptr, cols[order])
         indptr, indices = self._csr
-        return indices[indptr[node]:indptr[node + 1]].tolist()
+        return indices[indptr[node] : indptr[node + 1]].tolist()
 
     def graph(self) -> nx.Graph:
         if self._graph is None:
@@ -139,9 +139,13 @@ def _schedule(p: dict, num_nodes: int, seed: int):
         edges = read_graph_file(p["path"], num_nodes)
         components = count_components(edges, num_nodes)
         if components > 1 and not p["allow_disconnected"]:
-            raise ConfigError("topology.path", p["path"], "a connected graph (or topology.allow_disconnected=true)",
-                              f"topology.name=file: the graph has {components} connected components; connect "
-                              "it or set topology.allow_disconnected=true.")
+            raise ConfigError(
+                "topology.path",
+                p["path"],
+                "a connected graph (or topology.allow_disconnected=true)",
+                f"topology.name=file: the graph has {components} connected components; connect "
+                "it or set topology.allow_disconnected=true.",
+            )
         return Static(edges)
     return Resampled(name, num_nodes, p, seed)
 

@@ -11,7 +11,10 @@ from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
 
 BACKENDS: dict[str, Callable[..., Backend]] = {
-    "auto": AutoBackend, "sequential": SequentialBackend, "vectorized": VectorizedBackend, "ray": make_ray_backend,
+    "auto": AutoBackend,
+    "sequential": SequentialBackend,
+    "vectorized": VectorizedBackend,
+    "ray": make_ray_backend,
 }
 
 
@@ -26,5 +29,14 @@ def build_backend(backend_cfg) -> Backend:
         raise ConfigError("backend", name, "options that this backend accepts", str(exc)) from None
 
 
-__all__ = ["BACKENDS", "AutoBackend", "Backend", "ClientBatch", "SequentialBackend", "TrainingSetup",
-           "VectorizedBackend", "aggregate_on_backend", "build_backend"]
+__all__ = [
+    "BACKENDS",
+    "AutoBackend",
+    "Backend",
+    "ClientBatch",
+    "SequentialBackend",
+    "TrainingSetup",
+    "VectorizedBackend",
+    "aggregate_on_backend",
+    "build_backend",
+]

@@ -36,8 +36,9 @@ class AutoBackend:
             self.chosen = self._vectorized
         self.chosen.setup(setup)
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
-              needs: frozenset[str] = frozenset()) -> ClientBatch:
+    def train(
+        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+    ) -> ClientBatch:
         assert self.chosen is not None, "setup() must run before train()"
         return self.chosen.train(client_ids, start, round_, needs)
 

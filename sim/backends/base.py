@@ -72,15 +72,24 @@ def check_needs(backend: str, needs: frozenset[str]) -> None:
         raise NotImplementedError(f"the {backend} backend cannot compute {sorted(unknown)}")
 
 
-def client_extras(setup: TrainingSetup, ids: list[int], params: torch.Tensor,
-                  needs: frozenset[str]) -> dict[str, torch.Tensor]:
+def client_extras(
+    setup: TrainingSetup, ids: list[int], params: torch.Tensor, needs: frozenset[str]
+) -> dict[str, torch.Tensor]:
     """The extras a strategy asked for, computed once per trained client (shared by all backends)."""
     extras: dict[str, torch.Tensor] = {}
     if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
         from sim.fisher import diagonal_fisher
 
-        extras["fisher"] = torch.stack([diagonal_fisher(setup.model, setup.layout, params[k], setup.data.client(c)[0])
-                                        for k, c in enumerate(ids)]) if ids else params.new_zeros(params.shape)
+        extras["fisher"] = (
+            torch.stack(
+                [
+                    diagonal_fisher(setup.model, setup.layout, params[k], setup.data.client(c)[0])
+                    for k, c in enumerate(ids)
+                ]
+            )
+            if ids
+            else params.new_zeros(params.shape)
+        )
     return extras
 
 
@@ -100,8 +109,9 @@ class Backend(Protocol):
     def setup(self, setup: TrainingSetup) -> None:
         """Receive the model, data and training config once per run (e.g. ship data to workers)."""
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_: int,
-              needs: frozenset[str] = frozenset()) -> ClientBatch:
+    def train(
+        self, client_ids: torch.Tensor, start: torch.Tensor, round_: int, needs: frozenset[str] = frozenset()
+    ) -> ClientBatch:
         """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client).
 
         ``round_`` is one int for all clients or ``[K]`` per-client rounds (see :func:`client_rounds`).

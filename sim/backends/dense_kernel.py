@@ -57,8 +57,15 @@ def dense_layers(model: nn.Module, layout: Layout) -> list[DenseLayer] | None:
         if isinstance(module, nn.Linear):
             w = layout.spec(f"{prefix}{name}.weight")
             b = layout.spec(f"{prefix}{name}.bias") if module.bias is not None else None
-            layers.append(dict(weight=w.slice, bias=None if b is None else b.slice,
-                               out_features=module.out_features, in_features=module.in_features, activation=None))
+            layers.append(
+                dict(
+                    weight=w.slice,
+                    bias=None if b is None else b.slice,
+                    out_features=module.out_features,
+                    in_features=module.in_features,
+                    activation=None,
+                )
+            )
         elif type(module) in ACTIVATIONS and layers and layers[-1]["activation"] is None:
             layers[-1]["activation"] = ACTIVATIONS[type(module)]
         elif isinstance(module, (nn.Identity, nn.Dropout)) and (not isinstance(module, nn.Dropout) or module.p == 0):
@@ -83,8 +90,9 @@ class DenseKernel:
     def _weight(self, params: torch.Tensor, layer: DenseLayer) -> torch.Tensor:
         return params[:, layer.weight].view(len(params), layer.out_features, layer.in_features)
 
-    def __call__(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         A = len(params)
         inputs, outputs = [], []  # per layer: its input [A, B, in] and its activated output
         h = x

@@ -52,10 +52,16 @@ def setup_payload(setup) -> dict[str, Any]:
     """What a training actor needs, as one object for ``ray.put``: the training data and the model."""
     data = setup.data
     return {
-        "x": data.x.detach().contiguous().numpy(), "y": data.y.contiguous().numpy(),
-        "offsets": data.offsets.contiguous().numpy(), "num_classes": data.num_classes,
-        "input_shape": tuple(data.input_shape), "name": data.name,
-        "model": setup.model, "layout": setup.layout, "train": setup.train, "seed": int(setup.seed),
+        "x": data.x.detach().contiguous().numpy(),
+        "y": data.y.contiguous().numpy(),
+        "offsets": data.offsets.contiguous().numpy(),
+        "num_classes": data.num_classes,
+        "input_shape": tuple(data.input_shape),
+        "name": data.name,
+        "model": setup.model,
+        "layout": setup.layout,
+        "train": setup.train,
+        "seed": int(setup.seed),
     }
 
 
@@ -66,8 +72,18 @@ def _setup_from_payload(p: dict[str, Any], device: torch.device):
     x, y = shared_tensor(p["x"]), shared_tensor(p["y"])
     if device.type != "cpu":
         x, y = x.to(device), y.to(device)
-    data = FederatedData(x=x, y=y, offsets=shared_tensor(p["offsets"]), x_val=x[:0], y_val=y[:0], x_test=x[:0],
-                         y_test=y[:0], num_classes=p["num_classes"], input_shape=p["input_shape"], name=p["name"])
+    data = FederatedData(
+        x=x,
+        y=y,
+        offsets=shared_tensor(p["offsets"]),
+        x_val=x[:0],
+        y_val=y[:0],
+        x_test=x[:0],
+        y_test=y[:0],
+        num_classes=p["num_classes"],
+        input_shape=p["input_shape"],
+        name=p["name"],
+    )
     return TrainingSetup(model=p["model"].to(device), layout=p["layout"], data=data, train=p["train"], seed=p["seed"])
 
 
@@ -87,8 +103,12 @@ class TrainingActor:
         self.backend.setup(_setup_from_payload(payload, self.device))
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address(),
-                "threads": torch.get_num_threads()}
+        return {
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "node": ray.util.get_node_ip_address(),
+            "threads": torch.get_num_threads(),
+        }
 
     def train(self, ids: list[int], start: np.ndarray, rounds, needs: frozenset[str]):
         """``start``: ``[P]`` shared by all or ``[k, P]``; returns (params [k, P], losses [k], extras, seconds)."""
@@ -99,8 +119,12 @@ class TrainingActor:
             return params.numpy(), np.full(len(ids), np.nan, np.float32), {}, time.perf_counter() - t0
         batch = self.backend.train(torch.as_tensor(ids, dtype=torch.long), start_t.to(self.device), rounds, needs)
         extras = {k: v.detach().cpu().numpy() for k, v in batch.extras.items()}
-        return (batch.params.detach().cpu().numpy(), batch.train_loss.detach().cpu().numpy(), extras,
-                time.perf_counter() - t0)
+        return (
+            batch.params.detach().cpu().numpy(),
+            batch.train_loss.detach().cpu().numpy(),
+            extras,
+            time.perf_counter() - t0,
+        )
 
 
 def _to(obj: Any, device: torch.device) -> Any:
@@ -112,8 +136,11 @@ def _to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to(v, device) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, "client_ids"):
-        changes = {f.name: _to(getattr(obj, f.name), device) for f in dataclasses.fields(obj)
-                   if isinstance(getattr(obj, f.name), (torch.Tensor, dict))}
+        changes = {
+            f.name: _to(getattr(obj, f.name), device)
+            for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), (torch.Tensor, dict))
+        }
         return dataclasses.replace(obj, **changes)
     return obj
 
@@ -142,8 +169,12 @@ class AggregatorActor:
         self.cpu_only: set[str] = set()  # strategies that failed on the GPU and now run on the CPU
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "node": ray.util.get_node_ip_address(),
-                "threads": torch.get_num_threads()}
+        return {
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "node": ray.util.get_node_ip_address(),
+            "threads": torch.get_num_threads(),
+        }
 
     def aggregate(self, strategy, info, state, positions, *chunks):
         params = assemble(chunks, positions)
@@ -154,8 +185,12 @@ class AggregatorActor:
                     out, new_state = strategy.aggregate(_to(params, device), _to(info, device), _to(state, device))
                 return _to(out, torch.device("cpu")), _to(new_state, torch.device("cpu")), str(device)
             except RuntimeError as exc:  # a rule that mixes devices: the CPU gives the same numbers
-                log.warning("strategy %s cannot aggregate on %s (%s); it runs on the CPU from now on",
-                            strategy.name, device, str(exc).splitlines()[0])
+                log.warning(
+                    "strategy %s cannot aggregate on %s (%s); it runs on the CPU from now on",
+                    strategy.name,
+                    device,
+                    str(exc).splitlines()[0],
+                )
                 self.cpu_only.add(strategy.name)
         out, new_state = strategy.aggregate(params, info, state)
         return out, new_state, "cpu"

@@ -74,29 +74,49 @@ class RayBackend:
     #: before their results are awaited (the fault test kills an actor here); None in normal use
     after_submit = None
 
-    def __init__(self, address: str | None = None, num_actors: int | None = None, num_cpus: float = 1,
-                 num_gpus: float = 0, num_threads: int | None = None, device: str = "auto",
-                 aggregate_on: str = "driver",
-                 aggregator_num_gpus: float | None = None, max_retries: int = 3, driver_max_clients: int = 1,
-                 inner: str = "auto", start_timeout_s: float = 300, runtime_env: Any = None,
-                 noop_train: bool = False):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_actors: int | None = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        num_threads: int | None = None,
+        device: str = "auto",
+        aggregate_on: str = "driver",
+        aggregator_num_gpus: float | None = None,
+        max_retries: int = 3,
+        driver_max_clients: int = 1,
+        inner: str = "auto",
+        start_timeout_s: float = 300,
+        runtime_env: Any = None,
+        noop_train: bool = False,
+    ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigError("backend.address", address, ray_cluster.ADDRESS_HELP)
         self.num_actors = optional_integer("backend.num_actors", num_actors, 1, "as many as the cluster holds")
-        self.num_cpus = number("backend.num_cpus", num_cpus, 0, lo_open=True,
-                               allowed="a finite number > 0 (CPUs per actor)")
-        self.num_gpus = number("backend.num_gpus", num_gpus, 0,
-                               allowed="a finite number >= 0 (GPUs per actor; 0.25 shares one GPU by four)")
+        self.num_cpus = number(
+            "backend.num_cpus", num_cpus, 0, lo_open=True, allowed="a finite number > 0 (CPUs per actor)"
+        )
+        self.num_gpus = number(
+            "backend.num_gpus",
+            num_gpus,
+            0,
+            allowed="a finite number >= 0 (GPUs per actor; 0.25 shares one GPU by four)",
+        )
         self.num_threads = check_num_threads(num_threads)
         self.device = choice("backend.device", device, DEVICES)
         self.aggregate_on = choice("backend.aggregate_on", aggregate_on, AGGREGATE_ON)
-        self.aggregator_num_gpus = None if aggregator_num_gpus is None else number(
-            "backend.aggregator_num_gpus", aggregator_num_gpus, 0, allowed="null or a finite number >= 0")
+        self.aggregator_num_gpus = (
+            None
+            if aggregator_num_gpus is None
+            else number("backend.aggregator_num_gpus", aggregator_num_gpus, 0, allowed="null or a finite number >= 0")
+        )
         self.max_retries = integer("backend.max_retries", max_retries, 0)
         self.driver_max_clients = integer("backend.driver_max_clients", driver_max_clients, 0)
         self.inner = choice("backend.inner", inner, INNER)
-        self.start_timeout_s = number("backend.start_timeout_s", start_timeout_s, 0, lo_open=True,
-                                      allowed="a finite number of seconds > 0")
+        self.start_timeout_s = number(
+            "backend.start_timeout_s", start_timeout_s, 0, lo_open=True, allowed="a finite number of seconds > 0"
+        )
         self.noop_train = boolean("backend.noop_train", noop_train)
         if runtime_env is not None:
             from omegaconf import DictConfig, OmegaConf
@@ -107,14 +127,19 @@ class RayBackend:
                 raise ConfigError("backend.runtime_env", runtime_env, "null or a mapping (Ray's runtime_env)")
         self.runtime_env = runtime_env
         if self.device == "cuda" and self.num_gpus == 0 and self.aggregate_on == "driver":
-            raise ConfigError("backend.device", "cuda", "auto or cpu unless actors hold GPUs",
-                              "With num_gpus=0 and aggregate_on=driver no actor holds a GPU; set backend.num_gpus "
-                              "(e.g. 0.25) or backend.aggregate_on=worker.")
+            raise ConfigError(
+                "backend.device",
+                "cuda",
+                "auto or cpu unless actors hold GPUs",
+                "With num_gpus=0 and aggregate_on=driver no actor holds a GPU; set backend.num_gpus "
+                "(e.g. 0.25) or backend.aggregate_on=worker.",
+            )
         self.address = address.strip() if address else None
         if self.address is not None:
             ray_cluster.probe_address(self.address)
-        elif (not ray.is_initialized() and (self.num_gpus > 0 or self.device == "cuda")
-              and not torch.cuda.is_available()):
+        elif (
+            not ray.is_initialized() and (self.num_gpus > 0 or self.device == "cuda") and not torch.cuda.is_available()
+        ):
             # we would start Ray on this machine, and it has no GPU torch can use: say so before any work
             ray_cluster.check_gpus({"CPU": float(usable_cores())}, self.num_gpus, self.device, where="this machine")
         self.actors: list[Any] = []
@@ -145,8 +170,9 @@ class RayBackend:
         self._setup = setup
         self._local.setup(setup)
         # each actor's torch threads: the run's rule (sim.threads) with the CPUs the actor reserves as its cores
-        self.actor_threads = choose_threads(self.num_threads, setup.layout.size, setup.train.batch_size,
-                                            cores=max(1, math.floor(self.num_cpus)))[0]
+        self.actor_threads = choose_threads(
+            self.num_threads, setup.layout.size, setup.train.batch_size, cores=max(1, math.floor(self.num_cpus))
+        )[0]
         self._costs = torch.tensor(client_costs(setup.data.client_sizes, setup.train), dtype=torch.long)
         self._sizes = setup.data.client_sizes
         self._payload = ray.put(setup_payload(setup))  # the data enters the object store once per run
@@ -158,21 +184,29 @@ class RayBackend:
         try:
             info = ray.get(waits, timeout=self.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise RunError(f"the ray backend's {len(waits)} actors did not start within {self.start_timeout_s:g} s "
-                           "(backend.start_timeout_s); the cluster may lack the CPUs/GPUs they ask for") from None
+            raise RunError(
+                f"the ray backend's {len(waits)} actors did not start within {self.start_timeout_s:g} s "
+                "(backend.start_timeout_s); the cluster may lack the CPUs/GPUs they ask for"
+            ) from None
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-            raise RunError("the ray backend's actors could not start; every node needs gossipsoup installed "
-                           "(or backend.runtime_env to ship it; see docs/ray.md). "
-                           f"Ray said: {_first_line(exc)}") from None
+            raise RunError(
+                "the ray backend's actors could not start; every node needs gossipsoup installed "
+                "(or backend.runtime_env to ship it; see docs/ray.md). "
+                f"Ray said: {_first_line(exc)}"
+            ) from None
         trainers = info[:size]
-        log.info("ray backend: %d training actor(s) on %d node(s), device %s%s", size,
-                 len({i["node"] for i in trainers}),
-                 "/".join(sorted({i["device"] for i in trainers})),
-                 f"; aggregation on a worker, device {info[-1]['device']}" if self.aggregator is not None else "")
+        log.info(
+            "ray backend: %d training actor(s) on %d node(s), device %s%s",
+            size,
+            len({i["node"] for i in trainers}),
+            "/".join(sorted({i["device"] for i in trainers})),
+            f"; aggregation on a worker, device {info[-1]['device']}" if self.aggregator is not None else "",
+        )
 
     def _new_actor(self):
         return TrainingActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus).remote(
-            self._payload, self.inner, self.actor_threads, self.device, self.noop_train)
+            self._payload, self.inner, self.actor_threads, self.device, self.noop_train
+        )
 
     def _release(self) -> None:
         """Kill the actors and wait until Ray knows they are gone, so their CPUs/GPUs are free again
@@ -202,8 +236,9 @@ class RayBackend:
             ray.shutdown()
 
     # ---- training -----------------------------------------------------------------------------
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
-              needs: frozenset[str] = frozenset()) -> ClientBatch:
+    def train(
+        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+    ) -> ClientBatch:
         assert self._setup is not None, "setup() must run before train()"
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
@@ -220,11 +255,14 @@ class RayBackend:
         tasks = []
         for slot, pos in enumerate(chunks):
             chunk_rounds = [rounds[p] for p in pos]
-            tasks.append(_Task(
-                positions=pos, ids=[ids[p] for p in pos],
-                rounds=chunk_rounds[0] if len(set(chunk_rounds)) == 1 else chunk_rounds,
-                start=shared if shared is not None else ray.put(start[torch.as_tensor(pos)].contiguous().numpy()),
-            ))
+            tasks.append(
+                _Task(
+                    positions=pos,
+                    ids=[ids[p] for p in pos],
+                    rounds=chunk_rounds[0] if len(set(chunk_rounds)) == 1 else chunk_rounds,
+                    start=shared if shared is not None else ray.put(start[torch.as_tensor(pos)].contiguous().numpy()),
+                )
+            )
             self._submit(tasks[-1], slot, needs)
         hook = type(self).after_submit
         if hook is not None:
@@ -245,16 +283,26 @@ class RayBackend:
                 extras[name][rows] = value
         stats = {"retries": float(retries)}
         self._last = (params, [t.ref for t in tasks], [t.positions for t in tasks], stats)
-        return ClientBatch(client_ids=ids_t, params=params, num_samples=self._sizes[ids_t].clone(),
-                           train_loss=losses, extras=extras, stats=stats)
+        return ClientBatch(
+            client_ids=ids_t,
+            params=params,
+            num_samples=self._sizes[ids_t].clone(),
+            train_loss=losses,
+            extras=extras,
+            stats=stats,
+        )
 
     def _train_in_driver(self, client_ids, start, round_, needs) -> ClientBatch:
         if not self.noop_train:
             return self._local.train(client_ids, start, round_, needs)
         K = len(client_ids)
         params = start.expand(K, -1).clone() if start.dim() == 1 else start.clone()
-        return ClientBatch(client_ids=client_ids.clone(), params=params, num_samples=self._sizes[client_ids].clone(),
-                           train_loss=torch.full((K,), float("nan")))
+        return ClientBatch(
+            client_ids=client_ids.clone(),
+            params=params,
+            num_samples=self._sizes[client_ids].clone(),
+            train_loss=torch.full((K,), float("nan")),
+        )
 
     def _submit(self, task: _Task, slot: int, needs: frozenset[str]) -> None:
         task.slot = slot
@@ -285,8 +333,10 @@ class RayBackend:
             retries += 1
             task.attempts += 1
             if task.attempts > self.max_retries:
-                raise RunError(f"round {round_}: {len(task.ids)} clients failed on {task.attempts} actors in turn "
-                               f"(backend.max_retries={self.max_retries}); the last error: {_first_line(error)}")
+                raise RunError(
+                    f"round {round_}: {len(task.ids)} clients failed on {task.attempts} actors in turn "
+                    f"(backend.max_retries={self.max_retries}); the last error: {_first_line(error)}"
+                )
             live = [s for s in range(len(self.actors)) if s not in dead]
             if not live:  # every actor is gone: start a fresh one for this chunk
                 slot = min(dead)
@@ -295,9 +345,16 @@ class RayBackend:
                 live = [slot]
             load = {s: sum(1 for j in pending if tasks[j].slot == s) for s in live}
             slot = min(live, key=lambda s: (load[s], s))
-            log.warning("ray backend: actor %d died in round %s (%s); re-running its %d client(s) on actor %d "
-                        "(retry %d of %d)", task.slot, round_, type(error).__name__, len(task.ids), slot,
-                        task.attempts, self.max_retries)
+            log.warning(
+                "ray backend: actor %d died in round %s (%s); re-running its %d client(s) on actor %d (retry %d of %d)",
+                task.slot,
+                round_,
+                type(error).__name__,
+                len(task.ids),
+                slot,
+                task.attempts,
+                self.max_retries,
+            )
             self._submit(task, slot, needs)
             pending.append(i)
         for slot in dead:  # replacements start in the background, ready for the next round
@@ -311,8 +368,10 @@ class RayBackend:
             return strategy.aggregate(params, info, state)
         if info.validate is not None:  # the validation split and the model stay in the driver
             if not self._told_driver_aggregation:
-                log.info("ray backend: %s scores models on the validation split, so it aggregates in the driver",
-                         strategy.name)
+                log.info(
+                    "ray backend: %s scores models on the validation split, so it aggregates in the driver",
+                    strategy.name,
+                )
                 self._told_driver_aggregation = True
             return strategy.aggregate(params, info, state)
         if self._strategy_ref is None or self._strategy_ref[0] is not strategy:
@@ -325,15 +384,23 @@ class RayBackend:
         light = replace(info, validate=None)
         for attempt in range(self.max_retries + 1):
             try:
-                out, new_state, _ = ray.get(self.aggregator.aggregate.remote(
-                    self._strategy_ref[1], light, state, positions, *chunks))
+                out, new_state, _ = ray.get(
+                    self.aggregator.aggregate.remote(self._strategy_ref[1], light, state, positions, *chunks)
+                )
                 return out, new_state
             except ACTOR_LOST as exc:
                 if attempt == self.max_retries:
-                    raise RunError(f"round {info.round}: the aggregator actor failed {attempt + 1} times "
-                                   f"(backend.max_retries={self.max_retries}): {_first_line(exc)}") from None
-                log.warning("ray backend: the aggregator died in round %d (%s); restarting it (retry %d of %d)",
-                            info.round, type(exc).__name__, attempt + 1, self.max_retries)
+                    raise RunError(
+                        f"round {info.round}: the aggregator actor failed {attempt + 1} times "
+                        f"(backend.max_retries={self.max_retries}): {_first_line(exc)}"
+                    ) from None
+                log.warning(
+                    "ray backend: the aggregator died in round %d (%s); restarting it (retry %d of %d)",
+                    info.round,
+                    type(exc).__name__,
+                    attempt + 1,
+                    self.max_retries,
+                )
                 if stats is not None:
                     stats["retries"] += 1
                 self.aggregator = self._new_aggregator()

@@ -34,11 +34,15 @@ from sim.errors import ConfigError, GossipsoupError
 #: ~2 ms instead of ~8 ms per actor and round here. A cluster started elsewhere keeps its own settings.
 LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20}
 PROBE_TIMEOUT_S = 5.0
-CONNECT_HINT = ("Check that a Ray head runs there (`ray start --head`, docs/ray.md) and that no firewall blocks the "
-                "port; ray://HOST:PORT needs the head's Ray Client port (10001 by default), HOST:PORT its GCS port "
-                "(6379 by default). backend.address=null starts a local Ray on this machine instead.")
-ADDRESS_HELP = ("null (start a local Ray), auto (the cluster `ray start` began on this machine), HOST:PORT of a "
-                "running head's GCS (6379 by default) or ray://HOST:PORT of its Ray Client server (10001 by default)")
+CONNECT_HINT = (
+    "Check that a Ray head runs there (`ray start --head`, docs/ray.md) and that no firewall blocks the "
+    "port; ray://HOST:PORT needs the head's Ray Client port (10001 by default), HOST:PORT its GCS port "
+    "(6379 by default). backend.address=null starts a local Ray on this machine instead."
+)
+ADDRESS_HELP = (
+    "null (start a local Ray), auto (the cluster `ray start` began on this machine), HOST:PORT of a "
+    "running head's GCS (6379 by default) or ray://HOST:PORT of its Ray Client server (10001 by default)"
+)
 
 
 def host_port(address: str) -> tuple[str, int] | None:
@@ -130,15 +134,24 @@ def check_gpus(resources: dict[str, float], num_gpus: float, device: str, where:
     if where == "this machine":
         has += " that torch can use"
     if num_gpus > 0:
-        raise ConfigError("backend.num_gpus", num_gpus, f"0 on {where} (it has no GPU)",
-                          f"{has}. Set backend.num_gpus=0; the actors then train on the CPU.")
+        raise ConfigError(
+            "backend.num_gpus",
+            num_gpus,
+            f"0 on {where} (it has no GPU)",
+            f"{has}. Set backend.num_gpus=0; the actors then train on the CPU.",
+        )
     if device == "cuda":
-        raise ConfigError("backend.device", device, f"auto or cpu on {where} (it has no GPU)",
-                          f"{has}. device=auto uses a GPU where an actor holds one and the CPU otherwise.")
+        raise ConfigError(
+            "backend.device",
+            device,
+            f"auto or cpu on {where} (it has no GPU)",
+            f"{has}. device=auto uses a GPU where an actor holds one and the CPU otherwise.",
+        )
 
 
-def pool_size(num_actors: int | None, num_cpus: float, num_gpus: float, resources: dict[str, float],
-              reserved_gpus: float = 0.0) -> int:
+def pool_size(
+    num_actors: int | None, num_cpus: float, num_gpus: float, resources: dict[str, float], reserved_gpus: float = 0.0
+) -> int:
     """How many training actors to start: ``num_actors``, or as many as the whole cluster's CPUs/GPUs hold.
 
     Sized from the cluster's total, not from what is free this instant, so that the same config gives
@@ -154,11 +167,14 @@ def pool_size(num_actors: int | None, num_cpus: float, num_gpus: float, resource
         if fit < 1:
             gpu_bound = num_gpus > 0 and limits[-1] < 1
             field, value = ("backend.num_gpus", num_gpus) if gpu_bound else ("backend.num_cpus", num_cpus)
-            raise ConfigError(field, value, f"a share that fits the cluster's {what}",
-                              "Not even one actor fits.")
+            raise ConfigError(field, value, f"a share that fits the cluster's {what}", "Not even one actor fits.")
         return fit
     if num_actors > fit:
-        raise ConfigError("backend.num_actors", num_actors, f"at most {fit} on this cluster, or null",
-                          f"The cluster has {what}; each actor takes {num_cpus:g} CPU(s) and {num_gpus:g} GPU(s), "
-                          "and actors that do not fit would wait forever.")
+        raise ConfigError(
+            "backend.num_actors",
+            num_actors,
+            f"at most {fit} on this cluster, or null",
+            f"The cluster has {what}; each actor takes {num_cpus:g} CPU(s) and {num_gpus:g} GPU(s), "
+            "and actors that do not fit would wait forever.",
+        )
     return num_actors

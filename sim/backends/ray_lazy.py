@@ -14,8 +14,12 @@ def make_ray_backend(**options):
     try:
         import ray  # noqa: F401
     except ImportError as exc:
-        raise ConfigError("backend.name", "ray", 'an installed Ray: pip install "gossipsoup[ray]"',
-                          f"Ray cannot be imported here ({exc}); the other backends need no extra.") from None
+        raise ConfigError(
+            "backend.name",
+            "ray",
+            'an installed Ray: pip install "gossipsoup[ray]"',
+            f"Ray cannot be imported here ({exc}); the other backends need no extra.",
+        ) from None
     from .ray_backend import RayBackend
 
     return RayBackend(**options)

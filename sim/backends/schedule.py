@@ -54,16 +54,20 @@ class StackedSchedule:
         return torch.where(valid, picked + row_offsets.view(-1, 1, 1), torch.full((), -1, dtype=pos.dtype))
 
 
-def stacked_schedule(sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig,
-                     seed: int) -> StackedSchedule:
+def stacked_schedule(
+    sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig, seed: int
+) -> StackedSchedule:
     """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once."""
     sizes_t = torch.tensor(sizes, dtype=torch.long)
     steps = steps_per_client(sizes_t, cfg)
     nb = ((sizes_t + cfg.batch_size - 1) // cfg.batch_size).clamp_min(1)  # batches per permutation
     num_perms = torch.where(sizes_t > 0, (steps + nb - 1) // nb, torch.zeros_like(sizes_t))
     generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])
-    pieces = [torch.randperm(n, generator=g) for n, g, m in zip(sizes, generators, num_perms.tolist(), strict=True)
-              for _ in range(m)]
+    pieces = [
+        torch.randperm(n, generator=g)
+        for n, g, m in zip(sizes, generators, num_perms.tolist(), strict=True)
+        for _ in range(m)
+    ]
     perms = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
     lengths = sizes_t * num_perms
     perm_start = torch.cumsum(lengths, 0) - lengths

@@ -23,8 +23,9 @@ class SequentialBackend:
     def setup(self, setup: TrainingSetup) -> None:
         self._setup = setup
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
-              needs: frozenset[str] = frozenset()) -> ClientBatch:
+    def train(
+        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+    ) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
         check_needs(self.name, needs)

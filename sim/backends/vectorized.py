@@ -51,8 +51,11 @@ def _available_bytes() -> int:
 
 
 def batchnorm_layers(model: nn.Module) -> list[str]:
-    return [f"{name or '<root>'!r} ({type(m).__name__})" for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [
+        f"{name or '<root>'!r} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 class VectorizedBackend:
@@ -68,11 +71,13 @@ class VectorizedBackend:
     def setup(self, setup: TrainingSetup) -> None:
         bn = batchnorm_layers(setup.model)
         if bn:
-            raise ConfigError("backend.name", "vectorized",
-                              "a model without BatchNorm layers, or backend=sequential / backend=auto (which picks "
-                              "sequential for such models)",
-                              f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot "
-                              "run in training mode.")
+            raise ConfigError(
+                "backend.name",
+                "vectorized",
+                "a model without BatchNorm layers, or backend=sequential / backend=auto (which picks "
+                "sequential for such models)",
+                f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot run in training mode.",
+            )
         self._setup = setup
         self._chunk = self.chunk_size or self._auto_chunk()
         model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
@@ -85,9 +90,13 @@ class VectorizedBackend:
 
         layers = dense_layers(model, layout) if self.kernel != "vmap" else None
         if self.kernel == "dense" and layers is None:
-            raise ConfigError("backend.kernel", "dense", "auto or vmap for this model",
-                              f"The dense kernel serves chains of Linear layers and ReLU/Tanh/Sigmoid; "
-                              f"the model is a {type(model).__name__}.")
+            raise ConfigError(
+                "backend.kernel",
+                "dense",
+                "auto or vmap for this model",
+                f"The dense kernel serves chains of Linear layers and ReLU/Tanh/Sigmoid; "
+                f"the model is a {type(model).__name__}.",
+            )
         self._grad_and_loss: GradAndLoss
         if layers is not None:
             self.kernel_used = "dense"
@@ -117,8 +126,9 @@ class VectorizedBackend:
         per_client = 4 * (8 * p + max_batch * (d + 4 * max(64, d)) + 64)
         return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // per_client)))
 
-    def train(self, client_ids: torch.Tensor, start: torch.Tensor, round_,
-              needs: frozenset[str] = frozenset()) -> ClientBatch:
+    def train(
+        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+    ) -> ClientBatch:
         s = self._require_setup()
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
@@ -136,7 +146,7 @@ class VectorizedBackend:
         order = torch.argsort(schedule.steps, descending=True, stable=True)
         chunk = self._chunk
         for lo in range(0, K, chunk):
-            rows = order[lo:lo + chunk]
+            rows = order[lo : lo + chunk]
             index = schedule.index(rows, first_rows[rows])
             params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows])
         extras = client_extras(s, ids, params, needs)
@@ -148,8 +158,9 @@ class VectorizedBackend:
             extras=extras,
         )
 
-    def _train_chunk(self, starts: torch.Tensor, index: torch.Tensor,
-                     steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_chunk(
+        self, starts: torch.Tensor, index: torch.Tensor, steps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``."""
         s = self._require_setup()
         cfg = s.train

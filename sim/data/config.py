@@ -19,9 +19,19 @@ from ..validation import choice, in_range, is_int, is_number
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "train_classes": None},
     "synthetic": {
-        "alpha": 1.0, "beta": 1.0, "num_features": 60, "num_classes": 10,
-        "size_lognormal_mean": 4.0, "size_lognormal_sigma": 2.0, "size_offset": 50, "size_cap": None,
-        "test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "iid": False, "train_classes": None,
+        "alpha": 1.0,
+        "beta": 1.0,
+        "num_features": 60,
+        "num_classes": 10,
+        "size_lognormal_mean": 4.0,
+        "size_lognormal_sigma": 2.0,
+        "size_offset": 50,
+        "size_cap": None,
+        "test_fraction": 0.2,
+        "val_fraction": 0.1,
+        "data_seed": None,
+        "iid": False,
+        "train_classes": None,
     },
     "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None, "train_classes": None},
 }
@@ -57,8 +67,9 @@ def _with_defaults(cfg: Any, group: str, defaults: dict[str, dict[str, Any]]) ->
     return {**defaults[name], **values}
 
 
-def _check_number(cfg: dict, group: str, key: str, lo: float, allowed: str, *, strict: bool = False,
-                  integer: bool = False) -> None:
+def _check_number(
+    cfg: dict, group: str, key: str, lo: float, allowed: str, *, strict: bool = False, integer: bool = False
+) -> None:
     v = cfg.get(key)
     if integer:
         ok = is_int(v) and in_range(v, lo, None, lo_open=strict)
@@ -75,8 +86,12 @@ def _check_fractions(ds: dict) -> None:
             raise ConfigError(f"dataset.{key}", v, "a number in [0, 1)")
     total = ds["test_fraction"] + ds["val_fraction"]
     if total >= 1:
-        raise ConfigError("dataset.test_fraction + dataset.val_fraction", total, "a sum below 1",
-                          "Some rows must be left for the clients to train on.")
+        raise ConfigError(
+            "dataset.test_fraction + dataset.val_fraction",
+            total,
+            "a sum below 1",
+            "Some rows must be left for the clients to train on.",
+        )
 
 
 def _check_synthetic(ds: dict) -> None:
@@ -86,8 +101,7 @@ def _check_synthetic(ds: dict) -> None:
     _check_number(ds, "dataset", "num_classes", 2, "an integer >= 2", integer=True)
     _check_number(ds, "dataset", "size_lognormal_mean", -math.inf, "a number")
     _check_number(ds, "dataset", "size_lognormal_sigma", 0, "a number >= 0")
-    _check_number(ds, "dataset", "size_offset", 1, "an integer >= 1 (every user needs a row)",
-                  integer=True)
+    _check_number(ds, "dataset", "size_offset", 1, "an integer >= 1 (every user needs a row)", integer=True)
     if ds.get("size_cap") is not None:
         _check_number(ds, "dataset", "size_cap", 1, "null or an integer >= 1", integer=True)
     if not isinstance(ds.get("iid", False), bool):
@@ -99,14 +113,23 @@ def _check_synthetic(ds: dict) -> None:
 def _check_npz(ds: dict) -> None:
     path = ds.get("path")
     if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "???"):
-        raise ConfigError("dataset.path", path, "the path of an existing .npz file",
-                          "Set it on the command line, e.g. dataset.path=/data/mine.npz.")
+        raise ConfigError(
+            "dataset.path",
+            path,
+            "the path of an existing .npz file",
+            "Set it on the command line, e.g. dataset.path=/data/mine.npz.",
+        )
     if not os.path.isfile(path):
-        raise ConfigError("dataset.path", str(path), "the path of an existing .npz file",
-                          f"No file exists at {os.path.abspath(path)}.")
+        raise ConfigError(
+            "dataset.path",
+            str(path),
+            "the path of an existing .npz file",
+            f"No file exists at {os.path.abspath(path)}.",
+        )
     shape = ds.get("input_shape")
-    if shape is not None and not (isinstance(shape, (list, tuple)) and shape
-                                  and all(is_int(d) and d >= 1 for d in shape)):
+    if shape is not None and not (
+        isinstance(shape, (list, tuple)) and shape and all(is_int(d) and d >= 1 for d in shape)
+    ):
         raise ConfigError("dataset.input_shape", shape, "null or a list of positive integers, e.g. [1, 28, 28]")
 
 
@@ -123,9 +146,13 @@ def _check_partition(part: dict, dataset_name: str) -> None:
         _check_number(part, "partition", "shards_per_client", 1, "an integer >= 1", integer=True)
     elif name == "natural" and dataset_name not in NATURAL_SOURCES:
         others = ", ".join(p for p in PARTITION_DEFAULTS if p != "natural")
-        raise ConfigError("partition.name", name, f"one of {others} for dataset {dataset_name}",
-                          f"Dataset {dataset_name} has no client ids; natural works with "
-                          f"{' and '.join(NATURAL_SOURCES)} (npz with a client_train array).")
+        raise ConfigError(
+            "partition.name",
+            name,
+            f"one of {others} for dataset {dataset_name}",
+            f"Dataset {dataset_name} has no client ids; natural works with "
+            f"{' and '.join(NATURAL_SOURCES)} (npz with a client_train array).",
+        )
 
 
 def check_train_classes(classes: Any, num_classes: int | None) -> None:
@@ -137,14 +164,19 @@ def check_train_classes(classes: Any, num_classes: int | None) -> None:
     if classes is None:
         return
     if not (isinstance(classes, (list, tuple)) and classes and all(is_int(c) and c >= 0 for c in classes)):
-        raise ConfigError("dataset.train_classes", classes,
-                          "null (all) or a non-empty list of labels, e.g. [0,1,2,3,4]")
+        raise ConfigError(
+            "dataset.train_classes", classes, "null (all) or a non-empty list of labels, e.g. [0,1,2,3,4]"
+        )
     if not is_int(num_classes):
         return  # the class count is only known once the data are loaded
     missing = sorted({c for c in classes if c >= num_classes})
     if missing:
-        raise ConfigError("dataset.train_classes", list(classes), f"labels in 0..{num_classes - 1}",
-                          f"The data set has {num_classes} classes; {missing} is not one of them.")
+        raise ConfigError(
+            "dataset.train_classes",
+            list(classes),
+            f"labels in 0..{num_classes - 1}",
+            f"The data set has {num_classes} classes; {missing} is not one of them.",
+        )
 
 
 def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> tuple[dict, dict]:

@@ -26,9 +26,13 @@ def keep_classes(pool: Pool, classes) -> Pool:
     present = set(np.unique(pool.y).tolist())
     absent = sorted({int(c) for c in classes} - present)
     if absent:
-        raise ConfigError("dataset.train_classes", list(classes), "labels that the training rows have",
-                          f"No training row of {pool.name} has label {absent}; its labels are "
-                          f"{sorted(present) if len(present) <= 20 else f'{min(present)}..{max(present)}'}.")
+        raise ConfigError(
+            "dataset.train_classes",
+            list(classes),
+            "labels that the training rows have",
+            f"No training row of {pool.name} has label {absent}; its labels are "
+            f"{sorted(present) if len(present) <= 20 else f'{min(present)}..{max(present)}'}.",
+        )
     keep = np.isin(pool.y, np.asarray(list(classes)))
     groups = None if pool.groups is None else pool.groups[keep]
     return replace(pool, x=pool.x[keep], y=pool.y[keep], groups=groups)
@@ -49,7 +53,14 @@ def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, 
     identity = len(order) == len(pool.y) and bool(np.all(order == np.arange(len(order))))
     x, y = (pool.x, pool.y) if identity else (pool.x[order], pool.y[order])  # natural synthetic: no copy
     return FederatedData(
-        x=_tensor(x, torch.float32), y=_tensor(y, torch.int64), offsets=_tensor(offsets, torch.int64),
-        x_val=_tensor(pool.x_val, torch.float32), y_val=_tensor(pool.y_val, torch.int64),
-        x_test=_tensor(pool.x_test, torch.float32), y_test=_tensor(pool.y_test, torch.int64),
-        num_classes=int(pool.num_classes), input_shape=tuple(int(d) for d in pool.input_shape), name=pool.name)
+        x=_tensor(x, torch.float32),
+        y=_tensor(y, torch.int64),
+        offsets=_tensor(offsets, torch.int64),
+        x_val=_tensor(pool.x_val, torch.float32),
+        y_val=_tensor(pool.y_val, torch.int64),
+        x_test=_tensor(pool.x_test, torch.float32),
+        y_test=_tensor(pool.y_test, torch.int64),
+        num_classes=int(pool.num_classes),
+        input_shape=tuple(int(d) for d in pool.input_shape),
+        name=pool.name,
+    )

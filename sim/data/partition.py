@@ -24,15 +24,23 @@ from ..seeding import derived_seed
 def natural_assignment(groups: np.ndarray | None, num_clients: int, dataset_name: str) -> list[np.ndarray]:
     """The rows of each natural client, in pool order."""
     if groups is None:
-        raise ConfigError("partition.name", "natural", "one of iid, dirichlet, shards for this file",
-                          f"Dataset {dataset_name} has no client ids (an npz needs a client_train array).")
+        raise ConfigError(
+            "partition.name",
+            "natural",
+            "one of iid, dirichlet, shards for this file",
+            f"Dataset {dataset_name} has no client ids (an npz needs a client_train array).",
+        )
     num_ids = int(groups.max()) + 1 if len(groups) else 0
     if num_ids != num_clients:
-        raise ConfigError("num_clients", num_clients, f"{num_ids}, the number of distinct client ids",
-                          "With partition=natural every client id in the data is one client.")
+        raise ConfigError(
+            "num_clients",
+            num_clients,
+            f"{num_ids}, the number of distinct client ids",
+            "With partition=natural every client id in the data is one client.",
+        )
     order = np.argsort(groups, kind="stable")
     bounds = np.concatenate(([0], np.cumsum(np.bincount(groups, minlength=num_clients))))
-    return [order[bounds[k]:bounds[k + 1]] for k in range(num_clients)]
+    return [order[bounds[k] : bounds[k + 1]] for k in range(num_clients)]
 
 
 def iid_assignment(num_rows: int, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -64,8 +72,7 @@ def run_flwr_partitioner(partitioner, labels: np.ndarray, num_clients: int) -> l
     """
     import datasets
 
-    partitioner.dataset = datasets.Dataset.from_dict(
-        {"row": np.arange(len(labels), dtype=np.int64), "label": labels})
+    partitioner.dataset = datasets.Dataset.from_dict({"row": np.arange(len(labels), dtype=np.int64), "label": labels})
     with warnings.catch_warnings():  # retry notices and a pyarrow deprecation in dataset.sort
         warnings.simplefilter("ignore")
         if partitioner.num_partitions != num_clients:  # the property computes the whole assignment
@@ -81,18 +88,24 @@ def dirichlet_assignment(labels: np.ndarray, part: dict, num_clients: int, seed:
     from flwr_datasets.partitioner import DirichletPartitioner
 
     partitioner = DirichletPartitioner(
-        num_partitions=num_clients, partition_by="label", alpha=float(part["alpha"]),
-        min_partition_size=int(part["min_partition_size"]), self_balancing=bool(part["self_balancing"]),
-        seed=derived_seed(seed, "partition"))
+        num_partitions=num_clients,
+        partition_by="label",
+        alpha=float(part["alpha"]),
+        min_partition_size=int(part["min_partition_size"]),
+        self_balancing=bool(part["self_balancing"]),
+        seed=derived_seed(seed, "partition"),
+    )
     try:
         return run_flwr_partitioner(partitioner, labels, num_clients)
     except ValueError as err:  # flwr gives up after 10 draws that leave some client too small
         raise ConfigError(
-            "partition.min_partition_size", part["min_partition_size"],
+            "partition.min_partition_size",
+            part["min_partition_size"],
             f"a size that Dirichlet(partition.alpha={part['alpha']}) can give all {num_clients} clients",
             f"flwr-datasets could not give every client at least {part['min_partition_size']} of the "
             f"{len(labels)} training rows ({err}). Lower partition.min_partition_size, raise "
-            "partition.alpha, or use fewer clients.") from None
+            "partition.alpha, or use fewer clients.",
+        ) from None
 
 
 def label_mix_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -127,12 +140,19 @@ def shards_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: in
 
     per_client = int(part["shards_per_client"])
     if num_clients * per_client > len(labels):
-        raise ConfigError("partition.shards_per_client", per_client,
-                          f"at most {len(labels) // num_clients} for {num_clients} clients",
-                          f"Every shard needs a row and there are {len(labels)} training rows; "
-                          "use fewer shards per client or fewer clients.")
-    partitioner = ShardPartitioner(num_partitions=num_clients, partition_by="label",
-                                   num_shards_per_partition=per_client, seed=derived_seed(seed, "partition"))
+        raise ConfigError(
+            "partition.shards_per_client",
+            per_client,
+            f"at most {len(labels) // num_clients} for {num_clients} clients",
+            f"Every shard needs a row and there are {len(labels)} training rows; "
+            "use fewer shards per client or fewer clients.",
+        )
+    partitioner = ShardPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        num_shards_per_partition=per_client,
+        seed=derived_seed(seed, "partition"),
+    )
     return run_flwr_partitioner(partitioner, labels, num_clients)
 
 
@@ -140,16 +160,24 @@ def _check_no_empty_client(assignment: list[np.ndarray], part: dict) -> None:
     empty = [k for k, rows in enumerate(assignment) if len(rows) == 0]
     if not empty:
         return
-    field, value = ("partition.min_partition_size", part["min_partition_size"]) if part["name"] == "dirichlet" \
+    field, value = (
+        ("partition.min_partition_size", part["min_partition_size"])
+        if part["name"] == "dirichlet"
         else ("num_clients", len(assignment))
-    raise ConfigError(field, value, "a setting that gives every client at least one training row",
-                      f"{len(empty)} of {len(assignment)} clients got no rows (client {empty[0]} first). "
-                      "Use fewer clients, or for dirichlet a larger partition.alpha or "
-                      "partition.min_partition_size >= 1.")
+    )
+    raise ConfigError(
+        field,
+        value,
+        "a setting that gives every client at least one training row",
+        f"{len(empty)} of {len(assignment)} clients got no rows (client {empty[0]} first). "
+        "Use fewer clients, or for dirichlet a larger partition.alpha or "
+        "partition.min_partition_size >= 1.",
+    )
 
 
-def partition_rows(labels: np.ndarray, groups: np.ndarray | None, part: dict, num_clients: int, seed: int,
-                   dataset_name: str) -> tuple[np.ndarray, np.ndarray]:
+def partition_rows(
+    labels: np.ndarray, groups: np.ndarray | None, part: dict, num_clients: int, seed: int, dataset_name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """``(order, offsets)``: pool rows client after client, and where each client starts.
 
     ``order[offsets[k]:offsets[k + 1]]`` are client k's rows of the pool.
@@ -159,8 +187,12 @@ def partition_rows(labels: np.ndarray, groups: np.ndarray | None, part: dict, nu
         assignment = natural_assignment(groups, num_clients, dataset_name)
     else:
         if num_clients > len(labels):
-            raise ConfigError("num_clients", num_clients, f"at most {len(labels)}",
-                              f"There are only {len(labels)} training rows to share among the clients.")
+            raise ConfigError(
+                "num_clients",
+                num_clients,
+                f"at most {len(labels)}",
+                f"There are only {len(labels)} training rows to share among the clients.",
+            )
         if name == "iid":
             assignment = iid_assignment(len(labels), num_clients, seed)
         elif name == "dirichlet":

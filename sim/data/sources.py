@@ -30,14 +30,23 @@ class Pool:
     name: str
 
 
-def carve_splits(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, val_fraction: float,
-                 test_fraction: float | None, rng_key: tuple, seed: int) -> dict[str, np.ndarray]:
+def carve_splits(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    val_fraction: float,
+    test_fraction: float | None,
+    rng_key: tuple,
+    seed: int,
+) -> dict[str, np.ndarray]:
     """Split rows into train / val / test: test first (skipped when ``test_fraction`` is None),
     then ``val_fraction`` of the rows that remain.
 
     Without natural clients the splits are stratified by label; with them each client gives up its
     own share (at least one row always stays), so natural clients remain whole.
     """
+
     def take(keep: np.ndarray, fraction: float, stream: str) -> np.ndarray:
         rng = numpy_rng(seed, *rng_key, stream)
         if groups is None:
@@ -51,8 +60,14 @@ def carve_splits(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, val
         test_rows, rows = rows[is_test], rows[~is_test]
     is_val = take(rows, val_fraction, "val")
     val_rows, train_rows = rows[is_val], rows[~is_val]
-    out = {"x": x[train_rows], "y": y[train_rows], "x_val": x[val_rows], "y_val": y[val_rows],
-           "x_test": x[test_rows], "y_test": y[test_rows]}
+    out = {
+        "x": x[train_rows],
+        "y": y[train_rows],
+        "x_val": x[val_rows],
+        "y_val": y[val_rows],
+        "x_test": x[test_rows],
+        "y_test": y[test_rows],
+    }
     out["groups"] = None if groups is None else groups[train_rows]
     return out
 
@@ -68,8 +83,15 @@ def load_digits_pool(ds: dict, seed: int) -> Pool:
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
-    parts = carve_splits(x, y, None, val_fraction=ds["val_fraction"], test_fraction=ds["test_fraction"],
-                         rng_key=("data", "digits"), seed=seed if ds.get("data_seed") is None else ds["data_seed"])
+    parts = carve_splits(
+        x,
+        y,
+        None,
+        val_fraction=ds["val_fraction"],
+        test_fraction=ds["test_fraction"],
+        rng_key=("data", "digits"),
+        seed=seed if ds.get("data_seed") is None else ds["data_seed"],
+    )
     return Pool(**parts, num_classes=10, input_shape=(1, 8, 8), name="digits")
 
 

@@ -41,20 +41,22 @@ MAX_VALUES = 1_000_000_000
 
 def user_sizes(ds: dict, num_users: int, rng: np.random.Generator) -> np.ndarray:
     """Rows per user: ``size_offset + floor(lognormal(mean, sigma))``, capped at ``size_cap``."""
-    raw = ds["size_offset"] + np.floor(rng.lognormal(ds["size_lognormal_mean"], ds["size_lognormal_sigma"],
-                                                     num_users))
+    raw = ds["size_offset"] + np.floor(rng.lognormal(ds["size_lognormal_mean"], ds["size_lognormal_sigma"], num_users))
     if ds["size_cap"] is not None:
         raw = np.minimum(raw, ds["size_cap"])
     total = float(raw.sum())
     if not np.isfinite(total) or total * ds["num_features"] > MAX_VALUES:
-        raise ConfigError("dataset.size_cap", ds["size_cap"], "a cap that keeps the data in memory",
-                          f"The size distribution asks for {total:.3g} rows of {ds['num_features']} features; "
-                          "set dataset.size_cap or lower dataset.size_lognormal_mean / sigma.")
+        raise ConfigError(
+            "dataset.size_cap",
+            ds["size_cap"],
+            "a cap that keeps the data in memory",
+            f"The size distribution asks for {total:.3g} rows of {ds['num_features']} features; "
+            "set dataset.size_cap or lower dataset.size_lognormal_mean / sigma.",
+        )
     return raw.astype(np.int64)
 
 
-def _labels_by_size(x: np.ndarray, starts: np.ndarray, sizes: np.ndarray, w: np.ndarray,
-                    b: np.ndarray) -> np.ndarray:
+def _labels_by_size(x: np.ndarray, starts: np.ndarray, sizes: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``argmax(x W_k + b_k)`` for every row, one batched matmul per distinct user size."""
     y = np.empty(len(x), dtype=np.int64)
     for size in np.unique(sizes):
@@ -65,9 +67,14 @@ def _labels_by_size(x: np.ndarray, starts: np.ndarray, sizes: np.ndarray, w: np.
     return y
 
 
-def _generate_block(ds: dict, u: np.ndarray, big_b: np.ndarray, sizes: np.ndarray,
-                    rng: np.random.Generator, shared: tuple[np.ndarray, np.ndarray] | None = None,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _generate_block(
+    ds: dict,
+    u: np.ndarray,
+    big_b: np.ndarray,
+    sizes: np.ndarray,
+    rng: np.random.Generator,
+    shared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows and labels of one block of users, user after user (``shared``: Synthetic-IID's W, b)."""
     n, f, c = len(u), ds["num_features"], ds["num_classes"]
     if shared is None:
@@ -100,8 +107,10 @@ def synthetic_blocks(ds: dict, num_users: int, seed: int) -> tuple[np.ndarray, I
     big_b = rng.normal(0.0, ds["beta"], num_users)
     shared = None
     if ds.get("iid"):
-        shared = (rng.standard_normal((ds["num_features"], ds["num_classes"])).astype(np.float32),
-                  rng.standard_normal(ds["num_classes"]).astype(np.float32))
+        shared = (
+            rng.standard_normal((ds["num_features"], ds["num_classes"])).astype(np.float32),
+            rng.standard_normal(ds["num_classes"]).astype(np.float32),
+        )
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for block, lo in enumerate(range(0, num_users, BLOCK_USERS)):
@@ -140,14 +149,24 @@ def load_synthetic_pool(ds: dict, num_clients: int, seed: int) -> Pool:
     ys = [np.empty(int(n), dtype=np.int64) for n in counts]
     filled, row = np.zeros(3, dtype=np.int64), 0
     for xb, yb in blocks:
-        where = split[row:row + len(yb)]
+        where = split[row : row + len(yb)]
         for part in range(3):
             mask = where == part
             n = int(mask.sum())
-            xs[part][filled[part]:filled[part] + n] = xb[mask]
-            ys[part][filled[part]:filled[part] + n] = yb[mask]
+            xs[part][filled[part] : filled[part] + n] = xb[mask]
+            ys[part][filled[part] : filled[part] + n] = yb[mask]
             filled[part] += n
         row += len(yb)
     owner = np.repeat(np.arange(num_clients, dtype=np.int64), sizes)
-    return Pool(x=xs[0], y=ys[0], groups=owner[split == 0], x_val=xs[1], y_val=ys[1], x_test=xs[2],
-                y_test=ys[2], num_classes=ds["num_classes"], input_shape=(ds["num_features"],), name="synthetic")
+    return Pool(
+        x=xs[0],
+        y=ys[0],
+        groups=owner[split == 0],
+        x_val=xs[1],
+        y_val=ys[1],
+        x_test=xs[2],
+        y_test=ys[2],
+        num_classes=ds["num_classes"],
+        input_shape=(ds["num_features"],),
+        name="synthetic",
+    )

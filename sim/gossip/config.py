@@ -21,8 +21,13 @@ def _choice(cfg, field: str, allowed: tuple[str, ...], default: str) -> str:
 
 def _time(cfg, field: str, default: float, *, zero_ok: bool = False, what: str = "a time") -> float:
     """A finite time (an infinite delay or interval would stall the simulated clock)."""
-    return number(f"gossip.{field}", cfg.get(field, default), 0, lo_open=not zero_ok,
-                  allowed=f"{what} {'>=' if zero_ok else '>'} 0 (finite)")
+    return number(
+        f"gossip.{field}",
+        cfg.get(field, default),
+        0,
+        lo_open=not zero_ok,
+        allowed=f"{what} {'>=' if zero_ok else '>'} 0 (finite)",
+    )
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,16 @@ class GossipConfig:
     @classmethod
     def from_config(cls, cfg) -> GossipConfig:
         cfg = cfg if cfg is not None else {}
-        shared = boolean("gossip.shared_init", cfg.get("shared_init", True),
-                         "(true: one init for all nodes; false: independent inits)")
-        batch = boolean("gossip.batch_exchanges", cfg.get("batch_exchanges", True),
-                        "(true: train non-conflicting deliveries together; false: one training per event)")
+        shared = boolean(
+            "gossip.shared_init",
+            cfg.get("shared_init", True),
+            "(true: one init for all nodes; false: independent inits)",
+        )
+        batch = boolean(
+            "gossip.batch_exchanges",
+            cfg.get("batch_exchanges", True),
+            "(true: train non-conflicting deliveries together; false: one training per event)",
+        )
         eval_nodes = optional_integer("gossip.eval_nodes", cfg.get("eval_nodes", None), 1, "test every node")
         out = cls(
             eval_nodes=eval_nodes,
@@ -68,8 +79,9 @@ class GossipConfig:
             delay_value=_time(cfg, "delay_value", 0.0, zero_ok=True, what="a delay"),
             delay_low=_time(cfg, "delay_low", 0.0, zero_ok=True, what="a delay"),
             churn=_choice(cfg, "churn", CHURNS, "none"),
-            online_prob=number("gossip.online_prob", cfg.get("online_prob", 1.0), 0, 1, lo_open=True,
-                               allowed="a probability in (0, 1]"),
+            online_prob=number(
+                "gossip.online_prob", cfg.get("online_prob", 1.0), 0, 1, lo_open=True, allowed="a probability in (0, 1]"
+            ),
             mean_online=_time(cfg, "mean_online", 10.0),
             mean_offline=_time(cfg, "mean_offline", 2.0),
             eval_interval=_time(cfg, "eval_interval", 1.0),

@@ -139,9 +139,16 @@ class AsyncGossip:
 
     def merge(self, node: int, own: torch.Tensor, received: torch.Tensor, sender: int) -> torch.Tensor:
         members = torch.tensor([node, sender])
-        info = AggregationInfo(client_ids=members, num_samples=self.sizes[members],
-                               round=int(self.trained[node]), num_clients=self.n, layout=self.exp.layout,
-                               reference=own, self_index=0, validate=self.validate)
+        info = AggregationInfo(
+            client_ids=members,
+            num_samples=self.sizes[members],
+            round=int(self.trained[node]),
+            num_clients=self.n,
+            layout=self.exp.layout,
+            reference=own,
+            self_index=0,
+            validate=self.validate,
+        )
         merged, self.states[node] = self.exp.strategy.aggregate(torch.stack([own, received]), info, self.states[node])
         self.counts["merges"] += 1
         return merged
@@ -184,8 +191,11 @@ class AsyncGossip:
         horizon = int(exp.cfg.rounds) * cfg.wake_interval
         self.params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
         for node in range(self.n):
-            first = self.rng.exponential(cfg.wake_interval) if cfg.clock == "exponential" \
+            first = (
+                self.rng.exponential(cfg.wake_interval)
+                if cfg.clock == "exponential"
                 else self.rng.uniform(0, cfg.wake_interval)
+            )
             self.push(first, WAKE, node)
         if cfg.churn == "sessions":
             p_online = cfg.mean_online / (cfg.mean_online + cfg.mean_offline)
@@ -226,8 +236,13 @@ class AsyncGossip:
                 self.push(t + self.rng.exponential(mean), TOGGLE, node)
             else:
                 self.flush()
-                row = {"round": t / cfg.wake_interval, "time": t, **self.evaluate(), **self.count_row(),
-                       "wall_s": time.perf_counter() - start}
+                row = {
+                    "round": t / cfg.wake_interval,
+                    "time": t,
+                    **self.evaluate(),
+                    **self.count_row(),
+                    "wall_s": time.perf_counter() - start,
+                }
                 log.append(row)
                 on_eval(row)
         self.flush()
@@ -253,9 +268,15 @@ class AsyncGossip:
         self.last_counts = dict(c)
         delta = {k: c[k] - last.get(k, 0) for k in c}
         stats, self.backend_stats = self.backend_stats, {key: 0 for key in self.backend_stats}
-        row = {"num_participants": delta["trainings"], "messages_sent": delta["sent"],
-               "messages_lost": delta["lost"], "merges": delta["merges"], "bytes_up": delta["bytes"],
-               "bytes_down": delta["bytes"], **stats}
+        row = {
+            "num_participants": delta["trainings"],
+            "messages_sent": delta["sent"],
+            "messages_lost": delta["lost"],
+            "merges": delta["merges"],
+            "bytes_up": delta["bytes"],
+            "bytes_down": delta["bytes"],
+            **stats,
+        }
         if self.loss_weight > 0:  # rows without trainings (the start) leave train_loss empty, as sync rounds do
             row["train_loss"] = self.loss_sum / self.loss_weight
         self.loss_sum, self.loss_weight = 0.0, 0.0
@@ -263,5 +284,4 @@ class AsyncGossip:
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data
-        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test,
-                            self.eval_sample)
+        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test, self.eval_sample)

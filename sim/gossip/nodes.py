@@ -12,8 +12,9 @@ from strategies.variance import layer_variances
 from .config import GossipConfig
 
 
-def initial_node_params(initial: torch.Tensor, layout: Layout, num_nodes: int, cfg: GossipConfig,
-                        seed: int) -> torch.Tensor:
+def initial_node_params(
+    initial: torch.Tensor, layout: Layout, num_nodes: int, cfg: GossipConfig, seed: int
+) -> torch.Tensor:
     """``[N, P]`` start models: the FL init shared by all, or an independent Xavier init per node.
 
     Independent inits are what a system without a server has, and the setting in which plain
@@ -51,8 +52,14 @@ def evaluated_nodes(num_nodes: int, eval_nodes: int | None, seed: int) -> torch.
     return torch.randperm(num_nodes, generator=g)[:eval_nodes].sort().values
 
 
-def node_metrics(model, layout: Layout, params: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                 sample: torch.Tensor | None = None) -> dict[str, float]:
+def node_metrics(
+    model,
+    layout: Layout,
+    params: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    sample: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Spread of the nodes' test accuracy, consensus distance and per-layer weight variance.
 
     Accuracy is over ``sample`` (see :func:`evaluated_nodes`) when given; consensus distance and
@@ -61,8 +68,10 @@ def node_metrics(model, layout: Layout, params: torch.Tensor, x_test: torch.Tens
     acc, loss = evaluate_many(model, layout, params if sample is None else params[sample], x_test, y_test)
     mean_model = params.mean(0)
     row = {
-        "test_accuracy": float(acc.mean()), "test_loss": float(loss.mean()),
-        "test_accuracy_mean": float(acc.mean()), "test_accuracy_min": float(acc.min()),
+        "test_accuracy": float(acc.mean()),
+        "test_loss": float(loss.mean()),
+        "test_accuracy_mean": float(acc.mean()),
+        "test_accuracy_min": float(acc.min()),
         "test_accuracy_max": float(acc.max()),
         "test_accuracy_std": float(acc.std()) if len(acc) > 1 else 0.0,
         "consensus_distance": float((params - mean_model).norm(dim=1).mean()),
@@ -77,5 +86,8 @@ def weight_variance_columns(layout: Layout, params: torch.Tensor) -> dict[str, f
     This is the quantity that averaging uncorrelated models shrinks (the vanishing variance).
     """
     variances = layer_variances(params.reshape(-1, layout.size), layout, ("weight",)).mean(0)
-    return {f"weight_var/{spec.name}": float(v) for spec, v in zip(layout.of_kind("weight"), variances, strict=True)
-            if spec.numel > 1}
+    return {
+        f"weight_var/{spec.name}": float(v)
+        for spec, v in zip(layout.of_kind("weight"), variances, strict=True)
+        if spec.numel > 1
+    }

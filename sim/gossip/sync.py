@@ -49,8 +49,9 @@ def received_matrix(w: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
     self_weight = torch.zeros(n, dtype=values.dtype).index_add_(0, rows[~keep], values[~keep])
     diag = torch.arange(n)
     indices = torch.cat([torch.stack([rows[keep], cols[keep]]), torch.stack([diag, diag])], dim=1)
-    return torch.sparse_coo_tensor(indices, torch.cat([values[keep], self_weight]), w.shape,
-                                   check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        indices, torch.cat([values[keep], self_weight]), w.shape, check_invariants=False
+    ).coalesce()
 
 
 class SyncGossip:
@@ -120,10 +121,16 @@ class SyncGossip:
             self_weight = float(r_vals[~others].sum())  # own weight plus that of lost messages
             members = torch.cat([torch.tensor([i]), senders])
             info = AggregationInfo(
-                client_ids=members, num_samples=self.sizes[members], round=round_, num_clients=self.n,
-                layout=self.exp.layout, reference=params[i], self_index=0,
+                client_ids=members,
+                num_samples=self.sizes[members],
+                round=round_,
+                num_clients=self.n,
+                layout=self.exp.layout,
+                reference=params[i],
+                self_index=0,
                 mixing_weights=torch.cat([torch.tensor([self_weight]), r_vals[others]]),
-                validate=self.validate, extras={k: v[members] for k, v in self.extras.items()},
+                validate=self.validate,
+                extras={k: v[members] for k, v in self.extras.items()},
             )
             new[i], self.states[i] = strategy.aggregate(params[members], info, self.states[i])
         check_finite(new, self.ids, round_, "the merged parameters")
@@ -134,8 +141,18 @@ class SyncGossip:
         rounds, eval_every = int(exp.cfg.rounds), int(exp.cfg.eval_every)
         params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
         start = time.perf_counter()
-        log.append({"round": 0, **self.evaluate(params), "num_participants": 0, "bytes_up": 0, "bytes_down": 0,
-                    "messages_sent": 0, "messages_lost": 0, "wall_s": 0.0})
+        log.append(
+            {
+                "round": 0,
+                **self.evaluate(params),
+                "num_participants": 0,
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "messages_sent": 0,
+                "messages_lost": 0,
+                "wall_s": 0.0,
+            }
+        )
         if cfg.order == "merge_update" and exp.strategy.requires:
             self.extras = self.initial_extras(params)
         for round_ in range(1, rounds + 1):
@@ -149,10 +166,16 @@ class SyncGossip:
                 params, losses = self.train(params, round_)
             ok = ~torch.isnan(losses)
             weights = self.sizes.to(torch.float64)[ok]
-            row = {"round": round_, "num_participants": self.n,
-                   "train_loss": float((weights * losses[ok].double()).sum() / weights.sum()) if ok.any() else np.nan,
-                   "bytes_up": sent * message_bytes, "bytes_down": (sent - lost) * message_bytes,
-                   "messages_sent": sent, "messages_lost": lost, **self.stats}
+            row = {
+                "round": round_,
+                "num_participants": self.n,
+                "train_loss": float((weights * losses[ok].double()).sum() / weights.sum()) if ok.any() else np.nan,
+                "bytes_up": sent * message_bytes,
+                "bytes_down": (sent - lost) * message_bytes,
+                "messages_sent": sent,
+                "messages_lost": lost,
+                **self.stats,
+            }
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate(params))
             row["wall_s"] = time.perf_counter() - start

@@ -124,9 +124,7 @@ def strategy_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
     for c in configs:
         s = c.get("strategy")
         flat = flatten(s) if isinstance(s, dict) else {}
-        options.append(
-            {k: v for k, v in flat.items() if k not in STRATEGY_NOT_OPTIONS and not ignored(k)}
-        )
+        options.append({k: v for k, v in flat.items() if k not in STRATEGY_NOT_OPTIONS and not ignored(k)})
     by_name: dict[str, list[int]] = defaultdict(list)
     for i, n in enumerate(names):
         by_name[n].append(i)

@@ -42,13 +42,11 @@ def plot_comparison(
     fig = Figure(figsize=(6.4 * ncols, 4.4 * nrows + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
-    for ax in axes[len(setting_order):]:
+    for ax in axes[len(setting_order) :]:
         ax.set_visible(False)
     for ax, setting in zip(axes[: len(setting_order)], setting_order, strict=True):
         for strategy in strategy_order:
-            members = [
-                r for r, s, t in zip(runs, settings, strategies, strict=True) if (s, t) == (setting, strategy)
-            ]
+            members = [r for r, s, t in zip(runs, settings, strategies, strict=True) if (s, t) == (setting, strategy)]
             points = [curve(r, metric) for r in members]
             data = [(c["x"].to_numpy(float), c["y"].to_numpy(float)) for c in points if len(c)]
             if not data:
@@ -56,8 +54,9 @@ def plot_comparison(
             grid, mean, lo, hi = _band(data)
             color = colors[strategy]
             marker = "o" if len(grid) <= 40 else None
-            ax.plot(grid, mean, color=color, marker=marker, markersize=3, linewidth=1.6,
-                    label=f"{strategy} (n={len(data)})")
+            ax.plot(
+                grid, mean, color=color, marker=marker, markersize=3, linewidth=1.6, label=f"{strategy} (n={len(data)})"
+            )
             if len(data) > 1:
                 ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
         ax.axhline(target, color="0.4", linestyle="--", linewidth=0.9, label=f"target {target:g}")
@@ -67,6 +66,5 @@ def plot_comparison(
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{metric} vs {x}\nline: mean over seeds · shaded band: min–max over seeds",
-                 fontsize=11)
+    fig.suptitle(f"{metric} vs {x}\nline: mean over seeds · shaded band: min–max over seeds", fontsize=11)
     return fig

@@ -33,9 +33,7 @@ def find_summaries(dirs: list[Path]) -> list[Path]:
     for d in dirs:
         if not d.is_dir():
             what = "is not a directory" if d.exists() else "does not exist"
-            raise ConfigError(
-                "DIR", str(d), "an existing run or multirun directory", f"That path {what}."
-            )
+            raise ConfigError("DIR", str(d), "an existing run or multirun directory", f"That path {what}.")
     found: list[Path] = []
     seen: set[Path] = set()
     for d in dirs:
@@ -75,8 +73,11 @@ def _non_numeric(column: pd.Series) -> int | None:
 def check_numeric(path: Path, metrics: pd.DataFrame, column: str) -> None:
     row = _non_numeric(metrics[column])
     if row is not None:
-        raise _refuse(path, f"a metrics.csv whose {column} cells are numbers (or empty)",
-                      f"Line {row + 2} has {metrics[column].iloc[row]!r}.")
+        raise _refuse(
+            path,
+            f"a metrics.csv whose {column} cells are numbers (or empty)",
+            f"Line {row + 2} has {metrics[column].iloc[row]!r}.",
+        )
 
 
 def _read_metrics(path: Path) -> tuple[pd.DataFrame, str]:
@@ -89,8 +90,11 @@ def _read_metrics(path: Path) -> tuple[pd.DataFrame, str]:
         raise _refuse(path, "a readable metrics.csv", f"Reading it failed: {e.__class__.__name__}: {e}") from None
     x = "round" if "round" in metrics.columns else "time" if "time" in metrics.columns else None
     if x is None:
-        raise _refuse(path, "a metrics.csv with a round or a time column",
-                      f"Its columns are {', '.join(map(str, metrics.columns))}.")
+        raise _refuse(
+            path,
+            "a metrics.csv with a round or a time column",
+            f"Its columns are {', '.join(map(str, metrics.columns))}.",
+        )
     if metrics.empty:
         raise _refuse(path, "a metrics.csv with at least one row", "It holds only the header.")
     check_numeric(path, metrics, x)
@@ -114,8 +118,11 @@ def load_runs(dirs: list[Path]) -> tuple[list[Run], list[Skipped]]:
             continue
         config = summary.get("config")
         if not isinstance(config, dict) or not config:
-            raise _refuse(summary_path, "a summary.json with the run's resolved config",
-                          "Its 'config' entry is missing or not an object.")
+            raise _refuse(
+                summary_path,
+                "a summary.json with the run's resolved config",
+                "Its 'config' entry is missing or not an object.",
+            )
         metrics, x = _read_metrics(run_dir / "metrics.csv")
         runs.append(Run(run_dir, config, summary, metrics, x))
     return runs, skipped
@@ -135,8 +142,11 @@ def check_metric(runs: list[Run], metric: str) -> None:
             )
         check_numeric(run.path / "metrics.csv", run.metrics, metric)
         if curve(run, metric).empty:
-            raise _refuse(run.path / "metrics.csv", f"a metrics.csv with at least one evaluated {metric}",
-                          f"Every {metric} cell is empty.")
+            raise _refuse(
+                run.path / "metrics.csv",
+                f"a metrics.csv with at least one evaluated {metric}",
+                f"Every {metric} cell is empty.",
+            )
 
 
 def curve(run: Run, metric: str) -> pd.DataFrame:

@@ -11,12 +11,28 @@ from sim.reporting.labels import setting_labels, strategy_labels
 from sim.reporting.runs import Run, curve
 
 RUN_COLUMNS = [
-    "strategy", "setting", "seed", "final_acc", "best_acc", "rounds_to_target", "loop_s", "loop_s_from",
+    "strategy",
+    "setting",
+    "seed",
+    "final_acc",
+    "best_acc",
+    "rounds_to_target",
+    "loop_s",
+    "loop_s_from",
     "run_dir",
 ]
 GROUP_COLUMNS = [
-    "strategy", "setting", "runs", "final_acc_mean", "final_acc_std", "best_acc_mean",
-    "best_acc_std", "rounds_to_target_mean", "reached", "loop_s_mean", "loop_s_from",
+    "strategy",
+    "setting",
+    "runs",
+    "final_acc_mean",
+    "final_acc_std",
+    "best_acc_mean",
+    "best_acc_std",
+    "rounds_to_target_mean",
+    "reached",
+    "loop_s_mean",
+    "loop_s_from",
 ]
 # Where a run's time comes from, best first. summary.json's loop_s and metrics.csv's wall_s column are
 # the same clock (started when the rounds start); summary.json's wall_s also counts data loading, model
@@ -43,17 +59,19 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
         reached = c[c["y"] >= target]
         seconds, source = loop_seconds(run)
         seed = run.config.get("seed")
-        rows.append({
-            "strategy": strategy,
-            "setting": setting,
-            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else pd.NA,
-            "final_acc": float(c["y"].iloc[-1]) if len(c) else math.nan,
-            "best_acc": float(c["y"].max()) if len(c) else math.nan,
-            "rounds_to_target": float(reached["x"].iloc[0]) if len(reached) else math.nan,
-            "loop_s": seconds,
-            "loop_s_from": source,
-            "run_dir": str(run.path),
-        })
+        rows.append(
+            {
+                "strategy": strategy,
+                "setting": setting,
+                "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else pd.NA,
+                "final_acc": float(c["y"].iloc[-1]) if len(c) else math.nan,
+                "best_acc": float(c["y"].max()) if len(c) else math.nan,
+                "rounds_to_target": float(reached["x"].iloc[0]) if len(reached) else math.nan,
+                "loop_s": seconds,
+                "loop_s_from": source,
+                "run_dir": str(run.path),
+            }
+        )
         keys.append((skey, tkey, seed if isinstance(seed, int) else math.inf, str(run.path)))
     order = sorted(range(len(rows)), key=lambda i: keys[i])
     df = pd.DataFrame([rows[i] for i in order], columns=RUN_COLUMNS)
@@ -79,19 +97,21 @@ def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (strategy, setting), g in runs_df.groupby(["strategy", "setting"], sort=False):
         hit = g["rounds_to_target"].dropna()
-        rows.append({
-            "strategy": strategy,
-            "setting": setting,
-            "runs": len(g),
-            "final_acc_mean": g["final_acc"].mean(),
-            "final_acc_std": g["final_acc"].std(ddof=1),
-            "best_acc_mean": g["best_acc"].mean(),
-            "best_acc_std": g["best_acc"].std(ddof=1),
-            "rounds_to_target_mean": hit.mean() if len(hit) else math.nan,
-            "reached": f"{len(hit)}/{len(g)}",
-            "loop_s_mean": g["loop_s"].mean(),
-            "loop_s_from": WHOLE_JOB if (g["loop_s_from"] == WHOLE_JOB).any() else g["loop_s_from"].iloc[0],
-        })
+        rows.append(
+            {
+                "strategy": strategy,
+                "setting": setting,
+                "runs": len(g),
+                "final_acc_mean": g["final_acc"].mean(),
+                "final_acc_std": g["final_acc"].std(ddof=1),
+                "best_acc_mean": g["best_acc"].mean(),
+                "best_acc_std": g["best_acc"].std(ddof=1),
+                "rounds_to_target_mean": hit.mean() if len(hit) else math.nan,
+                "reached": f"{len(hit)}/{len(g)}",
+                "loop_s_mean": g["loop_s"].mean(),
+                "loop_s_from": WHOLE_JOB if (g["loop_s_from"] == WHOLE_JOB).any() else g["loop_s_from"].iloc[0],
+            }
+        )
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
@@ -110,14 +130,26 @@ def _cell(v: object) -> str:
 def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str:
     """A padded GitHub markdown table; accuracies to 4 decimals as mean ± std (ddof=1)."""
     to_target = "rounds" if x == "round" else x
-    header = ["strategy", "setting", "runs", f"final {metric}", f"best {metric}",
-              f"{to_target} to ≥ {target:g} (mean)", "reached", "loop s (mean)"]
+    header = [
+        "strategy",
+        "setting",
+        "runs",
+        f"final {metric}",
+        f"best {metric}",
+        f"{to_target} to ≥ {target:g} (mean)",
+        "reached",
+        "loop s (mean)",
+    ]
     right = [False, False, True, True, True, True, True, True]
     body = [
         [
-            _cell(r.strategy), _cell(r.setting), str(r.runs),
-            _pm(r.final_acc_mean, r.final_acc_std), _pm(r.best_acc_mean, r.best_acc_std),
-            _num(r.rounds_to_target_mean, 1), r.reached,
+            _cell(r.strategy),
+            _cell(r.setting),
+            str(r.runs),
+            _pm(r.final_acc_mean, r.final_acc_std),
+            _pm(r.best_acc_mean, r.best_acc_std),
+            _num(r.rounds_to_target_mean, 1),
+            r.reached,
             _num(r.loop_s_mean, 1) + (" †" if r.loop_s_from == WHOLE_JOB else ""),
         ]
         for r in groups.itertuples(index=False)
@@ -133,8 +165,10 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
     rule = "| " + " | ".join(rules) + " |"
     table = "\n".join([line(header), rule, *(line(row) for row in body)]) + "\n"
     if (groups["loop_s_from"] == WHOLE_JOB).any():
-        table += ("\n† whole-job wall time (setup and process warm-up included): these runs' summary.json has "
-                  "no loop_s and their metrics.csv no wall_s column.\n")
+        table += (
+            "\n† whole-job wall time (setup and process warm-up included): these runs' summary.json has "
+            "no loop_s and their metrics.csv no wall_s column.\n"
+        )
     return table
 
 

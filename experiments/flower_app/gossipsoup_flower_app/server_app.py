@@ -33,9 +33,15 @@ def main(grid: Grid, context: Context) -> None:
     # these do not depend on how the training rows are partitioned
     exp = experiment(rc, min_nodes)
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
-    strategy = GossipsoupStrategy(exp.strategy, exp.layout, validate=validate,
-                                  fraction_train=float(rc["fraction-train"]), fraction_evaluate=0.0,
-                                  min_train_nodes=min(2, min_nodes), min_available_nodes=min_nodes)
+    strategy = GossipsoupStrategy(
+        exp.strategy,
+        exp.layout,
+        validate=validate,
+        fraction_train=float(rc["fraction-train"]),
+        fraction_evaluate=0.0,
+        min_train_nodes=min(2, min_nodes),
+        min_available_nodes=min_nodes,
+    )
     history: list[dict] = []
     started = time.perf_counter()
     out = str(rc.get("result-path", "")).strip()
@@ -43,20 +49,34 @@ def main(grid: Grid, context: Context) -> None:
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         params = from_arrayrecord(exp.layout, arrays)
         acc, loss = evaluate(exp.model, exp.layout, params, exp.data.x_test, exp.data.y_test)
-        history.append({"round": server_round, "test_accuracy": acc, "test_loss": loss,
-                        "wall_s": time.perf_counter() - started})
+        history.append(
+            {"round": server_round, "test_accuracy": acc, "test_loss": loss, "wall_s": time.perf_counter() - started}
+        )
         log.info("gossipsoup-flower round=%d accuracy=%.4f loss=%.4f", server_round, acc, loss)
         if out:
             write_json(Path(out), {"status": "running", "strategy": exp.strategy.name, "rounds": history})
         return MetricRecord({"accuracy": acc, "loss": loss})
 
-    result = strategy.start(grid=grid, initial_arrays=to_arrayrecord(exp.layout, exp.initial_params),
-                            num_rounds=int(rc["num-server-rounds"]), evaluate_fn=central,
-                            train_config=ConfigRecord({"lr": float(rc["lr"]), "local-epochs": int(rc["local-epochs"]),
-                                                       "batch-size": int(rc["batch-size"])}))
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_arrayrecord(exp.layout, exp.initial_params),
+        num_rounds=int(rc["num-server-rounds"]),
+        evaluate_fn=central,
+        train_config=ConfigRecord(
+            {"lr": float(rc["lr"]), "local-epochs": int(rc["local-epochs"]), "batch-size": int(rc["batch-size"])}
+        ),
+    )
     if out:
         agg = strategy.aggregator
-        write_json(Path(out), {"status": "completed", "strategy": exp.strategy.name, "rounds": history,
-                               "nodes": len(agg.node_index), "rejected_replies": agg.rejected_total,
-                               "failed_replies": agg.failed_total,
-                               "train_metrics": {r: dict(m) for r, m in result.train_metrics_clientapp.items()}})
+        write_json(
+            Path(out),
+            {
+                "status": "completed",
+                "strategy": exp.strategy.name,
+                "rounds": history,
+                "nodes": len(agg.node_index),
+                "rejected_replies": agg.rejected_total,
+                "failed_replies": agg.failed_total,
+                "train_metrics": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+            },
+        )

@@ -29,13 +29,24 @@ def run_config(context) -> dict:
 
 def overrides(run_config, num_clients: int) -> tuple[str, ...]:
     rc = run_config
-    return ("progress=false", f"dataset={rc['dataset']}", f"partition={rc['partition']}", f"model={rc['model']}",
-            f"strategy={rc['strategy']}", f"num_clients={int(num_clients)}", f"seed={int(rc['seed'])}",
-            f"train.epochs={int(rc['local-epochs'])}", f"train.batch_size={int(rc['batch-size'])}",
-            f"train.lr={float(rc['lr'])}", f"rounds={int(rc['num-server-rounds'])}",
-            # Flower samples the nodes and runs the clients: gossipsoup's participation model and
-            # backend go unused (the cheapest ones are built)
-            "backend=sequential", "participation=uniform", f"participation.clients_per_round={int(num_clients)}")
+    return (
+        "progress=false",
+        f"dataset={rc['dataset']}",
+        f"partition={rc['partition']}",
+        f"model={rc['model']}",
+        f"strategy={rc['strategy']}",
+        f"num_clients={int(num_clients)}",
+        f"seed={int(rc['seed'])}",
+        f"train.epochs={int(rc['local-epochs'])}",
+        f"train.batch_size={int(rc['batch-size'])}",
+        f"train.lr={float(rc['lr'])}",
+        f"rounds={int(rc['num-server-rounds'])}",
+        # Flower samples the nodes and runs the clients: gossipsoup's participation model and
+        # backend go unused (the cheapest ones are built)
+        "backend=sequential",
+        "participation=uniform",
+        f"participation.clients_per_round={int(num_clients)}",
+    )
 
 
 def experiment(run_config, num_clients: int) -> Experiment:
