@@ -84,9 +84,8 @@ def validate_config(cfg: DictConfig) -> None:
         )
     TrainConfig.from_config(cfg.train)
     strategy = build_strategy(cfg.strategy)
-    offline_only = getattr(strategy, "offline_only", None)  # why only `python -m sim.merge` can apply the rule
-    if offline_only:
-        raise ConfigError("strategy", strategy.name, "a rule for FL or gossip runs", offline_only)
+    if strategy.offline_only:
+        raise ConfigError("strategy", strategy.name, "a rule for FL or gossip runs", strategy.offline_only)
     if mode == "federated":  # gossip nodes all take part; its clients_per_round may exceed a small num_clients
         build_participation(cfg.participation, num_clients, cfg.seed, rounds=rounds)
     build_backend(cfg.backend)

@@ -47,6 +47,9 @@ class Strategy:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: True when the rule cannot work without ``info.validate`` (greedy soups)
     needs_validation: ClassVar[bool] = False
+    #: why FL and gossip servers must refuse the rule (only offline merging of checkpoints applies it);
+    #: None for every rule that works in a run. Read by the run's config check and the Flower adapters.
+    offline_only: ClassVar[str | None] = None
 
     def init_state(self, params: torch.Tensor, num_clients: int) -> State:
         return {}

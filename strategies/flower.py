@@ -153,6 +153,8 @@ class ReplyAggregator:
     ):
         if not isinstance(strategy, Strategy):
             raise ConfigError("strategy", type(strategy).__name__, "a gossipsoup Strategy (see strategies/)")
+        if strategy.offline_only:
+            raise ConfigError("strategy", strategy.name, "a rule a Flower server can apply", strategy.offline_only)
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
         if num_clients is not None and (

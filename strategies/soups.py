@@ -187,7 +187,6 @@ class Interpolate(Strategy):
 
 class SparseSoup(Strategy):
     name = "sparse_soup"
-    #: why FL and gossip runs refuse this rule (``sim.experiment.validate_config`` reads it)
     offline_only = (
         "sparse_soup merges checkpoints that share a pruning mask, but local training here does not "
         "keep pruned weights at zero: after one round no entry is zero in every model and the rule is "

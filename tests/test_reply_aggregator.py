@@ -10,8 +10,9 @@ import torch
 
 pytest.importorskip("flwr")
 
+from sim.errors import ConfigError  # noqa: E402
 from sim.layout import Layout  # noqa: E402
-from strategies import FedAvg  # noqa: E402
+from strategies import FedAvg, SparseSoup  # noqa: E402
 from strategies.flower import ClientUpdate, InvalidReplyError, ReplyAggregator  # noqa: E402
 
 TINY = Layout.from_module(torch.nn.Linear(1, 1))  # 2 entries: weight [1, 1], bias [1]
@@ -52,3 +53,9 @@ def test_node_ids_of_one_type_are_ordered_naturally():
     agg = ReplyAggregator(FedAvg(), TINY, initial_params=torch.zeros(2))
     agg.register([100, 16, 3])  # neither the order given, a set's order, nor the text order ("100" < "16" < "3")
     assert agg.node_index == {3: 0, 16: 1, 100: 2}
+
+
+def test_an_offline_only_rule_is_refused_by_the_server():
+    # sparse_soup keeps no mask through local training, so a Flower server must refuse it as runs do
+    with pytest.raises(ConfigError, match=r"strategy='sparse_soup'.*sim.merge"):
+        ReplyAggregator(SparseSoup(), TINY, initial_params=torch.zeros(2))
