@@ -23,10 +23,10 @@ from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
 from .gossip.config import GossipConfig
 from .layout import Layout
-from .models import build_model, validate_model_config
+from .models import build_model, check_model_output, validate_model_config
 from .participation import build_participation
 from .schema import check_keys, config_dict
-from .training import TrainConfig
+from .training import TrainConfig, image_shape
 from .validation import boolean, choice, integer
 
 MODES = ("federated", "gossip")
@@ -209,7 +209,12 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"Strategy {strategy.name} needs {sorted(strategy.requires)} from every model it "
             "merges; asynchronous gossip does not compute them.",
         )
-    model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
+    model = build_model(cfg.model, data.spec, data.num_classes, seed)
+    # a trial forward pass on two stored rows: a model that cannot take this data set fails here, named
+    field = "model.target" if cfg.model.name == "custom" else "model.name"
+    check_model_output(model, data.x[:2], data.num_classes, field)
+    train = TrainConfig.from_config(cfg.train)
+    image_shape(model, train)  # augmentation on data that are not images: refused before any training
     layout = Layout.from_module(model)
     initial_params = layout.flatten(model)
     if cfg.model.get("init_checkpoint"):
@@ -220,7 +225,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         model=model,
         layout=layout,
         initial_params=initial_params,
-        train=TrainConfig.from_config(cfg.train),
+        train=train,
         strategy=strategy,
         participation=None
         if gossip

@@ -189,14 +189,17 @@ def shifted_test(data, noise: float, pixels: int) -> torch.Tensor:
     training range."""
     import torch
 
-    x = data.x_test.reshape(-1, *data.input_shape).clone()
+    pixels_u8 = data.x_test.dtype == torch.uint8  # stored 0..255 pixels: noise is in units of the full range
+    x = data.x_test.reshape(-1, *data.input_shape).to(torch.float32)
     if pixels:
         x = torch.roll(x, shifts=pixels, dims=-1)
         x[..., :pixels] = 0.0
     if noise:
-        x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        scale = 255.0 if pixels_u8 else 1.0
+        x = x + noise * scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     lo, hi = float(data.x.min()), float(data.x.max())
-    return x.reshape(len(x), -1).clamp(lo, hi)
+    shifted = x.reshape(len(x), -1).clamp(lo, hi)
+    return shifted.round().to(torch.uint8) if pixels_u8 else shifted
 
 
 def check_shift(data, pixels: int) -> None:

@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .data.augment import augment_params, augment_rows, augments
+from .data.inputs import input_spec
+from .errors import ConfigError
 from .layout import Layout
-from .validation import integer, number, optional_integer
+from .validation import boolean, integer, number, optional_integer
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     local_steps: int | None = None  # when set: exactly this many minibatch steps instead of epochs
     label_smoothing: float = 0.0
+    crop_padding: int = 0  # images: random crop of the zero-padded image (0: off)
+    hflip: bool = False  # images: random horizontal flip
+
+    @property
+    def augments(self) -> bool:
+        return augments(self.crop_padding, self.hflip)
 
     @classmethod
     def from_config(cls, cfg) -> TrainConfig:
@@ -44,6 +53,8 @@ class TrainConfig:
             weight_decay=number("train.weight_decay", get("weight_decay", 0.0), 0),
             local_steps=optional_integer("train.local_steps", get("local_steps"), 1, "train epochs instead"),
             label_smoothing=number("train.label_smoothing", get("label_smoothing", 0.0), 0, 1, hi_open=True),
+            crop_padding=integer("train.crop_padding", get("crop_padding", 0), 0),
+            hflip=boolean("train.hflip", get("hflip", False)),
         )
 
 
@@ -123,6 +134,23 @@ def sgd_step(
     return params - cfg.lr * d, momentum_buf
 
 
+def image_shape(model: nn.Module, cfg: TrainConfig) -> tuple[int, int, int] | None:
+    """The ``(C, H, W)`` that augmentation works on, or None when the config asks for none."""
+    if not cfg.augments:
+        return None
+    spec = input_spec(model)
+    if spec is None or spec.kind != "image" or len(spec.shape) != 3:
+        raise ConfigError(
+            "train.crop_padding" if cfg.crop_padding else "train.hflip",
+            cfg.crop_padding if cfg.crop_padding else cfg.hflip,
+            "0 / false for data that are not images",
+            f"Augmentation crops and flips images shaped (channels, height, width); this data set's "
+            f"examples are {spec.kind + ' ' + str(spec.shape) if spec else 'not described'}.",
+        )
+    c, h, w = spec.shape
+    return c, h, w
+
+
 def local_train(
     model: nn.Module,
     layout: Layout,
@@ -138,23 +166,37 @@ def local_train(
     p = params.detach().clone()
     buf = None
     losses = []
-    for idx in batch_schedule(len(y), cfg, generator):
-        p.requires_grad_(True)
-        state = layout.to_state_dict(p)
-        # buffers (BatchNorm running statistics) are state, not parameters: the forward pass updates
-        # detached copies in place, and they are written back after the step
-        running = {spec.name: p.detach()[spec.slice].view(spec.shape).clone() for spec in buffers}
-        state.update(running)
-        logits = functional_call(model, state, (x[idx],))
-        loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
-        (grad,) = torch.autograd.grad(loss, p)
-        if trainable is not None:
-            grad = grad * trainable
-        with torch.no_grad():
-            p, buf = sgd_step(p.detach(), grad, buf, cfg)
-            for spec in buffers:
-                p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)
-        losses.append(loss.detach())
+    shape = image_shape(model, cfg)
+    batches = batch_schedule(len(y), cfg, generator)
+    # drawn after the schedule, one (dy, dx, flip) per scheduled row: see sim.data.augment
+    aug = augment_params(sum(len(b) for b in batches), cfg.crop_padding, cfg.hflip, generator)
+    # randomness inside the model (dropout) comes from torch's global generator: seed it from this
+    # client's stream, after every other draw, so that such a model also reproduces per client and round
+    model_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed)
+        seen = 0
+        for idx in batches:
+            xb = x[idx]
+            if aug is not None and shape is not None:
+                xb = augment_rows(xb, aug[seen : seen + len(idx)], shape, cfg.crop_padding)
+            seen += len(idx)
+            p.requires_grad_(True)
+            state = layout.to_state_dict(p)
+            # buffers (BatchNorm running statistics) are state, not parameters: the forward pass updates
+            # detached copies in place, and they are written back after the step
+            running = {spec.name: p.detach()[spec.slice].view(spec.shape).clone() for spec in buffers}
+            state.update(running)
+            logits = functional_call(model, state, (xb,))
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+            (grad,) = torch.autograd.grad(loss, p)
+            if trainable is not None:
+                grad = grad * trainable
+            with torch.no_grad():
+                p, buf = sgd_step(p.detach(), grad, buf, cfg)
+                for spec in buffers:
+                    p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)
+            losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return TrainResult(p.detach(), int(len(y)), mean_loss, len(losses))
 

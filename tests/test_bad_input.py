@@ -28,7 +28,7 @@ def _arrays(n=40, d=5):
 CASES = {
     "unknown strategy": (["strategy=fedavx"], "strategy"),
     "unknown dataset": (["dataset=mnist"], "dataset"),
-    "unknown model": (["model=resnet"], "model"),
+    "unknown model": (["model=vgg16"], "model"),
     "unknown partition": (["partition=zipf"], "partition"),
     "rounds zero": (["rounds=0"], "rounds"),
     "rounds negative": (["rounds=-3"], "rounds"),

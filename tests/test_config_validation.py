@@ -52,6 +52,14 @@ def test_every_group_option_validates(group, option, tmp_path):
         path = tmp_path / "ok.npz"
         np.savez(path, x_train=np.zeros((40, 3)), y_train=np.arange(40) % 2)
         extra.append(f"dataset.path={path}")
+    if (group, option) == ("dataset", "hf"):
+        path = tmp_path / "ok.csv"
+        path.write_text("x,label\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+        extra.append(f"dataset.path={path}")
+    if (group, option) == ("dataset", "leaf"):
+        path = tmp_path / "leaf.json"
+        path.write_text('{"users": ["u"], "user_data": {"u": {"x": [[0.0]], "y": [0]}}}')
+        extra.append(f"dataset.path={path}")
     if (group, option) == ("topology", "file"):
         path = tmp_path / "ring.txt"
         path.write_text("\n".join(f"{i} {(i + 1) % 12}" for i in range(12)))

@@ -282,7 +282,7 @@ def test_npz_without_test_arrays_carves_test_and_val(tmp_path):
     # Assert: 20 test rows (5 per class), 8 validation rows, 72 for training, nothing lost
     assert (len(data.y), len(data.y_val), len(data.y_test)) == (72, 8, 20)
     assert np.bincount(data.y_test.numpy()).tolist() == [5, 5, 5, 5]
-    assert data.input_shape == (2, 3) and data.num_classes == 4
+    assert data.input_shape == (1, 2, 3) and data.num_classes == 4  # [N, H, W]: one-channel images
     together = torch.cat([data.x, data.x_val, data.x_test]).numpy()
     assert np.allclose(np.sort(together.sum(1)), np.sort(x.reshape(100, 6).astype(np.float32).sum(1)))
 

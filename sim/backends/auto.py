@@ -1,9 +1,11 @@
 """``backend=auto``: the vectorized backend wherever the model allows it, the sequential one otherwise.
 
-The choice needs the model, so it is made at ``setup``; everything after that is the chosen
-backend's. The only models vmap cannot serve here are those with BatchNorm in training mode, and
-for them the sequential reference gives the same numbers at a lower speed, so auto never fails
-where one of the two could run.
+The choice needs the model and the data, so it is made at ``setup``; everything after that is the
+chosen backend's. :func:`~sim.backends.vmap_check.vmap_blockers` tries the model the way the
+vectorized backend will run it (BatchNorm in training mode, buffers written in place, a trial
+vmapped gradient on two example rows); for a model vmap cannot serve, the sequential reference
+gives the same numbers at a lower speed, so auto never fails where one of the two could run.
+The choice and its reason are logged and kept in ``reason``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 
 from .base import ClientBatch, TrainingSetup
 from .sequential import SequentialBackend
-from .vectorized import VectorizedBackend, batchnorm_layers
+from .vectorized import VectorizedBackend
+from .vmap_check import vmap_report
 
 log = logging.getLogger("sim")
 
@@ -26,14 +29,25 @@ class AutoBackend:
         self._vectorized = VectorizedBackend(chunk_size=chunk_size, num_threads=num_threads, kernel=kernel)
         self._sequential = SequentialBackend(num_threads=num_threads)
         self.chosen: VectorizedBackend | SequentialBackend | None = None
+        self.reason = ""  # why ``chosen`` was chosen, as logged
 
     def setup(self, setup: TrainingSetup) -> None:
-        blocking = batchnorm_layers(setup.model)
-        if blocking:
-            log.info("backend=auto: sequential, because vmap cannot train BatchNorm layer(s) %s", ", ".join(blocking))
+        report = vmap_report(setup.model, setup.data.x[:2])
+        model_name = type(setup.model).__name__
+        if report.blockers:
+            self.reason = f"sequential, because for the {model_name} " + "; ".join(report.blockers)
             self.chosen = self._sequential
         else:
+            self.reason = f"vectorized: vmap serves the {model_name} (a trial vmapped gradient ran)"
             self.chosen = self._vectorized
+        log.info("backend=auto: %s", self.reason)
+        if report.slow_ops:
+            log.warning(
+                "backend=auto: torch has no vmap batching rule for %s in the %s; vmap loops over clients there "
+                "(correct but slow; backend=sequential may be faster)",
+                ", ".join(report.slow_ops),
+                model_name,
+            )
         self.chosen.setup(setup)
 
     def train(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from torch import nn
 
 log = logging.getLogger("sim.backends.ray")
 
@@ -48,8 +50,40 @@ def pick_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _is_installed(module_file: str) -> bool:
+    """A module of an installed distribution (site-packages) or of gossipsoup itself."""
+    path = os.path.realpath(module_file)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # the repository
+    return any(part in ("site-packages", "dist-packages") for part in path.split(os.sep)) or (
+        path.startswith(here + os.sep) and os.path.relpath(path, here).split(os.sep)[0] in ("sim", "strategies")
+    )
+
+
+def ship_user_code(model: nn.Module) -> list[str]:
+    """Pickle the classes of a user's model by value, so that Ray workers need not import their module.
+
+    A model class from a file next to the user's script (``model.target=mynets.Net``) or from a test
+    module is importable in the driver only; pickled by reference (cloudpickle's default for
+    importable classes) it would fail to load on a worker of another machine or working directory.
+    Installed packages (torch, a pip-installed model library) and gossipsoup's own models stay by
+    reference. Returns the module names registered.
+    """
+    from ray import cloudpickle
+
+    shipped = []
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if module is None or name == "__main__" or not file or _is_installed(file):
+            continue
+        cloudpickle.register_pickle_by_value(module)
+        shipped.append(name)
+    return shipped
+
+
 def setup_payload(setup) -> dict[str, Any]:
     """What a training actor needs, as one object for ``ray.put``: the training data and the model."""
+    ship_user_code(setup.model)
     data = setup.data
     return {
         "x": data.x.detach().contiguous().numpy(),
@@ -57,6 +91,7 @@ def setup_payload(setup) -> dict[str, Any]:
         "offsets": data.offsets.contiguous().numpy(),
         "num_classes": data.num_classes,
         "input_shape": tuple(data.input_shape),
+        "inputs": data.spec,
         "name": data.name,
         "model": setup.model,
         "layout": setup.layout,
@@ -83,6 +118,7 @@ def _setup_from_payload(p: dict[str, Any], device: torch.device):
         num_classes=p["num_classes"],
         input_shape=p["input_shape"],
         name=p["name"],
+        inputs=p["inputs"],
     )
     return TrainingSetup(model=p["model"].to(device), layout=p["layout"], data=data, train=p["train"], seed=p["seed"])
 

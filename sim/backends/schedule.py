@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sim.data.augment import augment_params
 from sim.seeding import torch_generators
 from sim.training import TrainConfig, steps_per_client
 
@@ -28,6 +29,9 @@ class StackedSchedule:
     perms: torch.Tensor  # all clients' permutations back to back (local row numbers)
     perm_start: torch.Tensor  # [K] where each client's permutations begin in ``perms``
     batch_size: int
+    #: augmentation (dy, dx, flip) of every scheduled row, client after client; None: no augmentation
+    aug: torch.Tensor | None = None
+    aug_start: torch.Tensor | None = None  # [K] where each client's rows begin in ``aug``
 
     @property
     def batches_per_perm(self) -> torch.Tensor:
@@ -53,6 +57,19 @@ class StackedSchedule:
         picked = self.perms[pos] if len(self.perms) else torch.zeros_like(pos)
         return torch.where(valid, picked + row_offsets.view(-1, 1, 1), torch.full((), -1, dtype=pos.dtype))
 
+    def augmentation(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        """``[A, S, B, 3]`` augmentation of the rows in ``index`` (from :meth:`index`), or None.
+
+        Client k's scheduled rows take its draws in schedule order (step after step), which is the
+        row-major order of the valid entries of ``index[k]``.
+        """
+        if self.aug is None or self.aug_start is None:
+            return None
+        valid = (index >= 0).reshape(len(index), -1)
+        pos = torch.cumsum(valid.to(torch.long), 1) - 1 + self.aug_start[rows].view(-1, 1)
+        pos = torch.where(valid, pos, torch.zeros((), dtype=pos.dtype))
+        return self.aug[pos].reshape(*index.shape, 3)
+
 
 def stacked_schedule(
     sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig, seed: int
@@ -71,4 +88,15 @@ def stacked_schedule(
     perms = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
     lengths = sizes_t * num_perms
     perm_start = torch.cumsum(lengths, 0) - lengths
-    return StackedSchedule(sizes_t, steps, perms, perm_start, cfg.batch_size)
+    aug = aug_start = None
+    if cfg.augments:
+        # rows each client's schedule visits: whole permutations, then the first batches of one more
+        full, rest = steps // nb, steps % nb
+        visited = torch.where(sizes_t > 0, full * sizes_t + torch.minimum(rest * cfg.batch_size, sizes_t), 0)
+        draws = [
+            augment_params(int(n), cfg.crop_padding, cfg.hflip, g)
+            for n, g in zip(visited.tolist(), generators, strict=True)
+        ]
+        aug = torch.cat([d for d in draws if d is not None]) if draws else torch.zeros((0, 3), dtype=torch.long)
+        aug_start = torch.cumsum(visited, 0) - visited
+    return StackedSchedule(sizes_t, steps, perms, perm_start, cfg.batch_size, aug, aug_start)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from sim.data.augment import augment_rows
 from sim.errors import ConfigError
 from sim.threads import check_num_threads
-from sim.training import sgd_step
+from sim.training import image_shape, sgd_step
 from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
@@ -82,6 +83,7 @@ class VectorizedBackend:
         self._chunk = self.chunk_size or self._auto_chunk()
         model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
         self._trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
+        self._image_shape = image_shape(model, setup.train)
 
         def loss(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             logits = functional_call(model, layout.to_state_dict(p), (xb,))
@@ -100,7 +102,10 @@ class VectorizedBackend:
         self._grad_and_loss: GradAndLoss
         if layers is not None:
             self.kernel_used = "dense"
-            self._grad_and_loss = DenseKernel(layers, layout.size, smoothing)
+            dense = DenseKernel(layers, layout.size, smoothing)
+            spec = setup.data.spec
+            # the kernel skips the model's forward (and its input hook): give it model inputs, flat
+            self._grad_and_loss = lambda p, xb, yb, mask: dense(p, spec.to_model(xb).flatten(2), yb, mask)
         else:
             self.kernel_used = "vmap"
             vmapped = vmap(grad_and_value(loss))
@@ -148,7 +153,8 @@ class VectorizedBackend:
         for lo in range(0, K, chunk):
             rows = order[lo : lo + chunk]
             index = schedule.index(rows, first_rows[rows])
-            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows])
+            aug = schedule.augmentation(rows, index)
+            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows], aug)
         extras = client_extras(s, ids, params, needs)
         return ClientBatch(
             client_ids=ids_t,
@@ -159,7 +165,7 @@ class VectorizedBackend:
         )
 
     def _train_chunk(
-        self, starts: torch.Tensor, index: torch.Tensor, steps: torch.Tensor
+        self, starts: torch.Tensor, index: torch.Tensor, steps: torch.Tensor, aug: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``."""
         s = self._require_setup()
@@ -180,7 +186,10 @@ class VectorizedBackend:
             idx = index[:A, step, :B]
             mask = idx >= 0
             safe = idx.clamp_min(0)
-            grads, step_loss = self._grad_and_loss(params[:A], x[safe], y[safe], mask.to(x.dtype))
+            xb = x[safe]
+            if aug is not None and self._image_shape is not None:
+                xb = augment_rows(xb, aug[:A, step, :B], self._image_shape, cfg.crop_padding)
+            grads, step_loss = self._grad_and_loss(params[:A], xb, y[safe], mask.to(torch.float32))
             if self._trainable is not None:
                 grads = grads * self._trainable
             if cfg.momentum:

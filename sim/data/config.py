@@ -33,19 +33,40 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "iid": False,
         "train_classes": None,
     },
-    "npz": {"path": None, "val_fraction": 0.1, "test_fraction": 0.2, "input_shape": None, "train_classes": None},
+    "npz": {
+        "path": None,
+        "val_fraction": 0.1,
+        "test_fraction": 0.2,
+        "input_shape": None,
+        "layout": "auto",
+        "train_classes": None,
+    },
 }
+# Sources that live in their own module declare their defaults and data-free checks there.
+EXTERNAL_SOURCES = {"hf": "sim.data.hf", "leaf": "sim.data.leaf", "mnist1d": "sim.data.mnist1d"}
 PARTITION_DEFAULTS: dict[str, dict[str, Any]] = {
     "iid": {},
     "dirichlet": {"alpha": 0.5, "min_partition_size": 2, "self_balancing": False},
     "shards": {"shards_per_client": 2},
     "label_mix": {"alpha": 0.1},
     "natural": {},
+    "flwr": {"partitioner": "IidPartitioner", "args": None},
 }
 # Class counts known without reading the data (synthetic: its num_classes setting).
 KNOWN_CLASSES = {"digits": 10}
 # Sources that know which client owns each row (npz only when the file has client_train).
-NATURAL_SOURCES = ("synthetic", "npz")
+NATURAL_SOURCES = ("synthetic", "npz", "hf", "leaf")
+
+
+def _source_module(name: str):
+    """The module of a source in EXTERNAL_SOURCES (imported only when that source is used)."""
+    import importlib
+
+    return importlib.import_module(EXTERNAL_SOURCES[name])
+
+
+def _dataset_defaults(name: str) -> dict[str, Any]:
+    return _source_module(name).DEFAULTS if name in EXTERNAL_SOURCES else DATASET_DEFAULTS[name]
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
@@ -63,6 +84,9 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 def _with_defaults(cfg: Any, group: str, defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
     values = as_dict(cfg)
+    if group == "dataset":
+        name = choice("dataset.name", values.get("name"), [*defaults, *EXTERNAL_SOURCES])
+        return {**_dataset_defaults(name), **values}
     name = choice(f"{group}.name", values.get("name"), defaults)
     return {**defaults[name], **values}
 
@@ -126,6 +150,7 @@ def _check_npz(ds: dict) -> None:
             "the path of an existing .npz file",
             f"No file exists at {os.path.abspath(path)}.",
         )
+    choice("dataset.layout", ds.get("layout", "auto"), ("auto", "nhw", "nhwc", "nchw", "flat"))
     shape = ds.get("input_shape")
     if shape is not None and not (
         isinstance(shape, (list, tuple)) and shape and all(is_int(d) and d >= 1 for d in shape)
@@ -144,6 +169,10 @@ def _check_partition(part: dict, dataset_name: str) -> None:
         _check_number(part, "partition", "alpha", 0, "a number > 0 (smaller: more label skew)", strict=True)
     elif name == "shards":
         _check_number(part, "partition", "shards_per_client", 1, "an integer >= 1", integer=True)
+    elif name == "flwr":
+        from .flwr_partition import check_flwr_partition
+
+        check_flwr_partition(part)
     elif name == "natural" and dataset_name not in NATURAL_SOURCES:
         others = ", ".join(p for p in PARTITION_DEFAULTS if p != "natural")
         raise ConfigError(
@@ -193,6 +222,8 @@ def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> t
         _check_synthetic(ds)
     elif ds["name"] == "npz":
         _check_npz(ds)
+    elif ds["name"] in EXTERNAL_SOURCES:
+        _source_module(ds["name"]).check_config(ds)
     _check_partition(part, ds["name"])
     return ds, part
 

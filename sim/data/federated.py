@@ -18,6 +18,15 @@ def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
+def _storage_dtype(a: np.ndarray) -> torch.dtype:
+    """uint8 stays uint8 (decoded images), integers become int64 (token ids), the rest float32."""
+    if a.dtype == np.uint8:
+        return torch.uint8
+    if np.issubdtype(a.dtype, np.integer):
+        return torch.int64
+    return torch.float32
+
+
 def keep_classes(pool: Pool, classes) -> Pool:
     """Training rows of the listed labels only (a source split, e.g. for pre-training);
     validation and test keep every class so the model is scored on the whole task."""
@@ -53,14 +62,15 @@ def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, 
     identity = len(order) == len(pool.y) and bool(np.all(order == np.arange(len(order))))
     x, y = (pool.x, pool.y) if identity else (pool.x[order], pool.y[order])  # natural synthetic: no copy
     return FederatedData(
-        x=_tensor(x, torch.float32),
+        x=_tensor(x, _storage_dtype(x)),
         y=_tensor(y, torch.int64),
         offsets=_tensor(offsets, torch.int64),
-        x_val=_tensor(pool.x_val, torch.float32),
+        x_val=_tensor(pool.x_val, _storage_dtype(pool.x_val)),
         y_val=_tensor(pool.y_val, torch.int64),
-        x_test=_tensor(pool.x_test, torch.float32),
+        x_test=_tensor(pool.x_test, _storage_dtype(pool.x_test)),
         y_test=_tensor(pool.y_test, torch.int64),
         num_classes=int(pool.num_classes),
         input_shape=tuple(int(d) for d in pool.input_shape),
         name=pool.name,
+        inputs=pool.input_spec(),
     )

@@ -5,7 +5,8 @@ means for Flower users; they see a ``datasets.Dataset`` with a ``row`` column (t
 a ``label`` column, and each partition's ``row`` values say which pool rows a client owns.
 ``iid`` is a seeded shuffle cut into contiguous near-equal pieces, exactly what flwr-datasets'
 (unseeded) ``IidPartitioner`` does to a shuffled dataset, without building one Dataset per client.
-``natural`` keeps the source's own clients (sorted ids -> clients 0..N-1).
+``natural`` keeps the source's own clients (sorted ids -> clients 0..N-1). ``flwr`` runs any
+flwr-datasets partitioner named in the config (:mod:`sim.data.flwr_partition`).
 
 Every random choice comes from ``derived_seed(seed, "partition")``, so the partition follows the
 run seed and nothing else.
@@ -13,6 +14,8 @@ run seed and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -63,25 +66,49 @@ def _row_column(dataset) -> np.ndarray:
     return rows.astype(np.int64)
 
 
-def run_flwr_partitioner(partitioner, labels: np.ndarray, num_clients: int) -> list[np.ndarray]:
+def run_flwr_partitioner(
+    partitioner,
+    labels: np.ndarray,
+    num_clients: int,
+    *,
+    groups: np.ndarray | None = None,
+    order: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Pool rows of each partition of a flwr-datasets partitioner applied to ``labels``.
 
-    The public route (``load_partition(k)["row"]``) costs milliseconds per client, so when the
-    partitioner exposes its assignment (flwr-datasets 0.5-0.6 do) it is read in one go; the public
-    route remains the fallback and the tests check that both agree.
+    The partitioner sees columns ``row`` (pool index), ``label`` and, when ``groups`` are given,
+    ``group`` (natural client ids, for ``NaturalIdPartitioner(partition_by="group")``); ``order``
+    presents the rows in that order (a seeded shuffle, as ``FederatedDataset`` does) instead of
+    pool order. The public route (``load_partition(k)["row"]``) costs milliseconds per client, so
+    when the partitioner exposes its assignment (flwr-datasets 0.5-0.6 do) it is read in one go;
+    the public route remains the fallback and the tests check that both agree.
     """
     import datasets
 
-    partitioner.dataset = datasets.Dataset.from_dict({"row": np.arange(len(labels), dtype=np.int64), "label": labels})
+    rows = np.arange(len(labels), dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
+    columns = {"row": rows, "label": labels[rows]}
+    if groups is not None:
+        columns["group"] = np.asarray(groups, dtype=np.int64)[rows]
+    partitioner.dataset = datasets.Dataset.from_dict(columns)
     with warnings.catch_warnings():  # retry notices and a pyarrow deprecation in dataset.sort
         warnings.simplefilter("ignore")
-        if partitioner.num_partitions != num_clients:  # the property computes the whole assignment
-            raise RuntimeError(f"flwr-datasets made {partitioner.num_partitions} partitions, not {num_clients}")
-    assignment = getattr(partitioner, "_partition_id_to_indices", None)
-    if not (isinstance(assignment, dict) and len(assignment) == num_clients):
-        return [np.asarray(partitioner.load_partition(k)["row"], dtype=np.int64) for k in range(num_clients)]
-    rows = _row_column(partitioner.dataset)
-    return [rows[np.asarray(assignment[k], dtype=np.int64)] for k in range(num_clients)]
+        made = partitioner.num_partitions  # the property computes the whole assignment
+        if made != num_clients:
+            raise ConfigError(
+                "num_clients",
+                num_clients,
+                f"{made}, the number of partitions {type(partitioner).__name__} made",
+                "The partition's arguments or the data fix the number of clients here.",
+            )
+        assignment = getattr(partitioner, "_partition_id_to_indices", None)
+        if isinstance(assignment, dict) and 0 < num_clients and not assignment:
+            with contextlib.redirect_stderr(io.StringIO()):  # NaturalId's tqdm bar
+                partitioner.load_partition(0)  # some partitioners (NaturalId) assign rows on first load
+            assignment = getattr(partitioner, "_partition_id_to_indices", None)
+        if not (isinstance(assignment, dict) and len(assignment) == num_clients):
+            return [np.asarray(partitioner.load_partition(k)["row"], dtype=np.int64) for k in range(num_clients)]
+    column = _row_column(partitioner.dataset)
+    return [column[np.asarray(assignment[k], dtype=np.int64)] for k in range(num_clients)]
 
 
 def dirichlet_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -199,6 +226,10 @@ def partition_rows(
             assignment = dirichlet_assignment(labels, part, num_clients, seed)
         elif name == "label_mix":
             assignment = label_mix_assignment(labels, part, num_clients, seed)
+        elif name == "flwr":
+            from .flwr_partition import flwr_assignment
+
+            assignment = flwr_assignment(labels, groups, part, num_clients, seed)
         else:
             assignment = shards_assignment(labels, part, num_clients, seed)
     _check_no_empty_client(assignment, part)

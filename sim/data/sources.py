@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..seeding import numpy_rng
+from .inputs import InputSpec
 from .splits import take_per_group, take_stratified
 
 
 @dataclass
 class Pool:
-    x: np.ndarray  # [M, D] float32 training rows
+    x: np.ndarray  # [M, D] flat training rows in their storage dtype (float32, uint8 images, int64 tokens)
     y: np.ndarray  # [M] int64
     groups: np.ndarray | None  # [M] int64 natural client 0..G-1 of each row, or None
     x_val: np.ndarray
@@ -28,6 +29,10 @@ class Pool:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+    inputs: InputSpec | None = None  # how rows become model inputs; None: float features of input_shape
+
+    def input_spec(self) -> InputSpec:
+        return self.inputs if self.inputs is not None else InputSpec(tuple(int(d) for d in self.input_shape))
 
 
 def carve_splits(
@@ -92,7 +97,8 @@ def load_digits_pool(ds: dict, seed: int) -> Pool:
         rng_key=("data", "digits"),
         seed=seed if ds.get("data_seed") is None else ds["data_seed"],
     )
-    return Pool(**parts, num_classes=10, input_shape=(1, 8, 8), name="digits")
+    image = InputSpec((1, 8, 8), "image")  # pixels already scaled to [0, 1], stored as float32
+    return Pool(**parts, num_classes=10, input_shape=(1, 8, 8), name="digits", inputs=image)
 
 
 def load_pool(ds: dict, num_clients: int, seed: int) -> Pool:
@@ -103,6 +109,10 @@ def load_pool(ds: dict, num_clients: int, seed: int) -> Pool:
         from .synthetic import load_synthetic_pool
 
         return load_synthetic_pool(ds, num_clients, seed)
+    if ds["name"] in ("hf", "leaf", "mnist1d"):
+        import importlib
+
+        return importlib.import_module(f"sim.data.{ds['name']}").load_pool(ds, num_clients, seed)
     from .npz import load_npz_pool
 
     return load_npz_pool(ds, seed)

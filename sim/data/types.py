@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .inputs import InputSpec
+
 
 @dataclass
 class FederatedData:
-    x: torch.Tensor  # [M, D] float32, features flattened; client k owns rows offsets[k]:offsets[k+1]
+    x: torch.Tensor  # [M, D] flat stored rows (see ``inputs``); client k owns rows offsets[k]:offsets[k+1]
     y: torch.Tensor  # [M] int64 labels
     offsets: torch.Tensor  # [N + 1] int64, offsets[0] == 0, offsets[-1] == M
     x_val: torch.Tensor  # [V, D] server-held validation split (V may be 0)
@@ -25,6 +27,17 @@ class FederatedData:
     num_classes: int
     input_shape: tuple[int, ...]  # shape of one example before flattening, e.g. (1, 8, 8)
     name: str
+    #: how stored rows become model inputs (dtype, normalization); None: float features of input_shape
+    inputs: InputSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            self.inputs = InputSpec(tuple(int(d) for d in self.input_shape))
+
+    @property
+    def spec(self) -> InputSpec:
+        assert self.inputs is not None  # set by __post_init__
+        return self.inputs
 
     @property
     def num_clients(self) -> int:
