@@ -13,7 +13,7 @@ The data are written once as an ``.npz`` of uint8 images in ``[N, H, W, C]`` lay
 image per class plus noise), so the work per step is that of the real data set. Each process builds
 the experiment, trains one warm-up round, then times ``--rounds`` rounds of the FL loop's training
 call (the same clients for both backends: the run's own sampling) and reports seconds per round and
-its peak resident memory (``ru_maxrss``). Every process uses ``--threads`` torch threads (default 1,
+its peak resident memory (``VmHWM``). Every process uses ``--threads`` torch threads (default 1,
 so that the ratio compares backends, not thread settings).
 
     python experiments/bench_byo.py [--rounds 2] [--threads 1] [--workloads resnet8 lenet]
@@ -56,12 +56,28 @@ def write_images(path: Path, shape: tuple[int, int, int], rows: int, seed: int =
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, 10, size=n)
-        x = np.clip(means[y] + rng.normal(0, 40, size=(n, *shape)), 0, 255).astype(np.uint8)
+        x = np.empty((n, *shape), dtype=np.uint8)
+        for lo in range(0, n, 5000):  # in slices: the float noise of all rows at once would take GBs
+            hi = min(n, lo + 5000)
+            x[lo:hi] = np.clip(means[y[lo:hi]] + rng.normal(0, 40, size=(hi - lo, *shape)), 0, 255)
         return x, y
 
     x, y = draw(rows)
     x_test, y_test = draw(10_000)
     np.savez(path, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM, which belongs to the process's own address space.
+
+    ``getrusage``'s ``ru_maxrss`` would be wrong here: Linux carries the parent's high-water mark
+    into a child started by fork and exec, so every child would report at least the parent's peak.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def one_run(workload: str, backend: str, data: str, rounds: int, threads: int) -> dict:
@@ -104,7 +120,7 @@ def one_run(workload: str, backend: str, data: str, rounds: int, threads: int) -
         "chosen": getattr(getattr(exp.backend, "chosen", None), "name", backend),
         "params": exp.layout.size,
         "s_per_round": sum(times) / len(times),
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_rss_mb(),
     }
 
 

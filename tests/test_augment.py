@@ -188,3 +188,50 @@ def test_dropout_follows_the_client_stream_not_the_global_generator():
     torch.manual_seed(5)
     local_train(model, layout, start, x, y, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_the_hook_converts_stored_rows_only():
+    # Prepare: features of shape (1, 4), normalized by mean 1 and std 2
+    spec = InputSpec((1, 4), mean=(1.0,), std=(2.0,))
+    module = nn.Identity()
+    rows = torch.tensor([[1.0, 3.0, 5.0, 7.0]])
+    # Execute / Assert: a stored row is normalized and reshaped; extra arguments pass along
+    (out, extra) = spec(module, (rows, "extra"))
+    assert out.shape == (1, 1, 4) and out.flatten().tolist() == [0.0, 1.0, 2.0, 3.0]
+    # ... an input already in the natural shape, or of another width, is left alone (None: unchanged)
+    assert spec(module, (rows.reshape(1, 1, 4),)) is None
+    assert spec(module, (torch.zeros(2, 5),)) is None
+    assert spec(module, ()) is None and spec(module, ("text",)) is None
+    # ... and one-dimensional features are still normalized (their stored and natural shapes agree)
+    flat = InputSpec((4,), mean=(1.0,), std=(2.0,))
+    assert flat(module, (rows,))[0].tolist() == [[0.0, 1.0, 2.0, 3.0]]
+
+
+def test_normalization_needs_one_value_or_one_per_channel():
+    spec = InputSpec((3, 1, 1), "image", mean=(0.0, 0.0), std=(1.0, 1.0))
+    with pytest.raises(ValueError, match="2 normalization values for 3 channels"):
+        spec.to_model(torch.zeros(1, 3))
+    assert input_spec(nn.Linear(2, 2)) is None
+
+
+def test_a_padding_of_one_pixel_is_augmentation_and_flips_alone_draw_only_flips():
+    assert TrainConfig(crop_padding=1).augments and TrainConfig(hflip=True).augments
+    assert not TrainConfig().augments
+    # flips only: exactly the flips a fresh generator gives, shifts all zero (nothing drawn for them)
+    drawn = augment_params(50, 0, True, torch.Generator().manual_seed(4))
+    assert drawn is not None
+    assert drawn[:, :2].abs().sum() == 0
+    assert torch.equal(drawn[:, 2], torch.randint(0, 2, (50,), generator=torch.Generator().manual_seed(4)))
+    shifts = augment_params(50, 3, False, torch.Generator().manual_seed(4))
+    assert shifts is not None and shifts[:, 2].abs().sum() == 0
+    assert torch.equal(shifts[:, :2], torch.randint(0, 7, (50, 2), generator=torch.Generator().manual_seed(4)))
+
+
+def test_a_schedule_of_no_clients_has_no_augmentation_rows():
+    from sim.backends.schedule import stacked_schedule
+
+    schedule = stacked_schedule([], [], [], TrainConfig(crop_padding=2), seed=0)
+    assert schedule.aug is not None and schedule.aug.shape == (0, 3)
+    # a client without rows takes no draws; the next client's rows start where they would have
+    schedule = stacked_schedule([0, 3], [0, 1], [1, 1], TrainConfig(epochs=2, batch_size=2, hflip=True), seed=0)
+    assert schedule.aug_start is not None and schedule.aug_start.tolist() == [0, 0] and len(schedule.aug) == 6

@@ -128,3 +128,18 @@ def test_auto_backend_picks_sequential_only_for_models_vmap_cannot_train(make_cf
 def test_auto_is_the_default_backend(make_cfg, tmp_path):
     summary = run_experiment(make_cfg("num_clients=4", "rounds=1", "participation.clients_per_round=2"), tmp_path)
     assert summary["backend"] == "auto: vectorized"
+
+
+def test_activation_bytes_counts_every_layer_output_for_one_row_and_leaves_the_model_alone():
+    from sim.backends.vectorized import activation_bytes
+    from sim.data.inputs import InputSpec, attach_inputs
+
+    # Prepare: 4 -> 3 -> ReLU -> BatchNorm -> 2: outputs of 3 + 3 + 3 + 2 floats per row
+    model = attach_inputs(
+        nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 2)), InputSpec((4,))
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # Execute / Assert
+    assert activation_bytes(model, torch.randn(1, 4)) == 4 * (3 + 3 + 3 + 2)
+    assert activation_bytes(model, torch.zeros(0, 4)) == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

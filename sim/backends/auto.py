@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 from .base import ClientBatch, TrainingSetup
 from .sequential import SequentialBackend
@@ -47,6 +48,12 @@ class AutoBackend:
                 "(correct but slow; backend=sequential may be faster)",
                 ", ".join(report.slow_ops),
                 model_name,
+            )
+        convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in setup.model.modules())
+        if self.chosen is self._vectorized and convs and setup.data.x.device.type == "cpu":
+            log.info(
+                "backend=auto: on a CPU, vmapped convolutions can be slower than one client at a time "
+                "(ResNet-8: 0.6x in experiments/bench_byo.py); backend=sequential gives the same numbers"
             )
         self.chosen.setup(setup)
 

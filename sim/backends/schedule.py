@@ -92,11 +92,11 @@ def stacked_schedule(
     if cfg.augments:
         # rows each client's schedule visits: whole permutations, then the first batches of one more
         full, rest = steps // nb, steps % nb
-        visited = torch.where(sizes_t > 0, full * sizes_t + torch.minimum(rest * cfg.batch_size, sizes_t), 0)
+        visited = full * sizes_t + torch.minimum(rest * cfg.batch_size, sizes_t)
         draws = [
             augment_params(int(n), cfg.crop_padding, cfg.hflip, g)
             for n, g in zip(visited.tolist(), generators, strict=True)
         ]
-        aug = torch.cat([d for d in draws if d is not None]) if draws else torch.zeros((0, 3), dtype=torch.long)
+        aug = torch.cat([d for d in draws if d is not None] or [torch.zeros((0, 3), dtype=torch.long)])
         aug_start = torch.cumsum(visited, 0) - visited
     return StackedSchedule(sizes_t, steps, perms, perm_start, cfg.batch_size, aug, aug_start)

@@ -51,13 +51,15 @@ class InputSpec:
         """Forward pre-hook: convert a batch of stored rows, and leave anything else alone.
 
         A tensor whose last dimension is the flat row length (and, for a multi-dimensional shape,
-        that does not already end in the natural shape) is a stored row; a caller that already
+        that is not already a batch in the natural shape) is a stored row; a caller that already
         holds model inputs in the natural shape (a user's own script) passes straight through.
         """
         if not args or not isinstance(args[0], torch.Tensor):
             return None
         x = args[0]
-        natural = len(self.shape) > 1 and tuple(x.shape[-len(self.shape) :]) == self.shape
+        # natural: a batch of examples already shaped (a batch dimension in front of the whole shape);
+        # a batch of one stored row of a (1, D) shape is [1, D], which must still be converted
+        natural = len(self.shape) > 1 and x.dim() > len(self.shape) and tuple(x.shape[-len(self.shape) :]) == self.shape
         if natural or x.dim() == 0 or x.shape[-1] != self.num_values:
             return None
         return (self.to_model(x), *args[1:])
