@@ -49,8 +49,8 @@ WORKLOADS = {
 COMMON = ("partition=dirichlet", "partition.alpha=0.5", "train.epochs=1", "train.batch_size=32", "train.lr=0.05")
 
 
-def write_images(path: Path, shape: tuple[int, int, int], rows: int, seed: int = 0) -> None:
-    """uint8 images, one mean pattern per class plus noise, and a 10,000-row test set."""
+def write_images(path: Path, shape: tuple[int, int, int], rows: int, seed: int = 0, test_rows: int = 10_000) -> None:
+    """uint8 images, one mean pattern per class plus noise, and a test set of ``test_rows``."""
     rng = np.random.default_rng(seed)
     means = rng.integers(40, 216, size=(10, *shape))
 
@@ -63,7 +63,7 @@ def write_images(path: Path, shape: tuple[int, int, int], rows: int, seed: int =
         return x, y
 
     x, y = draw(rows)
-    x_test, y_test = draw(10_000)
+    x_test, y_test = draw(test_rows)
     np.savez(path, x_train=x, y_train=y, x_test=x_test, y_test=y_test)
 
 
@@ -80,7 +80,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def one_run(workload: str, backend: str, data: str, rounds: int, threads: int) -> dict:
+def one_run(workload: str, backend: str, data: str, rounds: int, threads: int, smoke: bool = False) -> dict:
     """Build the run, train a warm-up round, then time ``rounds`` rounds of training (this process)."""
     import torch
     from hydra import compose, initialize_config_module
@@ -97,6 +97,7 @@ def one_run(workload: str, backend: str, data: str, rounds: int, threads: int) -
         f"backend={backend}",
         f"backend.num_threads={threads}",
         "progress=false",
+        *(("num_clients=8", "participation.clients_per_round=4") if smoke else ()),
     ]
     with initialize_config_module(config_module="configs", version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
@@ -129,20 +130,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument("--smoke", action="store_true", help="tiny data and clients (a test that the script runs)")
     ap.add_argument("--one", nargs=3, metavar=("WORKLOAD", "BACKEND", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_run(*args.one, args.rounds, args.threads)))
+        print(json.dumps(one_run(*args.one, args.rounds, args.threads, args.smoke)))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workloads:
             spec = WORKLOADS[workload]
             data = Path(tmp) / f"{workload}.npz"
-            write_images(data, spec["shape"], spec["rows"])
+            write_images(
+                data, spec["shape"], 400 if args.smoke else spec["rows"], test_rows=100 if args.smoke else 10_000
+            )
             for backend in ("sequential", "vectorized"):
                 cmd = [sys.executable, __file__, "--one", workload, backend, str(data)]
-                cmd += ["--rounds", str(args.rounds), "--threads", str(args.threads)]
+                cmd += ["--rounds", str(args.rounds), "--threads", str(args.threads)] + (
+                    ["--smoke"] if args.smoke else []
+                )
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if out.returncode:
                     sys.exit(f"{workload}/{backend} failed:\n{out.stderr[-3000:]}")

@@ -403,3 +403,63 @@ def test_report_refuses_a_garbled_run_naming_the_file(case, tmp_path):
     before = set(tmp_path.rglob("*"))
     proc = _run_module(tmp_path, "sim.report", [str(root)])
     _check_refused(proc, fragments, tmp_path, before)
+
+
+# ---- your own model and data: each refused before any work, naming the field ----------------------
+
+
+def _byo_case(case: str, tmp_path) -> tuple[list[str], str]:
+    if case == "target does not import":
+        return ["model=custom", "model.target=nowhere_to_be_found.Net"], "model.target"
+    if case == "target returns no module":
+        (tmp_path / "user_nets.py").write_text("def Net(num_classes):\n    return 'not a module'\n")
+        return ["model=custom", "model.target=user_nets.Net"], "model.target"
+    if case == "wrong output shape":
+        (tmp_path / "user_nets.py").write_text(
+            "from torch import nn\n\ndef Net(input_shape, num_classes):\n    return nn.Flatten()\n"
+        )
+        return ["model=custom", "model.target=user_nets.Net"], "model.target"
+    if case == "missing column":
+        path = tmp_path / "table.csv"
+        path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+        return ["dataset=hf", f"dataset.path={path}", "dataset.features=[a,c]", "partition=iid"], "dataset.features"
+    if case == "partition column missing":
+        path = tmp_path / "table.csv"
+        path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+        return ["dataset=hf", f"dataset.path={path}", "dataset.partition_column=writer"], "dataset.partition_column"
+    if case == "non-image data in an image column":
+        path = tmp_path / "table.csv"
+        path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(30)))
+        return ["dataset=hf", f"dataset.path={path}", "dataset.features=a", "dataset.input_kind=image"], "dataset"
+    if case == "inconsistent LEAF counts":
+        folder = tmp_path / "leaf"
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "part.json").write_text(
+            '{"users": ["u1"], "num_samples": [3], "user_data": {"u1": {"x": [[0.0, 1.0]], "y": [0]}}}'
+        )
+        return [
+            "dataset=leaf",
+            f"dataset.path={folder}",
+            "num_clients=1",
+            "participation.clients_per_round=1",
+        ], "dataset.path"
+    assert case == "augmenting features"
+    return ["dataset=synthetic", "train.crop_padding=2"], "train.crop_padding"
+
+
+BYO_CASES = [
+    "target does not import",
+    "target returns no module",
+    "wrong output shape",
+    "missing column",
+    "partition column missing",
+    "non-image data in an image column",
+    "inconsistent LEAF counts",
+    "augmenting features",
+]
+
+
+@pytest.mark.parametrize("case", BYO_CASES)
+def test_bad_model_or_data_is_refused_before_any_work(case, tmp_path):
+    args, field = _byo_case(case, tmp_path)
+    _check_clean_failure(_run(tmp_path, [*args, "rounds=1"]), field, tmp_path)

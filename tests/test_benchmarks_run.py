@@ -30,3 +30,16 @@ def test_bench_scale_smoke_prints_its_tables():
     assert "W2: synchronous gossip" in out and "Scale:" in out and "Aggregation:" in out
     w2_rows = [line.split() for line in out.splitlines() if line.startswith(("sequential", "vectorized"))]
     assert len(w2_rows) == 2 and w2_rows[0][-1] == w2_rows[1][-1]  # same accuracy on both backends
+
+
+@pytest.mark.slow
+def test_bench_byo_smoke_prints_its_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_byo.py"), "--smoke", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| resnet8", "| lenet"))]
+    assert len(rows) == 4 and all("x |" in row for row in rows)
