@@ -408,6 +408,12 @@ def test_report_refuses_a_garbled_run_naming_the_file(case, tmp_path):
 # ---- your own model and data: each refused before any work, naming the field ----------------------
 
 
+def _table_csv(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+    return path
+
+
 def _byo_case(case: str, tmp_path) -> tuple[list[str], str]:
     if case == "target does not import":
         return ["model=custom", "model.target=nowhere_to_be_found.Net"], "model.target"
@@ -420,12 +426,10 @@ def _byo_case(case: str, tmp_path) -> tuple[list[str], str]:
         )
         return ["model=custom", "model.target=user_nets.Net"], "model.target"
     if case == "missing column":
-        path = tmp_path / "table.csv"
-        path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+        path = _table_csv(tmp_path)
         return ["dataset=hf", f"dataset.path={path}", "dataset.features=[a,c]", "partition=iid"], "dataset.features"
     if case == "partition column missing":
-        path = tmp_path / "table.csv"
-        path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(30)))
+        path = _table_csv(tmp_path)
         return ["dataset=hf", f"dataset.path={path}", "dataset.partition_column=writer"], "dataset.partition_column"
     if case == "non-image data in an image column":
         path = tmp_path / "table.csv"
