@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 
 from .errors import ConfigError
 from .layout import Layout, TensorSpec
-from .results import atomic_write_bytes
+from .results import atomic_write_bytes, canonical_safetensors
 
 LAYOUT_KEY = "gossipsoup_layout"
 KINDS = ("weight", "bias", "buffer")
@@ -27,7 +27,7 @@ KINDS = ("weight", "bias", "buffer")
 def save_checkpoint(path: Path, layout: Layout, params: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
     tensors = {name: t.contiguous().clone() for name, t in layout.to_state_dict(params.detach().cpu()).items()}
     meta = {LAYOUT_KEY: layout.to_json(), **(metadata or {})}
-    atomic_write_bytes(Path(path), st_save(tensors, metadata=meta))
+    atomic_write_bytes(Path(path), canonical_safetensors(st_save(tensors, metadata=meta)))
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
-from .errors import ConfigError, GossipsoupError
+from .errors import ConfigError, GossipsoupError, RunInterrupted
 from .schema import CONFIG_MODULE, check_keys, group_options
 from .validation import choice
 
@@ -183,14 +183,42 @@ def hydra_main(cfg: DictConfig) -> float:
     from .run import run_experiment
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_dir = out_dir
     try:
-        summary = run_experiment(cfg, out_dir)
+        resume_state = None
+        if cfg.get("resume"):
+            cfg, resume_state = _resumed(cfg)
+            out_dir = Path(str(resume_state["run_dir"]))
+            _discard_output_dir(hydra_dir)  # the run continues in its own folder
+        summary = run_experiment(cfg, out_dir, resume_state=resume_state)
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     except GossipsoupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if isinstance(exc, ConfigError):
-            _discard_output_dir(out_dir)
+            _discard_output_dir(hydra_dir)
         raise SystemExit(exc.exit_code) from None
     return float(summary["final"]["test_accuracy"])
+
+
+def _resumed(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """The saved run's config (with a longer ``rounds`` if asked) and its latest checkpoint."""
+    from omegaconf import OmegaConf
+
+    from .experiment import validate_config
+    from .resume import read_checkpoint, resumed_config
+    from .schema import config_dict
+
+    run_dir = Path(str(cfg.resume)).expanduser().resolve()
+    state = read_checkpoint(run_dir)
+    overridden = [o.split("=", 1)[0] for o in HydraConfig.get().overrides.task if "=" in o]
+    given = config_dict(cfg)
+    merged = resumed_config(state["config"], given, overridden, int(state["round"]))
+    resumed = OmegaConf.create(merged)
+    validate_config(resumed)
+    state["run_dir"] = str(run_dir)
+    return resumed, state
 
 
 def main() -> None:

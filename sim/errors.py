@@ -31,3 +31,14 @@ class RunError(GossipsoupError, RuntimeError):
     """The run met data it cannot continue with (for example NaN parameters from a client)."""
 
     exit_code = 3
+
+
+class RunInterrupted(GossipsoupError):
+    """SIGINT or SIGTERM stopped the run at a round boundary, after writing a checkpoint to resume from."""
+
+    def __init__(self, signal_name: str, round_: int, run_dir: str):
+        self.exit_code = 130 if signal_name == "SIGINT" else 143  # the shell's codes for these signals
+        super().__init__(
+            f"interrupted by {signal_name} after round {round_}; the run is saved. "
+            f"Resume it with: python -m sim resume={run_dir}"
+        )

@@ -25,6 +25,7 @@ from .gossip.config import GossipConfig
 from .layout import Layout
 from .models import build_model, check_model_output, validate_model_config
 from .participation import build_participation
+from .resume import checkpoint_settings
 from .schema import check_keys, config_dict
 from .training import TrainConfig, image_shape
 from .validation import boolean, choice, integer
@@ -72,6 +73,10 @@ def validate_config(cfg: DictConfig) -> None:
     _int_at_least(cfg, "seed", 0)
     boolean("save_model", cfg.get("save_model"), "(write the final model as model.safetensors)")
     boolean("progress", cfg.get("progress", True), "(one progress bar line per run)")
+    checkpoint_settings(cfg)
+    resume = cfg.get("resume")
+    if resume is not None and not isinstance(resume, str):
+        raise ConfigError("resume", resume, "null or the folder of a run to continue")
     validate_data_config(cfg.dataset, cfg.partition, num_clients)
     validate_model_config(cfg.model)
     init = cfg.model.get("init_checkpoint")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,30 +37,58 @@ def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
     return row
 
 
+@dataclass
+class Resume:
+    """Where a resumed run continues: after ``round`` with this global model and strategy state."""
+
+    round: int
+    params: torch.Tensor
+    state: Any
+
+
+#: called after every round with (round, global model, strategy state); writes checkpoints, may stop the run
+RoundEnd = Callable[[int, torch.Tensor, Any], None]
+
+
 def run_federated(
-    exp: Experiment, log: MetricsLog, on_round: Callable[[dict], None] = lambda row: None
+    exp: Experiment,
+    log: MetricsLog,
+    on_round: Callable[[dict], None] = lambda row: None,
+    resume: Resume | None = None,
+    round_end: RoundEnd | None = None,
 ) -> torch.Tensor:
-    """Run ``cfg.rounds`` rounds from ``exp.initial_params``; returns the final global model."""
+    """Run ``cfg.rounds`` rounds from ``exp.initial_params`` (or from ``resume``); returns the final global model.
+
+    With ``resume`` the metrics rows so far are already in ``log``; the participation process is
+    replayed through the completed rounds (its state is a function of the seed and the rounds).
+    """
     cfg = exp.cfg
     rounds, eval_every = int(cfg.rounds), int(cfg.eval_every)
     bytes_per_model = exp.layout.size * exp.initial_params.element_size()
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
     known_p = getattr(exp.participation, "probabilities", None)
 
-    params = exp.initial_params.clone()
-    state = exp.strategy.init_state(params, exp.data.num_clients)
-    start = time.perf_counter()
-    log.append(
-        {
-            "round": 0,
-            **evaluation_row(exp, params),
-            "num_participants": 0,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "wall_s": 0.0,
-        }
-    )
-    for round_ in range(1, rounds + 1):
+    if resume is None:
+        first = 1
+        params = exp.initial_params.clone()
+        state = exp.strategy.init_state(params, exp.data.num_clients)
+        start = time.perf_counter()
+        log.append(
+            {
+                "round": 0,
+                **evaluation_row(exp, params),
+                "num_participants": 0,
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "wall_s": 0.0,
+            }
+        )
+    else:
+        first, params, state = resume.round + 1, resume.params.clone(), resume.state
+        for done in range(1, first):
+            exp.participation.sample(done)
+        start = time.perf_counter() - float(log.rows[-1]["wall_s"])  # wall time continues where it stopped
+    for round_ in range(first, rounds + 1):
         ids = exp.participation.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
         if len(ids) == 0:
@@ -103,4 +132,6 @@ def run_federated(
         row["wall_s"] = time.perf_counter() - start
         log.append(row)
         on_round(row)
+        if round_end is not None:
+            round_end(round_, params, state)
     return params

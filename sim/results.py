@@ -52,6 +52,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its header's keys sorted, so equal contents give equal bytes.
+
+    The safetensors library keeps the header (tensor entries and ``__metadata__``) in a hash map whose
+    order changes from process to process; a resumed run could then never write a file byte for
+    byte equal to the uninterrupted run's. Offsets are explicit in each entry, so reordering the
+    JSON changes nothing else; the header stays padded with spaces to a multiple of 8 bytes.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

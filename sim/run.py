@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .errors import GossipsoupError
+from .errors import GossipsoupError, RunInterrupted
 from .experiment import build_experiment, resolved_config
-from .federated import run_federated
+from .federated import Resume, run_federated
 from .gossip import run_gossip
 from .results import MetricsLog, plot_accuracy, write_json
+from .resume import checkpoint_settings, run_state, stop_on_signals, write_checkpoint
 from .threads import configure_for_experiment, configure_threads
 
 log = logging.getLogger("sim")
@@ -48,10 +49,17 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"test_accuracy": top["test_accuracy"], "round": top["round"]}
 
 
-def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None = None) -> dict[str, Any]:
-    """Build, run and record one experiment; returns the summary written to summary.json."""
+def run_experiment(
+    cfg: DictConfig, out_dir: str | Path, progress: bool | None = None, resume_state: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build, run and record one experiment; returns the summary written to summary.json.
+
+    ``resume_state`` (from :func:`sim.resume.read_checkpoint`) continues a federated run after its
+    last checkpointed round; ``cfg`` is then the saved config (``rounds`` may have grown).
+    """
     out = Path(out_dir)
     t0 = time.perf_counter()
+    every, keep_every = checkpoint_settings(cfg)
     # torch's threads (sim/threads.py): one while the data and model are built, then the run's own count
     configure_threads(cfg.get("backend", {}).get("num_threads"), 1, 1)
     exp = build_experiment(cfg)  # raises ConfigError before any result file exists
@@ -64,6 +72,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     if gossip and exp.gossip.schedule == "async":
         bar_total = int(cfg.rounds * exp.gossip.wake_interval / exp.gossip.eval_interval + 1e-9)
     metrics = MetricsLog(out / "metrics.csv")
+    for saved_row in (resume_state or {}).get("rows", []):
+        metrics.append(saved_row)
     summary: dict[str, Any] = {
         "status": "running",
         "strategy": exp.strategy.name,
@@ -77,6 +87,8 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     if gossip:
         summary["topology"] = exp.topology.summary()
     bar = tqdm(total=bar_total, desc=label, disable=not show, leave=True, dynamic_ncols=True)
+    if resume_state is not None:
+        bar.update(int(resume_state["round"]))
 
     def on_round(row: dict[str, Any]) -> None:
         bar.update(1)
@@ -91,15 +103,31 @@ def run_experiment(cfg: DictConfig, out_dir: str | Path, progress: bool | None =
     actor_threads = getattr(exp.backend, "actor_threads", None)  # backend=ray: torch threads in each actor
     if actor_threads is not None:
         summary["threads"]["actor"] = actor_threads
+    rounds = int(cfg.rounds)
+    resume = None
+    if resume_state is not None:
+        resume = Resume(int(resume_state["round"]), resume_state["params"], resume_state["strategy"])
     try:
-        if gossip:
-            node_params = run_gossip(exp, metrics, on_round)
-            final_params = node_params.mean(0)  # the nodes' average model is what gets saved
-        else:
-            final_params = run_federated(exp, metrics, on_round)
+        with stop_on_signals() as stop:
+
+            def round_end(round_: int, params, state) -> None:
+                due = every is not None and (round_ % every == 0 or round_ == rounds)
+                if due or stop:
+                    metrics.flush()
+                    keep = keep_every is not None and round_ % keep_every == 0
+                    write_checkpoint(out, run_state(round_, params, state, metrics.rows, summary["config"]), keep)
+                if stop and round_ < rounds:
+                    raise RunInterrupted(str(stop.signal_name), round_, str(out))
+
+            if gossip:
+                node_params = run_gossip(exp, metrics, on_round)
+                final_params = node_params.mean(0)  # the nodes' average model is what gets saved
+            else:
+                final_params = run_federated(exp, metrics, on_round, resume=resume, round_end=round_end)
     except GossipsoupError as exc:
         metrics.flush()
-        summary.update(status="failed", error=str(exc), wall_s=time.perf_counter() - t0)
+        status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+        summary.update(status=status, error=str(exc), wall_s=time.perf_counter() - t0)
         write_json(out / "summary.json", summary)
         raise
     finally:

@@ -235,3 +235,23 @@ def test_a_schedule_of_no_clients_has_no_augmentation_rows():
     # a client without rows takes no draws; the next client's rows start where they would have
     schedule = stacked_schedule([0, 3], [0, 1], [1, 1], TrainConfig(epochs=2, batch_size=2, hflip=True), seed=0)
     assert schedule.aug_start is not None and schedule.aug_start.tolist() == [0, 0] and len(schedule.aug) == 6
+
+
+def test_a_shifted_test_set_of_uint8_images_stays_uint8_pixels():
+    from sim.merge import shifted_test
+
+    # Prepare: two 1x2x3 uint8 images
+    setup = _image_setup(TrainConfig())
+    data = dataclasses.replace(
+        setup.data,
+        x_test=torch.tensor([[10, 20, 30, 40, 50, 60], [1, 2, 3, 4, 5, 6]], dtype=torch.uint8),
+        input_shape=(1, 2, 3),
+    )
+    # Execute: one pixel to the right, no noise
+    shifted = shifted_test(data, noise=0.0, pixels=1)
+    # Assert: still stored pixels (the model's input hook scales them), moved by hand
+    assert shifted.dtype == torch.uint8
+    assert shifted.tolist() == [[0, 10, 20, 0, 40, 50], [0, 1, 2, 0, 4, 5]]
+    # noise is in units of the full range: 0.5 of it moves pixels by about 128 levels
+    noisy = shifted_test(data, noise=0.5, pixels=0)
+    assert noisy.dtype == torch.uint8 and (noisy.float() - data.x_test.float()).abs().max() > 60

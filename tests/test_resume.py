@@ -1,0 +1,147 @@
+"""Crash-safe federated runs: SIGKILL at a seeded random moment, resume, and the files equal an uninterrupted run's.
+
+Every run is a real ``python -m sim`` process. "Equal" means byte for byte: ``metrics.csv`` without
+its wall-time column, ``summary.json`` without its times, and ``model.safetensors`` whole.
+"""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMON = ("num_clients=12", "model.hidden=[16]", "save_model=true", "progress=false", "train.epochs=1")
+RUNS = {
+    "fedadam_markov": ("strategy=fedadam", "participation=markov"),
+    "mifa": ("strategy=mifa", "participation=bernoulli"),
+}
+TIMES = ("wall_s", "setup_s", "loop_s")
+
+
+def _argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sim", *args]
+
+
+def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _metrics_bytes(run: Path) -> bytes:
+    return pd.read_csv(run / "metrics.csv").drop(columns="wall_s").to_csv(index=False).encode()
+
+
+def _summary(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in TIMES}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert _metrics_bytes(a) == _metrics_bytes(b)
+    assert _summary(a) == _summary(b)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp_path, name, seed):
+    # Prepare: the uninterrupted run, and the same command to be killed
+    args = (*COMMON, *RUNS[name], "rounds=300", "checkpoint.every=1")
+    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
+    proc = subprocess.Popen(_argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.DEVNULL)
+    # Execute: SIGKILL a seeded random moment after the first checkpoint (checkpoints are written every round,
+    # so some moments fall inside a write), then resume
+    _wait_for(tmp_path / "part" / "checkpoint.safetensors", proc)
+    time.sleep(random.Random(seed).uniform(0.0, 0.6))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "part" / "summary.json").exists()  # killed mid-run: it never finished
+    resumed = _run(tmp_path, "resume=part")
+    # Assert
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(tmp_path / "part", tmp_path / "full")
+
+
+def test_sigint_saves_the_run_says_how_to_resume_and_the_resume_is_exact(tmp_path):
+    # Prepare
+    args = (*COMMON, *RUNS["fedadam_markov"], "rounds=150")  # no periodic checkpoints: the signal writes one
+    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
+    proc = subprocess.Popen(
+        _argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    # Execute: SIGINT once the loop runs (its first rows are in metrics.csv)
+    _wait_for(tmp_path / "part" / "metrics.csv", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    # Assert: one line with the command, exit 130, a resumable folder that says "interrupted"
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGINT after round ") and f"resume={tmp_path / 'part'}" in last
+    assert json.loads((tmp_path / "part" / "summary.json").read_text())["status"] == "interrupted"
+    resumed = _run(tmp_path, "resume=part")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(tmp_path / "part", tmp_path / "full")
+
+
+def test_a_finished_run_extended_with_more_rounds_equals_the_longer_run(tmp_path):
+    args = (*COMMON, *RUNS["mifa"], "checkpoint.every=5")
+    assert _run(tmp_path, *args, "rounds=20", "hydra.run.dir=long").returncode == 0
+    assert _run(tmp_path, *args, "rounds=10", "hydra.run.dir=short").returncode == 0
+    extended = _run(tmp_path, "resume=short", "rounds=20")
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    assert_same_run(tmp_path / "short", tmp_path / "long")
+
+
+def test_resume_refuses_other_changes_and_folders_without_a_checkpoint(tmp_path):
+    args = (*COMMON, *RUNS["mifa"], "rounds=4", "checkpoint.every=2")
+    assert _run(tmp_path, *args, "hydra.run.dir=run").returncode == 0
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    # another strategy, another lr, fewer rounds than done: each named, nothing written
+    for extra, named in (
+        (("strategy=fedavg",), "strategy"),
+        (("train.lr=0.5",), "train.lr"),
+        (("rounds=2",), "rounds"),
+    ):
+        proc = _run(tmp_path, "resume=run", *extra)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and named in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    # a folder with no checkpoint, and one that does not exist
+    (tmp_path / "empty").mkdir()
+    for folder, says in (("empty", "no checkpoint.safetensors"), ("nowhere", "No such folder")):
+        proc = _run(tmp_path, f"resume={folder}")
+        assert proc.returncode == 2 and "resume=" in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_a_kept_one(tmp_path):
+    # Prepare: checkpoints every round, rounds 3 and 6 kept; the latest (round 8) then truncated
+    args = (*COMMON, *RUNS["fedadam_markov"], "rounds=8", "checkpoint.every=1", "checkpoint.keep_every=3")
+    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
+    assert _run(tmp_path, *args, "hydra.run.dir=part").returncode == 0
+    latest = tmp_path / "part" / "checkpoint.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])
+    (tmp_path / "part" / "model.safetensors").unlink()
+    # Execute: the resume starts from round 6 and redoes rounds 7 and 8
+    resumed = _run(tmp_path, "resume=part")
+    # Assert
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(tmp_path / "part", tmp_path / "full")
+    # with every checkpoint damaged, a clear error
+    for path in (tmp_path / "part").glob("checkpoint*.safetensors"):
+        path.write_bytes(b"garbage")
+    proc = _run(tmp_path, "resume=part")
+    assert proc.returncode == 2 and "damaged or truncated" in proc.stderr, proc.stderr
