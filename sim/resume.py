@@ -1,11 +1,12 @@
-"""Crash-safe federated runs: checkpoints of the whole run state, resume, and stopping on a signal.
+"""Crash-safe runs (FL and synchronous gossip): checkpoints of the whole run state, resume, stopping on a signal.
 
 A checkpoint holds what a later round reads and nothing else (docs/design.md explains each):
 
 - ``round``: the last completed round;
-- ``params``: the global model after it;
+- ``params``: the global model after it (synchronous gossip: every node's model ``[N, P]``);
 - ``strategy``: the strategy's state (server optimizer moments and step, FedAU's intervals, MIFA's
-  memory, ...), stored as data (:mod:`sim.run_state`);
+  memory, ...), stored as data (:mod:`sim.run_state`); in gossip every node's state and the extras
+  of the last training;
 - ``rows``: the metrics rows so far, so that ``metrics.csv`` continues exactly;
 - ``config``: the resolved config of the run, which a resume must match.
 
@@ -47,12 +48,14 @@ def checkpoint_settings(cfg) -> tuple[int | None, int | None]:
         if value is not None and not (is_int(value) and value >= 1):
             raise ConfigError(f"checkpoint.{key}", value, "null or an integer >= 1 (rounds)")
         values.append(value)
-    if cfg.get("mode") == "gossip" and (values[0] is not None or cfg.get("resume")):
+    asynchronous = cfg.get("mode") == "gossip" and (cfg.get("gossip") or {}).get("schedule") == "async"
+    if asynchronous and (values[0] is not None or cfg.get("resume")):
         raise ConfigError(
             "checkpoint.every" if values[0] is not None else "resume",
             values[0] if values[0] is not None else cfg.get("resume"),
-            "null for mode=gossip",
-            "Checkpoints and resume cover federated runs; gossip runs cannot be resumed yet.",
+            "null for gossip.schedule=async",
+            "Checkpoints and resume cover federated runs and synchronous gossip; asynchronous gossip "
+            "(its event queue and messages in flight) cannot be resumed yet.",
         )
     return values[0], values[1]
 

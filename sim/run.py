@@ -120,7 +120,7 @@ def run_experiment(
                     raise RunInterrupted(str(stop.signal_name), round_, str(out))
 
             if gossip:
-                node_params = run_gossip(exp, metrics, on_round)
+                node_params = run_gossip(exp, metrics, on_round, resume=resume, round_end=round_end)
                 final_params = node_params.mean(0)  # the nodes' average model is what gets saved
             else:
                 final_params = run_federated(exp, metrics, on_round, resume=resume, round_end=round_end)

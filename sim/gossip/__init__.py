@@ -9,10 +9,14 @@ from .events import AsyncGossip
 from .sync import SyncGossip
 
 
-def run_gossip(exp, log, on_row):
-    """Run the gossip schedule the config asks for; returns the final ``[N, P]`` node models."""
-    runner = SyncGossip if exp.gossip.schedule == "sync" else AsyncGossip
-    return runner(exp, exp.topology, exp.gossip).run(log, on_row)
+def run_gossip(exp, log, on_row, resume=None, round_end=None):
+    """Run the gossip schedule the config asks for; returns the final ``[N, P]`` node models.
+
+    ``resume`` and ``round_end`` (checkpoints) serve the synchronous schedule only.
+    """
+    if exp.gossip.schedule == "sync":
+        return SyncGossip(exp, exp.topology, exp.gossip).run(log, on_row, resume=resume, round_end=round_end)
+    return AsyncGossip(exp, exp.topology, exp.gossip).run(log, on_row)
 
 
 __all__ = ["GossipConfig", "SyncGossip", "AsyncGossip", "run_gossip"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,26 +137,42 @@ class SyncGossip:
         check_finite(new, self.ids, round_, "the merged parameters")
         return new, sent, lost
 
-    def run(self, log: MetricsLog, on_round: Callable[[dict], None]) -> torch.Tensor:
+    def run(
+        self,
+        log: MetricsLog,
+        on_round: Callable[[dict], None],
+        resume: Any = None,
+        round_end: Callable[[int, torch.Tensor, Any], None] | None = None,
+    ) -> torch.Tensor:
+        """Run the rounds; ``resume`` (round, node models, :meth:`carried` state) continues a saved run.
+
+        ``round_end(round, node models, carried state)`` is called after every round (checkpoints).
+        """
         exp, cfg = self.exp, self.cfg
         rounds, eval_every = int(exp.cfg.rounds), int(exp.cfg.eval_every)
-        params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
-        start = time.perf_counter()
-        log.append(
-            {
-                "round": 0,
-                **self.evaluate(params),
-                "num_participants": 0,
-                "bytes_up": 0,
-                "bytes_down": 0,
-                "messages_sent": 0,
-                "messages_lost": 0,
-                "wall_s": 0.0,
-            }
-        )
-        if cfg.order == "merge_update" and exp.strategy.requires:
-            self.extras = self.initial_extras(params)
-        for round_ in range(1, rounds + 1):
+        if resume is not None:
+            first, params = resume.round + 1, resume.params.clone()
+            self.states, self.extras = resume.state["states"], resume.state["extras"]
+            start = time.perf_counter() - float(log.rows[-1]["wall_s"])
+        else:
+            first = 1
+            params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
+            start = time.perf_counter()
+            log.append(
+                {
+                    "round": 0,
+                    **self.evaluate(params),
+                    "num_participants": 0,
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                    "messages_sent": 0,
+                    "messages_lost": 0,
+                    "wall_s": 0.0,
+                }
+            )
+            if cfg.order == "merge_update" and exp.strategy.requires:
+                self.extras = self.initial_extras(params)
+        for round_ in range(first, rounds + 1):
             if cfg.order == "update_merge":
                 params, losses = self.train(params, round_)
                 message_bytes = self.bytes_per_message()
@@ -181,7 +198,14 @@ class SyncGossip:
             row["wall_s"] = time.perf_counter() - start
             log.append(row)
             on_round(row)
+            if round_end is not None:
+                round_end(round_, params, self.carried())
         return params
+
+    def carried(self) -> dict[str, Any]:
+        """What the next round reads besides the node models: per-node strategy states, and the extras
+        of the last training (merge_update merges with them before it trains)."""
+        return {"states": self.states, "extras": self.extras}
 
     def evaluate(self, params: torch.Tensor) -> dict[str, float]:
         data = self.exp.data
