@@ -43,3 +43,18 @@ def test_bench_byo_smoke_prints_its_table():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| resnet8", "| lenet"))]
     assert len(rows) == 4 and all("x |" in row for row in rows)
+
+
+@pytest.mark.slow
+def test_bench_checkpoint_smoke_prints_its_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_checkpoint.py"), "--smoke", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if "(smoke)" in line]
+    assert len(rows) == 6  # two workloads x (none, every 10, every 1)
+    sizes = [float(r[5]) for r in rows]
+    assert sizes[0] == 0 and all(s > 0 for s in sizes[1:3]) and sizes[3] == 0 and all(s > 0 for s in sizes[4:])
