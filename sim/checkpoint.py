@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 
 from .errors import ConfigError
 from .layout import Layout, TensorSpec
-from .results import atomic_write_bytes, canonical_safetensors
+from .results import atomic_write_bytes, canonical_safetensors, safetensors_metadata
 
 LAYOUT_KEY = "gossipsoup_layout"
 KINDS = ("weight", "bias", "buffer")
@@ -28,12 +28,6 @@ def save_checkpoint(path: Path, layout: Layout, params: torch.Tensor, metadata: 
     tensors = {name: t.contiguous().clone() for name, t in layout.to_state_dict(params.detach().cpu()).items()}
     meta = {LAYOUT_KEY: layout.to_json(), **(metadata or {})}
     atomic_write_bytes(Path(path), canonical_safetensors(st_save(tensors, metadata=meta)))
-
-
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file whose bytes ``st_load`` has already accepted."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def _parse_layout(text: str) -> Layout:
@@ -80,7 +74,7 @@ def load_checkpoint(path: str | Path, field: str = "checkpoint") -> tuple[Layout
     try:
         data = path.read_bytes()
         tensors = st_load(data)
-        metadata = _header_metadata(data)
+        metadata = safetensors_metadata(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise ConfigError(field, str(path), "a valid safetensors file", f"Reading it failed: {exc}") from None
     if LAYOUT_KEY not in metadata:

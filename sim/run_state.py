@@ -23,7 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import ConfigError
-from .results import atomic_write_bytes, canonical_safetensors
+from .results import atomic_write_bytes, canonical_safetensors, safetensors_metadata
 
 SKELETON_KEY = "gossipsoup_state"
 FORMAT = 1
@@ -100,9 +100,7 @@ def load_state(path: Path, field: str = "resume") -> Any:
         raise ConfigError(field, str(path), allowed, f"Reading it failed: {err.strerror or err}.") from None
     try:
         tensors = st_load(data)
-        size = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        record = json.loads(meta[SKELETON_KEY])
+        record = json.loads(safetensors_metadata(data)[SKELETON_KEY])
         if record.get("format") != FORMAT:
             raise ValueError(f"format {record.get('format')!r}, this version reads {FORMAT}")
         return unpack(tensors, record["state"])

@@ -208,9 +208,8 @@ def test_the_hook_converts_stored_rows_only():
 
 
 def test_normalization_needs_one_value_or_one_per_channel():
-    spec = InputSpec((3, 1, 1), "image", mean=(0.0, 0.0), std=(1.0, 1.0))
     with pytest.raises(ValueError, match="2 normalization values for 3 channels"):
-        spec.to_model(torch.zeros(1, 3))
+        InputSpec((3, 1, 1), "image", mean=(0.0, 0.0), std=(1.0, 1.0))
     assert input_spec(nn.Linear(2, 2)) is None
 
 

@@ -115,3 +115,20 @@ def test_participation_pattern_state_round_trips(name, tmp_path):
     state = {k: v for k, v in vars(pattern).items() if isinstance(v, (np.ndarray, int, float))}
     save_state(tmp_path / "p.safetensors", state)
     assert _same(load_state(tmp_path / "p.safetensors"), state)
+
+
+def test_canonical_safetensors_gives_equal_bytes_for_equal_contents():
+    from safetensors.torch import load, save
+
+    from sim.results import canonical_safetensors, safetensors_metadata
+
+    # Prepare: the same tensors and metadata, handed over in two different orders
+    a = save({"w": torch.ones(3), "b": torch.arange(2)}, metadata={"z": "1", "a": "2"})
+    b = save({"b": torch.arange(2), "w": torch.ones(3)}, metadata={"a": "2", "z": "1"})
+    # Execute
+    ca, cb = canonical_safetensors(a), canonical_safetensors(b)
+    # Assert: one byte string, a header padded to 8 bytes, the same tensors and metadata back
+    assert ca == cb
+    assert int.from_bytes(ca[:8], "little") % 8 == 0
+    assert torch.equal(load(ca)["w"], torch.ones(3)) and torch.equal(load(ca)["b"], torch.arange(2))
+    assert safetensors_metadata(ca) == {"a": "2", "z": "1"}

@@ -13,7 +13,7 @@ call site cannot forget it, and parameter names (checkpoints, ``Layout``) stay t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ class InputSpec:
     mean: tuple[float, ...] | None = None  # per channel (images) or one value; applied after scaling
     std: tuple[float, ...] | None = None
     vocab_size: int | None = None  # tokens: ids are in 0..vocab_size-1
+    # mean and std per stored position, built by __post_init__ (not a constructor argument)
+    _normalization: tuple[torch.Tensor, torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def num_values(self) -> int:
@@ -44,8 +48,18 @@ class InputSpec:
         else:
             out = rows.to(torch.float32) / 255.0 if rows.dtype == torch.uint8 else rows.to(torch.float32)
             if self.mean is not None and self.std is not None:
-                out = (out - _per_value(self.mean, self)) / _per_value(self.std, self)
+                assert self._normalization is not None  # built in __post_init__
+                mean, std = self._normalization
+                out = (out - mean) / std
         return out.reshape(*rows.shape[:-1], *self.shape)
+
+    def __post_init__(self) -> None:
+        # mean and std spread to one value per stored position, built once here (every batch uses them),
+        # outside any vmap/grad transform, so the stored tensors are plain ones that copy and pickle
+        norm = None
+        if self.mean is not None and self.std is not None:
+            norm = (_per_value(self.mean, self), _per_value(self.std, self))
+        object.__setattr__(self, "_normalization", norm)
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
         """Forward pre-hook: convert a batch of stored rows, and leave anything else alone.
