@@ -27,8 +27,10 @@ from .models import build_model, check_model_output, validate_model_config
 from .participation import build_participation
 from .resume import checkpoint_settings
 from .schema import check_keys, config_dict
+from .tracking import validate_tracker_config
 from .training import TrainConfig, image_shape
 from .validation import boolean, choice, integer
+from .wrapping import wrap_strategy
 
 MODES = ("federated", "gossip")
 MAX_EVALS_PER_ROUND = 100  # async gossip: evaluations per wake_interval of simulated time
@@ -75,8 +77,11 @@ def validate_config(cfg: DictConfig) -> None:
     boolean("progress", cfg.get("progress", True), "(one progress bar line per run)")
     checkpoint_settings(cfg)
     resume = cfg.get("resume")
-    if resume is not None and not isinstance(resume, str):
-        raise ConfigError("resume", resume, "null or the folder of a run to continue")
+    if resume is not None and resume is not True and not isinstance(resume, str):
+        raise ConfigError(
+            "resume", resume, "null, the folder of a run to continue, or true (continue this command's own folder)"
+        )
+    validate_tracker_config(cfg.get("logger"))
     validate_data_config(cfg.dataset, cfg.partition, num_clients)
     validate_model_config(cfg.model)
     init = cfg.model.get("init_checkpoint")
@@ -88,7 +93,7 @@ def validate_config(cfg: DictConfig) -> None:
             "No file exists there.",
         )
     TrainConfig.from_config(cfg.train)
-    strategy = build_strategy(cfg.strategy)
+    strategy = wrap_strategy(build_strategy(cfg.strategy), cfg)
     if strategy.offline_only:
         raise ConfigError("strategy", strategy.name, "a rule for FL or gossip runs", strategy.offline_only)
     if mode == "federated":  # gossip nodes all take part; its clients_per_round may exceed a small num_clients
@@ -196,7 +201,7 @@ def initial_from_checkpoint(path: str, layout: Layout) -> torch.Tensor:
 def build_experiment(cfg: DictConfig) -> Experiment:
     validate_config(cfg)
     seed = int(cfg.seed)
-    strategy = build_strategy(cfg.strategy)
+    strategy = wrap_strategy(build_strategy(cfg.strategy), cfg)
     data = load_federated_data(cfg.dataset, cfg.partition, int(cfg.num_clients), seed)
     if strategy.needs_validation and len(data.y_val) == 0:
         raise ConfigError(

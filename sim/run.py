@@ -27,6 +27,7 @@ from .gossip import run_gossip
 from .results import MetricsLog, plot_accuracy, write_json
 from .resume import checkpoint_settings, run_state, stop_on_signals, write_checkpoint
 from .threads import configure_for_experiment, configure_threads
+from .tracking import open_tracker
 
 log = logging.getLogger("sim")
 
@@ -86,11 +87,13 @@ def run_experiment(
     }
     if gossip:
         summary["topology"] = exp.topology.summary()
+    tracker = open_tracker(cfg, out)
     bar = tqdm(total=bar_total, desc=label, disable=not show, leave=True, dynamic_ncols=True)
     if resume_state is not None:
         bar.update(int(resume_state["round"]))
 
     def on_round(row: dict[str, Any]) -> None:
+        tracker.log_row(row)
         bar.update(1)
         if "test_accuracy" in row:
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
@@ -129,6 +132,7 @@ def run_experiment(
         status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
         summary.update(status=status, error=str(exc), wall_s=time.perf_counter() - t0)
         write_json(out / "summary.json", summary)
+        tracker.finish(summary, out)
         raise
     finally:
         bar.close()
@@ -176,6 +180,7 @@ def run_experiment(
         f"{exp.strategy.name}, {where}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}",
     )
     write_json(out / "summary.json", summary)
+    tracker.finish(summary, out)
     log.info(
         "final test accuracy %.4f after %d rounds in %.1f s; results in %s",
         last["test_accuracy"],
