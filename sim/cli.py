@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.types import Override
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import ConfigError, GossipsoupError, RunInterrupted
@@ -186,10 +187,17 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_dir = out_dir
     try:
         resume_state = None
-        if cfg.get("resume"):
-            cfg, resume_state = _resumed(cfg)
+        if cfg.get("resume") is True:
+            cfg, resume_state, finished = _resumed_own_folder(cfg, out_dir)
+            if finished is not None:
+                _discard_output_dir(hydra_dir)
+                return finished
+        elif cfg.get("resume"):
+            cfg, resume_state = _resumed(cfg, Path(str(cfg.resume)).expanduser().resolve())
+        if resume_state is not None:
             out_dir = Path(str(resume_state["run_dir"]))
-            _discard_output_dir(hydra_dir)  # the run continues in its own folder
+            if out_dir.resolve() != hydra_dir.resolve():
+                _discard_output_dir(hydra_dir)  # the run continues in its own folder
         summary = run_experiment(cfg, out_dir, resume_state=resume_state)
     except RunInterrupted as exc:
         print(str(exc), file=sys.stderr)
@@ -202,7 +210,7 @@ def hydra_main(cfg: DictConfig) -> float:
     return float(summary["final"]["test_accuracy"])
 
 
-def _resumed(cfg: DictConfig) -> tuple[DictConfig, dict]:
+def _resumed(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict]:
     """The saved run's config (with a longer ``rounds`` if asked) and its latest checkpoint."""
     from omegaconf import OmegaConf
 
@@ -210,7 +218,6 @@ def _resumed(cfg: DictConfig) -> tuple[DictConfig, dict]:
     from .resume import read_checkpoint, resumed_config
     from .schema import config_dict
 
-    run_dir = Path(str(cfg.resume)).expanduser().resolve()
     state = read_checkpoint(run_dir)
     overridden = [o.split("=", 1)[0] for o in HydraConfig.get().overrides.task if "=" in o]
     given = config_dict(cfg)
@@ -219,6 +226,37 @@ def _resumed(cfg: DictConfig) -> tuple[DictConfig, dict]:
     validate_config(resumed)
     state["run_dir"] = str(run_dir)
     return resumed, state
+
+
+def _resumed_own_folder(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict | None, float | None]:
+    """``resume=true``: skip this job if an earlier launch completed it, continue it if that left a checkpoint.
+
+    Returns ``(config, resume_state, finished)``: ``finished`` is the completed run's final accuracy
+    (nothing to do); ``resume_state`` None with nothing finished means a fresh start in ``out_dir``.
+    """
+    from omegaconf import OmegaConf
+
+    from .resume import resumed_config
+    from .resume_folder import completed_summary, earlier_run_folder, has_checkpoint
+    from .schema import config_dict
+
+    hydra_cfg = HydraConfig.get()
+    raw = OmegaConf.to_container(hydra_cfg.sweep if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run)
+    pattern = str(raw["dir"]) if isinstance(raw, dict) else ""  # unresolved: ${now:...} marks where launches differ
+    earlier = earlier_run_folder(out_dir, pattern, list(hydra_cfg.overrides.task))
+    if earlier is None:
+        return cfg, None, None
+    summary = completed_summary(earlier)
+    if summary is not None and summary.get("config", {}).get("rounds") == cfg.rounds:
+        overridden = [o.split("=", 1)[0] for o in hydra_cfg.overrides.task if "=" in o]
+        resumed_config(summary["config"], config_dict(cfg), overridden, int(cfg.rounds))  # refuses other changes
+        logging.getLogger("sim").info("%s: completed by an earlier launch; skipped", earlier)
+        return cfg, None, float(summary["final"]["test_accuracy"])
+    if not has_checkpoint(earlier):
+        return cfg, None, None  # stopped before its first checkpoint: start again
+    resumed, state = _resumed(cfg, earlier)
+    logging.getLogger("sim").info("%s: resumed after round %d", earlier, int(state["round"]))
+    return resumed, state, None
 
 
 def main() -> None:

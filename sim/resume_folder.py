@@ -1,0 +1,72 @@
+"""``resume=true``: find the folder that an earlier launch of this same command wrote.
+
+Rerunning a killed sweep should need nothing but the same command with ``resume=true``. Hydra's
+default folders carry a timestamp (``multirun/DATE/TIME/JOB``), so the rerun's own folder is new
+and empty; the earlier one is found by its ``.hydra/overrides.yaml``, which Hydra writes into every
+job folder: a folder under the same root whose overrides equal this job's (the swept value
+included) ran exactly this job. With a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` the job's own
+folder is the earlier one and no search is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .resume import CHECKPOINT
+
+#: how deep below the folder pattern's fixed root a job folder may lie (multirun/DATE/TIME/JOB: 3)
+MAX_DEPTH = 4
+
+
+def holds_a_run(folder: Path) -> bool:
+    """A folder that a run got far enough to leave a result or a checkpoint in."""
+    return (folder / "summary.json").is_file() or any(folder.glob("checkpoint*.safetensors"))
+
+
+def fixed_root(dir_pattern: str) -> Path:
+    """The part of Hydra's (unresolved) output folder pattern before its first interpolation."""
+    head = dir_pattern.split("${", 1)[0]
+    return Path(head if head.endswith("/") or not head else Path(head).parent)
+
+
+def _overrides(folder: Path) -> list[str] | None:
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return sorted(str(o) for o in loaded) if isinstance(loaded, list) else None
+
+
+def earlier_run_folder(out_dir: Path, dir_pattern: str, overrides: list[str]) -> Path | None:
+    """This job's folder from an earlier launch: ``out_dir`` itself, else the newest match under the root."""
+    if holds_a_run(out_dir):
+        return out_dir
+    root = fixed_root(dir_pattern)
+    if not root.is_dir():
+        return None
+    wanted = sorted(overrides)
+    found = []
+    for depth in range(1, MAX_DEPTH + 1):
+        for marker in root.glob("/".join(["*"] * depth) + "/.hydra/overrides.yaml"):
+            folder = marker.parent.parent
+            if folder.resolve() != out_dir.resolve() and _overrides(folder) == wanted and holds_a_run(folder):
+                found.append(folder)
+    return max(found, key=lambda f: f.stat().st_mtime) if found else None
+
+
+def completed_summary(folder: Path) -> dict[str, Any] | None:
+    """The folder's summary.json when its run completed (it then needs nothing more, unless extended)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == "completed" else None
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / CHECKPOINT).is_file() or any(folder.glob("checkpoint_round*.safetensors"))
