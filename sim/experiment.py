@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 from strategies import Strategy, build_strategy
 
+from .attacks import Attack, AttackConfig, flip_labels
+from .attacks.tolerance import check_fl_tolerance, check_gossip_tolerance
 from .backends import Backend, TrainingSetup, build_backend
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
@@ -70,7 +72,10 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
         validate_topology_config(cfg.topology, num_clients)
-    _check_gossip_run(GossipConfig.from_config(cfg.get("gossip")), rounds, active=mode == "gossip")
+    gossip = GossipConfig.from_config(cfg.get("gossip"))
+    _check_gossip_run(gossip, rounds, active=mode == "gossip")
+    attack = AttackConfig.from_config(cfg.get("attack"), num_clients)
+    _check_attack_run(attack, cfg, mode, gossip)
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "seed", 0)
     boolean("save_model", cfg.get("save_model"), "(write the final model as model.safetensors)")
@@ -96,9 +101,43 @@ def validate_config(cfg: DictConfig) -> None:
     strategy = wrap_strategy(build_strategy(cfg.strategy), cfg)
     if strategy.offline_only:
         raise ConfigError("strategy", strategy.name, "a rule for FL or gossip runs", strategy.offline_only)
+    if mode == "federated" and strategy.gossip_only:
+        raise ConfigError("strategy", strategy.name, "a rule for gossip runs (mode=gossip)", strategy.gossip_only)
+    if mode == "gossip" and strategy.needs_server:
+        raise ConfigError(
+            "strategy", strategy.name, "a rule a gossip node can run, or mode=federated", strategy.needs_server
+        )
+    if mode == "gossip" and strategy.client_side and cfg.get("gossip", {}).get("schedule") == "async":
+        raise ConfigError(
+            "gossip.schedule",
+            "async",
+            "sync for a strategy that changes local training",
+            f"Strategy {strategy.name} adds a term to every local gradient; asynchronous gossip trains without it.",
+        )
     if mode == "federated":  # gossip nodes all take part; its clients_per_round may exceed a small num_clients
         build_participation(cfg.participation, num_clients, cfg.seed, rounds=rounds)
+        check_fl_tolerance(strategy, cfg.participation, num_clients, attack.num_byzantine)
     build_backend(cfg.backend)
+
+
+def _check_attack_run(attack: AttackConfig, cfg: DictConfig, mode: str, gossip: GossipConfig) -> None:
+    """Refuse an attack that the run's schedule or backend cannot carry out, before any work."""
+    if attack.name == "none":
+        return
+    if mode == "gossip" and gossip.schedule == "async":
+        raise ConfigError(
+            "attack.name",
+            attack.name,
+            "none with gossip.schedule=async",
+            "Byzantine nodes run in FL and in synchronous gossip (gossip.schedule=sync) only.",
+        )
+    if attack.name == "label_flip" and cfg.get("backend", {}).get("noop_train"):
+        raise ConfigError(
+            "attack.name",
+            attack.name,
+            "an attack other than label_flip with backend.noop_train=true",
+            "Label flipping acts through training, which noop_train skips.",
+        )
 
 
 def _check_gossip_run(gossip: GossipConfig, rounds: int, active: bool) -> None:
@@ -153,6 +192,7 @@ class Experiment:
     backend: Backend
     topology: Any = None  # mode=gossip: the communication graph
     gossip: Any = None  # mode=gossip: the GossipConfig
+    attack: Attack | None = None  # the Byzantine clients and what they send; None without an attack
 
     @property
     def setup(self) -> TrainingSetup:
@@ -219,6 +259,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"Strategy {strategy.name} needs {sorted(strategy.requires)} from every model it "
             "merges; asynchronous gossip does not compute them.",
         )
+    attack = _build_attack(cfg, data.num_clients, seed)
+    counts = None if gossip else label_counts(data)  # participation follows the clients' true labels
+    if attack is not None and attack.name == "label_flip":
+        data = flip_labels(data, attack.ids)
     model = build_model(cfg.model, data.spec, data.num_classes, seed)
     # a trial forward pass on two stored rows: a model that cannot take this data set fails here, named
     field = "model.target" if cfg.model.name == "custom" else "model.name"
@@ -229,6 +273,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     initial_params = layout.flatten(model)
     if cfg.model.get("init_checkpoint"):
         initial_params = initial_from_checkpoint(cfg.model.init_checkpoint, layout)
+    topology = _build_topology(cfg, seed) if gossip else None
+    if topology is not None and cfg.get("gossip", {}).get("schedule") != "async":
+        check_gossip_tolerance(strategy, topology, None if attack is None else attack.mask)
     return Experiment(
         cfg=cfg,
         data=data,
@@ -239,11 +286,18 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         strategy=strategy,
         participation=None
         if gossip
-        else build_participation(cfg.participation, int(cfg.num_clients), seed, label_counts(data), int(cfg.rounds)),
+        else build_participation(cfg.participation, int(cfg.num_clients), seed, counts, int(cfg.rounds)),
         backend=build_backend(cfg.backend),
-        topology=_build_topology(cfg, seed) if gossip else None,
+        topology=topology,
         gossip=GossipConfig.from_config(cfg.get("gossip")) if gossip else None,
+        attack=attack,
     )
+
+
+def _build_attack(cfg: DictConfig, num_clients: int, seed: int) -> Attack | None:
+    """The run's attack, or None when there is none (or f resolves to no Byzantine client)."""
+    config = AttackConfig.from_config(cfg.get("attack"), num_clients)
+    return Attack(config, num_clients, seed) if config.active else None
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 
 from strategies import AggregationInfo
 
+from .attacks import with_byzantine
 from .backends import aggregate_on_backend
 from .checks import check_finite
 from .gossip.nodes import weight_variance_columns
@@ -23,6 +24,7 @@ from .results import MetricsLog
 from .training import evaluate
 
 if TYPE_CHECKING:
+    from .attacks import Attack
     from .experiment import Experiment
 
 EvalHook = Callable[[int, dict], None]
@@ -35,6 +37,22 @@ def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
     if len(exp.data.y_val):
         row["val_accuracy"] = evaluate(exp.model, exp.layout, params, exp.data.x_val, exp.data.y_val)[0]
     return row
+
+
+def byzantine_rows(
+    attack: Attack | None, batch, reference: torch.Tensor, round_: int, row: dict
+) -> tuple[torch.Tensor, int]:
+    """The stack the strategy aggregates: the trained models with the Byzantine participants' rows crafted.
+
+    Byzantine clients take part as the participation model draws them; the backend trains them like
+    any client (label flippers on their flipped labels), then crafted attacks replace their rows
+    (sim/attacks/engine.py). ``row["num_byzantine"]`` counts the Byzantine models in the stack.
+    """
+    if attack is None:
+        return batch.params, 0
+    models, count = attack.substitute(batch.params, batch.client_ids, reference, round_)
+    row["num_byzantine"] = count
+    return models, count
 
 
 @dataclass
@@ -67,6 +85,7 @@ def run_federated(
     bytes_per_model = exp.layout.size * exp.initial_params.element_size()
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
     known_p = getattr(exp.participation, "probabilities", None)
+    attack: Attack | None = getattr(exp, "attack", None)
 
     if resume is None:
         first = 1
@@ -78,6 +97,7 @@ def run_federated(
                 "round": 0,
                 **evaluation_row(exp, params),
                 "num_participants": 0,
+                **({} if attack is None else {"num_byzantine": 0}),
                 "bytes_up": 0,
                 "bytes_down": 0,
                 "wall_s": 0.0,
@@ -91,6 +111,8 @@ def run_federated(
     for round_ in range(first, rounds + 1):
         ids = exp.participation.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
+        if attack is not None:
+            row["num_byzantine"] = 0
         if len(ids) == 0:
             info = AggregationInfo(
                 client_ids=ids,
@@ -103,8 +125,10 @@ def run_federated(
             params, state = exp.strategy.on_empty_round(info, state)
             row.update(train_loss=math.nan, bytes_up=0, bytes_down=0)
         else:
-            batch = exp.backend.train(ids, params, round_, exp.strategy.requires)
+            correction = exp.strategy.client_correction(ids, params, state)
+            batch = exp.backend.train(ids, params, round_, exp.strategy.requires, correction=correction)
             check_finite(batch.params, batch.client_ids, round_, "models")
+            models, num_byzantine = byzantine_rows(attack, batch, params, round_, row)
             info = AggregationInfo(
                 client_ids=batch.client_ids,
                 num_samples=batch.num_samples,
@@ -115,12 +139,18 @@ def run_federated(
                 validate=validate,
                 extras=batch.extras,
                 participation_prob=None if known_p is None else known_p[batch.client_ids],
+                num_steps=batch.num_steps,
+                train=exp.train,
             )
-            params, state = aggregate_on_backend(exp.backend, exp.strategy, batch.params, info, state)
+            if attack is not None:
+                info = with_byzantine(info, num_byzantine)
+            params, state = aggregate_on_backend(exp.backend, exp.strategy, models, info, state)
             check_finite(params, batch.client_ids, round_, "the aggregated parameters")
             weights = batch.num_samples.to(torch.float64)
             losses = batch.train_loss.to(torch.float64)
             ok = ~torch.isnan(losses)
+            if attack is not None:  # the loss of the honest participants' training
+                ok &= ~attack.mask[batch.client_ids]
             row["train_loss"] = float((weights[ok] * losses[ok]).sum() / weights[ok].sum()) if ok.any() else math.nan
             extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
             row["bytes_up"] = len(ids) * bytes_per_model + extra_bytes

@@ -25,12 +25,12 @@ import torch
 from flwr.app import DEFAULT_TTL, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from torch import nn
 
-from strategies.flower import REQUIRES_KEY, from_arrayrecord, to_arrayrecord
+from strategies.flower import REQUIRES_KEY, START_LOSS_METRIC, from_arrayrecord, to_arrayrecord
 
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .layout import Layout
 from .seeding import torch_generator
-from .training import TrainConfig, evaluate, local_train
+from .training import TrainConfig, evaluate, local_train, per_row_losses
 
 #: ConfigRecord keys a server may send to override the client's TrainConfig, and the field each sets
 CONFIG_OVERRIDES = {
@@ -41,6 +41,9 @@ CONFIG_OVERRIDES = {
     "momentum": "momentum",
     "weight-decay": "weight_decay",
 }
+
+
+PROXIMAL_MU_KEY = "proximal-mu"  # flwr's FedProx puts its mu in the train config under this key
 
 
 def received_model(msg: Message, layout: Layout, arrayrecord_key: str = "arrays") -> torch.Tensor:
@@ -90,16 +93,25 @@ def train_reply(
     config = received_config(msg)
     cfg = train_config(config, cfg)
     server_round = int(config.get("server-round", 0))
-    result = local_train(model, layout, params, x, y, cfg, torch_generator(seed, "train", server_round, client))
-    metrics: dict[str, int | float] = {"num-examples": result.num_samples, "train-steps": result.steps}
+    requested = config.get(REQUIRES_KEY, [])
+    requested = requested.split(",") if isinstance(requested, str) else list(requested)  # legacy: "a,b"
+    unknown = sorted(set(requested) - {"fisher", "start_loss"})
+    if unknown:
+        raise RunError(
+            f"the server asks for client extras {unknown}; this client can compute only 'fisher' and 'start_loss'"
+        )
+    metrics: dict[str, int | float] = {}
+    if "start_loss" in requested:  # q-FedAvg: the loss at the received model, before training
+        metrics[START_LOSS_METRIC] = float(per_row_losses(model, layout, params, x, y, torch.arange(len(y))).mean())
+    # flwr's FedProx sends its mu as "proximal-mu": the client adds mu (w - w_received) to every gradient
+    prox = float(config.get(PROXIMAL_MU_KEY, 0.0))
+    result = local_train(
+        model, layout, params, x, y, cfg, torch_generator(seed, "train", server_round, client), prox=prox
+    )
+    metrics.update({"num-examples": result.num_samples, "train-steps": result.steps})
     if result.steps:
         metrics["train-loss"] = result.loss
     content = RecordDict({"arrays": to_arrayrecord(layout, result.params), "metrics": MetricRecord(metrics)})
-    requested = config.get(REQUIRES_KEY, [])
-    requested = requested.split(",") if isinstance(requested, str) else list(requested)  # legacy: "a,b"
-    unknown = sorted(set(requested) - {"fisher"})
-    if unknown:
-        raise RunError(f"the server asks for client extras {unknown}; this client can compute only 'fisher'")
     if fisher or (fisher is None and "fisher" in requested):
         from .fisher import diagonal_fisher
 
@@ -138,6 +150,14 @@ def cached_experiment(overrides: tuple[str, ...]):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
     exp = build_experiment(cfg)
+    if exp.attack is not None and exp.attack.name != "label_flip":
+        raise ConfigError(
+            "attack.name",
+            exp.attack.name,
+            "none or label_flip in a Flower app",
+            "Crafted attacks replace Byzantine models at gossipsoup's own server (python -m sim); a Flower "
+            "ServerApp never sees them. label_flip works: its clients train on flipped labels.",
+        )
     configure_for_experiment(exp)  # torch's threads as in a simulator run (sim/threads.py)
     return exp
 

@@ -7,15 +7,28 @@ aside), prints a markdown table of mean ± std over seeds (time: the rounds' loo
 process warm-up), and writes ``report.parquet`` (groups),
 ``runs.parquet`` (one row per run), ``report.md`` and ``comparison.png`` into OUT
 (default ``DIR/report`` of the first DIR).
+
+Also, when the runs' metrics.csv have the counts: ``comm_bytes.png`` and ``comm_messages.png`` (the
+metric against bytes and messages sent, sim/reporting/communication.py) and, for gossip runs,
+``node_accuracy.png`` (the spread of node accuracies). ``--plot COLUMN`` (repeatable) draws any
+metrics.csv column against round as ``plot_COLUMN.png``. ``--tuned`` compares every strategy at its
+own best setting, chosen on ``--select`` (default val_accuracy) and reported on the metric
+(sim/reporting/tuned.py), into ``tuned.md`` and report.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sim.errors import ConfigError, GossipsoupError
+
+
+def _save_png(figure: Any, path: str) -> None:
+    figure.savefig(path, format="png", dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="test_accuracy",
         help="metrics.csv column to compare, higher is better (default test_accuracy)",
     )
+    p.add_argument(
+        "--plot",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="also plot this metrics.csv column against round as plot_COLUMN.png (repeatable)",
+    )
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="compare each strategy at its best setting: chosen by --select, reported on --metric",
+    )
+    p.add_argument("--select", default="val_accuracy", help="metrics.csv column that picks the best setting")
     return p
 
 
@@ -43,7 +69,15 @@ def _warn_skipped(skipped: list) -> None:
         print(f"  {s.path}: {s.reason}", file=sys.stderr)
 
 
-def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -> int:
+def run_report(
+    dirs: list[Path],
+    out: Path | None,
+    target: float,
+    metric: str,
+    plots: list[str] | None = None,
+    tuned: bool = False,
+    select: str = "val_accuracy",
+) -> int:
     # Everything is checked and computed before OUT is created: an error leaves no files behind.
     from sim.reporting.runs import check_metric, load_runs
 
@@ -70,7 +104,11 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
             + ".",
         )
     check_metric(runs, metric)
+    for column in plots or []:
+        check_metric(runs, column)
 
+    from sim.reporting.communication import AXES, with_cost_axis
+    from sim.reporting.nodes import plot_node_spread
     from sim.reporting.plot import plot_comparison
     from sim.reporting.tables import group_table, runs_table, to_markdown, x_axis_name
     from sim.results import atomic_write_text as write_text_atomic
@@ -92,15 +130,39 @@ def run_report(dirs: list[Path], out: Path | None, target: float, metric: str) -
     # Runs are labelled in runs_df order; plot in that order too.
     by_dir = {str(r.path): r for r in runs}
     ordered = [by_dir[d] for d in runs_df["run_dir"]]
-    fig = plot_comparison(ordered, list(runs_df["strategy"]), list(runs_df["setting"]), metric, target, x)
+    strategies, settings = list(runs_df["strategy"]), list(runs_df["setting"])
+    fig = plot_comparison(ordered, strategies, settings, metric, target, x)
+    figures = {"comparison.png": fig}
+    for kind, axis in AXES.items():
+        costed = [with_cost_axis(r, kind) for r in ordered]
+        if all(c is not None for c in costed):
+            figures[f"comm_{kind}.png"] = plot_comparison(
+                [c for c in costed if c is not None], strategies, settings, metric, target, axis
+            )
+    spread = plot_node_spread(ordered, strategies)
+    if spread is not None:
+        figures["node_accuracy.png"] = spread
+    for column in plots or []:
+        figures[f"plot_{column.replace('/', '_')}.png"] = plot_comparison(
+            ordered, strategies, settings, column, None, x
+        )
+    if tuned:
+        from sim.reporting.tuned import tuned_markdown, tuned_table
+
+        tuned_md = tuned_markdown(tuned_table(runs, metric, select), metric, select)
+        markdown += "\n" + tuned_md
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "report.parquet", lambda t: groups.to_parquet(t, index=False))
     write_atomic(out / "runs.parquet", lambda t: runs_df.to_parquet(t, index=False))
     write_text_atomic(out / "report.md", markdown)
-    write_atomic(out / "comparison.png", lambda t: fig.savefig(t, format="png", dpi=120))
+    if tuned:
+        write_text_atomic(out / "tuned.md", tuned_md)
+    for name, figure in figures.items():
+        write_atomic(out / name, partial(_save_png, figure))
     print(markdown, end="")
-    print(f"wrote {out}/{{report.parquet,runs.parquet,report.md,comparison.png}}", file=sys.stderr)
+    written = ["report.parquet", "runs.parquet", "report.md", *(["tuned.md"] if tuned else []), *figures]
+    print(f"wrote {out}/{{{','.join(written)}}}", file=sys.stderr)
     return 0
 
 
@@ -110,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error argparse has already printed
         return e.code if isinstance(e.code, int) else 2
     try:
-        return run_report(args.dirs, args.out, args.target, args.metric)
+        return run_report(args.dirs, args.out, args.target, args.metric, args.plot, args.tuned, args.select)
     except GossipsoupError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,12 +1,15 @@
-"""Crash-safe runs (FL and synchronous gossip): checkpoints of the whole run state, resume, stopping on a signal.
+"""Crash-safe runs: checkpoints of the whole run state, resume, stopping on a signal.
 
 A checkpoint holds what a later round reads and nothing else (docs/design.md explains each):
 
-- ``round``: the last completed round;
-- ``params``: the global model after it (synchronous gossip: every node's model ``[N, P]``);
+- ``round``: the last completed round (asynchronous gossip: the simulated time in rounds,
+  ``time / wake_interval``, of the evaluation it follows, and ``evaluation``, that evaluation's index);
+- ``params``: the global model after it (gossip: every node's model ``[N, P]``);
 - ``strategy``: the strategy's state (server optimizer moments and step, FedAU's intervals, MIFA's
-  memory, ...), stored as data (:mod:`sim.run_state`); in gossip every node's state and the extras
-  of the last training;
+  memory, ...), stored as data (:mod:`sim.run_state`); in synchronous gossip every node's state and
+  the extras of the last training; in asynchronous gossip everything the event loop carries
+  (:mod:`sim.gossip.async_state`: the event queue with the models in flight, the event stream's
+  generator state, training counts, churn, per-node states);
 - ``rows``: the metrics rows so far, so that ``metrics.csv`` continues exactly;
 - ``config``: the resolved config of the run, which a resume must match.
 
@@ -40,31 +43,35 @@ RESUME_MAY_CHANGE = ("rounds", "progress", "resume")
 
 
 def checkpoint_settings(cfg) -> tuple[int | None, int | None]:
-    """``(every, keep_every)`` from the ``checkpoint`` block, each null or an integer >= 1."""
+    """``(every, keep_every)`` from the ``checkpoint`` block, each null or an integer >= 1.
+
+    Both count rounds, except in asynchronous gossip, which has no rounds: there they count
+    evaluations (one every ``gossip.eval_interval`` of simulated time).
+    """
     block = cfg.get("checkpoint") or {}
     values = []
     for key in ("every", "keep_every"):
         value = block.get(key)
         if value is not None and not (is_int(value) and value >= 1):
-            raise ConfigError(f"checkpoint.{key}", value, "null or an integer >= 1 (rounds)")
+            raise ConfigError(
+                f"checkpoint.{key}", value, "null or an integer >= 1 (rounds; asynchronous gossip: evaluations)"
+            )
         values.append(value)
-    asynchronous = cfg.get("mode") == "gossip" and (cfg.get("gossip") or {}).get("schedule") == "async"
-    if asynchronous and (values[0] is not None or cfg.get("resume")):
-        raise ConfigError(
-            "checkpoint.every" if values[0] is not None else "resume",
-            values[0] if values[0] is not None else cfg.get("resume"),
-            "null for gossip.schedule=async",
-            "Checkpoints and resume cover federated runs and synchronous gossip; asynchronous gossip "
-            "(its event queue and messages in flight) cannot be resumed yet.",
-        )
     return values[0], values[1]
+
+
+def kept_name(state: dict[str, Any]) -> str:
+    """``checkpoint_round<R>``, or ``checkpoint_eval<K>`` for asynchronous gossip (whose rounds are not whole)."""
+    if "evaluation" in state:
+        return f"checkpoint_eval{state['evaluation']}.safetensors"
+    return f"checkpoint_round{state['round']}.safetensors"
 
 
 def write_checkpoint(out: Path, state: dict[str, Any], keep: bool) -> None:
     """The latest checkpoint (atomically replaced), plus a kept copy of this round when asked."""
     save_state(out / CHECKPOINT, state)
     if keep:
-        save_state(out / f"checkpoint_round{state['round']}.safetensors", state)
+        save_state(out / kept_name(state), state)
 
 
 def read_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -72,7 +79,10 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError("resume", str(run_dir), "the folder of a run to continue", "No such folder exists.")
-    kept = sorted(run_dir.glob("checkpoint_round*.safetensors"), key=lambda p: -_round_of(p))
+    kept = sorted(
+        [*run_dir.glob("checkpoint_round*.safetensors"), *run_dir.glob("checkpoint_eval*.safetensors")],
+        key=lambda p: -_position_of(p),
+    )
     candidates = [p for p in [run_dir / CHECKPOINT, *kept] if p.is_file()]
     if not candidates:
         raise ConfigError(
@@ -95,12 +105,20 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
     raise ConfigError("resume", str(run_dir), "a folder with a readable checkpoint", " ".join(problems))
 
 
-def _round_of(path: Path) -> int:
-    digits = path.stem.removeprefix("checkpoint_round")
+def _position_of(path: Path) -> int:
+    """The round (or evaluation) in a kept checkpoint's name; -1 for a name that has none."""
+    digits = path.stem.removeprefix("checkpoint_round").removeprefix("checkpoint_eval")
     return int(digits) if digits.isdigit() else -1
 
 
-def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: list[str], done: int) -> dict[str, Any]:
+def check_length(state: dict[str, Any], rounds: int) -> None:
+    """A resume's ``rounds`` must reach the saved run's position (asynchronous gossip: possibly between rounds)."""
+    done = state["round"]
+    if float(done) > rounds:
+        raise ConfigError("rounds", rounds, f"at least {done:g}, the rounds the saved run has done")
+
+
+def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: list[str], done: float) -> dict[str, Any]:
     """The saved config with the allowed changes the command line made; ConfigError naming any other.
 
     ``overridden`` are the keys the user set on the command line; each must keep its saved value,
@@ -164,5 +182,11 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, h)
 
 
-def run_state(round_: int, params: torch.Tensor, strategy_state: Any, rows: list, config: dict) -> dict[str, Any]:
-    return {"round": round_, "params": params, "strategy": strategy_state, "rows": rows, "config": config}
+def run_state(
+    round_: float, params: torch.Tensor, strategy_state: Any, rows: list, config: dict, evaluation: int | None = None
+) -> dict[str, Any]:
+    """A checkpoint's content; ``evaluation`` (asynchronous gossip) is the index of the evaluation it follows."""
+    state = {"round": round_, "params": params, "strategy": strategy_state, "rows": rows, "config": config}
+    if evaluation is not None:
+        state["evaluation"] = evaluation
+    return state

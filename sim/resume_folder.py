@@ -4,8 +4,9 @@ Rerunning a killed sweep should need nothing but the same command with ``resume=
 default folders carry a timestamp (``multirun/DATE/TIME/JOB``), so the rerun's own folder is new
 and empty; the earlier one is found by its ``.hydra/overrides.yaml``, which Hydra writes into every
 job folder: a folder under the same root whose overrides equal this job's (the swept value
-included) ran exactly this job. With a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` the job's own
-folder is the earlier one and no search is needed.
+included; ``resume=`` aside, so the first launch need not have said it) ran exactly this job.
+With a fixed ``hydra.run.dir`` / ``hydra.sweep.dir`` the job's own folder is the earlier one and
+no search is needed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def _overrides(folder: Path) -> list[str] | None:
         loaded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return sorted(str(o) for o in loaded) if isinstance(loaded, list) else None
+    return _job_key([str(o) for o in loaded]) if isinstance(loaded, list) else None
+
+
+def _job_key(overrides: list[str]) -> list[str]:
+    """What identifies a job: its overrides in any order, ``resume=...`` aside (the first launch may lack it)."""
+    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume")
 
 
 def earlier_run_folder(out_dir: Path, dir_pattern: str, overrides: list[str]) -> Path | None:
@@ -49,7 +55,7 @@ def earlier_run_folder(out_dir: Path, dir_pattern: str, overrides: list[str]) ->
     root = fixed_root(dir_pattern)
     if not root.is_dir():
         return None
-    wanted = sorted(overrides)
+    wanted = _job_key(overrides)
     found = []
     for depth in range(1, MAX_DEPTH + 1):
         for marker in root.glob("/".join(["*"] * depth) + "/.hydra/overrides.yaml"):
@@ -69,4 +75,4 @@ def completed_summary(folder: Path) -> dict[str, Any] | None:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return (folder / CHECKPOINT).is_file() or any(folder.glob("checkpoint_round*.safetensors"))
+    return (folder / CHECKPOINT).is_file() or any(folder.glob("checkpoint_*.safetensors"))

@@ -23,9 +23,9 @@ from .checkpoint import save_checkpoint
 from .errors import GossipsoupError, RunInterrupted
 from .experiment import build_experiment, resolved_config
 from .federated import Resume, run_federated
-from .gossip import run_gossip
+from .gossip import evaluation_count, run_gossip
 from .results import MetricsLog, plot_accuracy, write_json
-from .resume import checkpoint_settings, run_state, stop_on_signals, write_checkpoint
+from .resume import check_length, checkpoint_settings, run_state, stop_on_signals, write_checkpoint
 from .threads import configure_for_experiment, configure_threads
 from .tracking import open_tracker
 
@@ -42,6 +42,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _readable(rounds: float) -> Any:
+    """Simulated time in rounds as a person reads it: 3 rather than 3.0, 2.5 rather than 2.5000000000000004."""
+    value = round(float(rounds), 6)
+    return int(value) if value.is_integer() else value
+
+
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     evals = [r for r in rows if not math.isnan(r.get("test_accuracy", math.nan))]
     if not evals:
@@ -55,12 +61,15 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Build, run and record one experiment; returns the summary written to summary.json.
 
-    ``resume_state`` (from :func:`sim.resume.read_checkpoint`) continues a federated run after its
-    last checkpointed round; ``cfg`` is then the saved config (``rounds`` may have grown).
+    ``resume_state`` (from :func:`sim.resume.read_checkpoint`) continues a run after its last
+    checkpointed round (asynchronous gossip: evaluation); ``cfg`` is then the saved config (``rounds``
+    may have grown).
     """
     out = Path(out_dir)
     t0 = time.perf_counter()
     every, keep_every = checkpoint_settings(cfg)
+    if resume_state is not None:
+        check_length(resume_state, int(cfg.rounds))
     # torch's threads (sim/threads.py): one while the data and model are built, then the run's own count
     configure_threads(cfg.get("backend", {}).get("num_threads"), 1, 1)
     exp = build_experiment(cfg)  # raises ConfigError before any result file exists
@@ -69,9 +78,8 @@ def run_experiment(
     show = bool(cfg.get("progress", True)) if progress is None else progress
     label = f"{exp.strategy.name} seed={cfg.seed}"
     gossip = exp.gossip is not None
-    bar_total = int(cfg.rounds)
-    if gossip and exp.gossip.schedule == "async":
-        bar_total = int(cfg.rounds * exp.gossip.wake_interval / exp.gossip.eval_interval + 1e-9)
+    asynchronous = gossip and exp.gossip.schedule == "async"
+    bar_total = evaluation_count(int(cfg.rounds), exp.gossip) if asynchronous else int(cfg.rounds)
     metrics = MetricsLog(out / "metrics.csv")
     for saved_row in (resume_state or {}).get("rows", []):
         metrics.append(saved_row)
@@ -90,7 +98,7 @@ def run_experiment(
     tracker = open_tracker(cfg, out)
     bar = tqdm(total=bar_total, desc=label, disable=not show, leave=True, dynamic_ncols=True)
     if resume_state is not None:
-        bar.update(int(resume_state["round"]))
+        bar.update(int(resume_state.get("evaluation", resume_state["round"])))
 
     def on_round(row: dict[str, Any]) -> None:
         tracker.log_row(row)
@@ -122,8 +130,23 @@ def run_experiment(
                 if stop and round_ < rounds:
                     raise RunInterrupted(str(stop.signal_name), round_, str(out))
 
+            def evaluation_end(evaluation: int, params, carried) -> None:
+                """Asynchronous gossip: checkpoints every ``every`` evaluations, after the last, on a signal."""
+                due = every is not None and (evaluation % every == 0 or evaluation == bar_total)
+                if due or stop:
+                    metrics.flush()
+                    state = carried()
+                    at = state["time"] / exp.gossip.wake_interval
+                    keep = keep_every is not None and evaluation % keep_every == 0
+                    saved = run_state(at, params, state, metrics.rows, summary["config"], evaluation)
+                    write_checkpoint(out, saved, keep)
+                    if stop and evaluation < bar_total:
+                        raise RunInterrupted(str(stop.signal_name), _readable(at), str(out))
+
             if gossip:
-                node_params = run_gossip(exp, metrics, on_round, resume=resume, round_end=round_end)
+                node_params = run_gossip(
+                    exp, metrics, on_round, resume=resume, round_end=round_end, eval_end=evaluation_end
+                )
                 final_params = node_params.mean(0)  # the nodes' average model is what gets saved
             else:
                 final_params = run_federated(exp, metrics, on_round, resume=resume, round_end=round_end)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +23,7 @@ from .data.augment import augment_params, augment_rows, augments
 from .data.inputs import input_spec
 from .errors import ConfigError
 from .layout import Layout
+from .seeding import derived_seeds
 from .validation import boolean, integer, number, optional_integer
 
 
@@ -36,6 +38,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     crop_padding: int = 0  # images: random crop of the zero-padded image (0: off)
     hflip: bool = False  # images: random horizontal flip
+    #: when set (with local_steps): each client draws its steps per round, uniformly in [this, local_steps]
+    local_steps_min: int | None = None
 
     @property
     def augments(self) -> bool:
@@ -55,7 +59,59 @@ class TrainConfig:
             label_smoothing=number("train.label_smoothing", get("label_smoothing", 0.0), 0, 1, hi_open=True),
             crop_padding=integer("train.crop_padding", get("crop_padding", 0), 0),
             hflip=boolean("train.hflip", get("hflip", False)),
+            local_steps_min=_local_steps_min(get("local_steps_min"), get("local_steps")),
         )
+
+
+def _local_steps_min(value, local_steps) -> int | None:
+    """None, or the fewest steps of a client when clients run unequal numbers of local steps."""
+    if value is None:
+        return None
+    hi = local_steps if isinstance(local_steps, int) and not isinstance(local_steps, bool) else None
+    if hi is None:
+        raise ConfigError(
+            "train.local_steps_min",
+            value,
+            "null unless train.local_steps is set",
+            "Unequal local work draws each client's steps from [local_steps_min, local_steps]; "
+            "set train.local_steps to the most steps a client takes.",
+        )
+    return integer(
+        "train.local_steps_min", value, 1, hi, allowed=f"null or an integer in [1, {hi}] (train.local_steps)"
+    )
+
+
+@dataclass(frozen=True)
+class ClientCorrection:
+    """A term a strategy adds to every local gradient: ``prox * (w - w_start) + offsets[k]``.
+
+    FedProx's proximal term (``prox = mu``), SCAFFOLD's control variates (``offsets = c - c_k``) and
+    FedDyn's regularizer (``prox = alpha``, ``offsets = -grad_memory_k``) are all linear in the
+    weights, so one elementwise update on the stacked ``[K, P]`` models serves every backend.
+    """
+
+    prox: float = 0.0
+    offsets: torch.Tensor | None = None  # [K, P] rows in the order of the trained clients, or None
+
+    def rows(self, index: torch.Tensor | list[int]) -> ClientCorrection:
+        """The correction of a subset of the clients (a chunk, a sorted order)."""
+        if self.offsets is None:
+            return self
+        return ClientCorrection(self.prox, self.offsets[torch.as_tensor(index, dtype=torch.long)])
+
+
+def client_local_steps(cfg: TrainConfig, seed: int, rounds: list[int], clients: list[int]) -> torch.Tensor | None:
+    """``[K]`` local steps of each client in its round with ``train.local_steps_min``; None otherwise.
+
+    Drawn uniformly from ``[local_steps_min, local_steps]`` out of the stream ``(seed, "local_steps",
+    round, client)``, apart from the client's training stream, so every backend (and a client trained
+    alone) gets the same count and the batches it draws stay those of equal-work runs.
+    """
+    if cfg.local_steps_min is None or cfg.local_steps is None:
+        return None
+    seeds = derived_seeds(int(seed), ("local_steps",), [np.asarray(rounds), np.asarray(clients)])
+    span = cfg.local_steps - cfg.local_steps_min + 1
+    return torch.from_numpy(seeds % span + cfg.local_steps_min).to(torch.long)
 
 
 @dataclass
@@ -66,17 +122,20 @@ class TrainResult:
     steps: int
 
 
-def batch_schedule(num_samples: int, cfg: TrainConfig, generator: torch.Generator) -> list[torch.Tensor]:
+def batch_schedule(
+    num_samples: int, cfg: TrainConfig, generator: torch.Generator, steps: int | None = None
+) -> list[torch.Tensor]:
     """Row indices of every minibatch, in order.
 
     Each epoch is a fresh permutation cut into batches of ``batch_size`` (the last one may be
-    smaller). With ``local_steps`` the permutations run back to back until that many batches exist.
-    Every backend draws the schedule through this function, so batch order is identical everywhere.
+    smaller). With ``local_steps`` the permutations run back to back until that many batches exist
+    (``steps``, when given, is this client's own count: see :func:`client_local_steps`). Every backend
+    draws the schedule through this function, so batch order is identical everywhere.
     """
     if num_samples == 0:
         return []
     batches: list[torch.Tensor] = []
-    steps = cfg.local_steps
+    steps = cfg.local_steps if steps is None else steps
     epochs = cfg.epochs
     while True:
         perm = torch.randperm(num_samples, generator=generator)
@@ -89,13 +148,16 @@ def batch_schedule(num_samples: int, cfg: TrainConfig, generator: torch.Generato
             return batches[:steps]
 
 
-def steps_per_client(sizes: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def steps_per_client(sizes: torch.Tensor, cfg: TrainConfig, local_steps: torch.Tensor | None = None) -> torch.Tensor:
     """``[K]`` minibatch steps that :func:`batch_schedule` gives clients of ``sizes`` rows.
 
     The count follows from the row count and the config alone (the generator only orders the rows),
-    so backends can plan work (sorting, chunking) before drawing anything.
+    so backends can plan work (sorting, chunking) before drawing anything. ``local_steps [K]``: each
+    client's own count (:func:`client_local_steps`).
     """
     sizes = sizes.to(torch.long)
+    if local_steps is not None:
+        return torch.where(sizes > 0, local_steps.to(torch.long), torch.zeros_like(sizes))
     if cfg.local_steps is not None:
         return torch.where(sizes > 0, torch.full_like(sizes, cfg.local_steps), torch.zeros_like(sizes))
     return cfg.epochs * ((sizes + cfg.batch_size - 1) // cfg.batch_size)
@@ -159,15 +221,22 @@ def local_train(
     y: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
+    steps: int | None = None,
+    prox: float = 0.0,
+    offset: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``."""
+    """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``.
+
+    ``steps``: this client's own number of local steps (unequal local work); ``prox`` and ``offset``
+    (``[P]``): a strategy's :class:`ClientCorrection` for this client, added to every gradient.
+    """
     buffers = layout.of_kind("buffer")
     trainable = layout.trainable_mask() if buffers else None
     p = params.detach().clone()
     buf = None
     losses = []
     shape = image_shape(model, cfg)
-    batches = batch_schedule(len(y), cfg, generator)
+    batches = batch_schedule(len(y), cfg, generator, steps)
     # drawn after the schedule, one (dy, dx, flip) per scheduled row: see sim.data.augment
     aug = augment_params(sum(len(b) for b in batches), cfg.crop_padding, cfg.hflip, generator)
     # randomness inside the model (dropout) comes from torch's global generator: seed it from this
@@ -193,12 +262,41 @@ def local_train(
             if trainable is not None:
                 grad = grad * trainable
             with torch.no_grad():
+                if prox:
+                    grad = grad + prox * (p.detach() - params)
+                if offset is not None:
+                    grad = grad + offset
                 p, buf = sgd_step(p.detach(), grad, buf, cfg)
                 for spec in buffers:
                     p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)
             losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return TrainResult(p.detach(), int(len(y)), mean_loss, len(losses))
+
+
+@torch.no_grad()
+def per_row_losses(
+    model: nn.Module,
+    layout: Layout,
+    params: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Cross-entropy ``[len(rows)]`` of one flat model on the data rows ``rows`` (no label smoothing).
+
+    Randomness inside the model (dropout) draws from a fixed seed, so every backend and process gets
+    the same numbers.
+    """
+    state = layout.to_state_dict(params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        out = [
+            F.cross_entropy(functional_call(model, state, (x[part],)), y[part], reduction="none")
+            for part in rows.split(chunk)
+        ]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()

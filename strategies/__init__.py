@@ -7,10 +7,22 @@ Hydra's ``_target_`` in ``configs/strategy/*.yaml`` is the registry.
 
 from .all_clients import MIFA, FedAvgAll, KnownProbability
 from .base import AggregationInfo, Strategy, build_strategy, weighted_average
+from .client_side import FedDyn, FedNova, FedProx, Scaffold
 from .fedau import FedAU
 from .fedavg import FedAvg
 from .fedopt import ServerOptimizer
 from .gossip import GossipAvg
+from .qfedavg import QFedAvg
+from .robust import (
+    Bulyan,
+    CenteredClipping,
+    ClippedGossip,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    MeaMed,
+    TrimmedMean,
+)
 from .soups import FisherMerge, GreedySoup, Interpolate, SparseSoup, UniformSoup
 from .task_merging import TaskArithmetic
 from .variance import VarianceCorrected
@@ -21,7 +33,12 @@ __all__ = [
     "build_strategy",
     "weighted_average",
     "FedAvg",
+    "FedProx",
+    "Scaffold",
+    "FedDyn",
+    "FedNova",
     "ServerOptimizer",
+    "QFedAvg",
     "FedAU",
     "FedAvgAll",
     "KnownProbability",
@@ -34,4 +51,12 @@ __all__ = [
     "Interpolate",
     "SparseSoup",
     "TaskArithmetic",
+    "CoordinateMedian",
+    "TrimmedMean",
+    "MeaMed",
+    "Krum",
+    "Bulyan",
+    "GeometricMedian",
+    "CenteredClipping",
+    "ClippedGossip",
 ]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from sim.errors import ConfigError
 from sim.layout import Layout
 from sim.validation import number
+
+if TYPE_CHECKING:
+    from sim.training import ClientCorrection, TrainConfig
 
 State = dict[str, Any]
 
@@ -36,6 +39,9 @@ class AggregationInfo:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client extras, e.g. "fisher": [K, P]
     participation_prob: torch.Tensor | None = None  # [K] known p_n when the participation model knows it
     mixing_weights: torch.Tensor | None = None  # gossip: [K] the topology's mixing weights for these models
+    num_byzantine: int = 0  # how many of the K models may be Byzantine (robust rules with f=null read it)
+    num_steps: torch.Tensor | None = None  # [K] local SGD steps behind each model (FedNova, SCAFFOLD); None: unknown
+    train: TrainConfig | None = None  # the clients' local training config (its lr, momentum); None: unknown
 
 
 class Strategy:
@@ -50,12 +56,39 @@ class Strategy:
     #: why FL and gossip servers must refuse the rule (only offline merging of checkpoints applies it);
     #: None for every rule that works in a run. Read by the run's config check and the Flower adapters.
     offline_only: ClassVar[str | None] = None
+    #: True when the rule changes local training through :meth:`client_correction` (FedProx, SCAFFOLD,
+    #: FedDyn); engines that cannot pass a correction to their training (async gossip) refuse such rules
+    client_side: ClassVar[bool] = False
+    #: why gossip must refuse the rule (it needs one server that sees every client, e.g. SCAFFOLD's
+    #: global control variate); None where a gossip node can run it. Read by the run's config check.
+    needs_server: ClassVar[str | None] = None
+    #: why FL servers must refuse the rule (it merges a node's own model with its neighbours', e.g.
+    #: ClippedGossip); None where a server can apply it. Read by the run's config check and the Flower adapters.
+    gossip_only: ClassVar[str | None] = None
+
+    def client_correction(
+        self, client_ids: torch.Tensor, start: torch.Tensor, state: State | None
+    ) -> ClientCorrection | None:
+        """The term this rule adds to each local gradient of ``client_ids`` this round, or None.
+
+        ``start`` is what they train from (``[P]`` or ``[K, P]``); ``state`` the rule's state (None in
+        gossip, where a node's state is not a server's).
+        """
+        return None
 
     def init_state(self, params: torch.Tensor, num_clients: int) -> State:
         return {}
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
+
+    def check_tolerance(self, n: int, num_byzantine: int = 0) -> None:
+        """ConfigError when ``n`` models, ``num_byzantine`` of them Byzantine, are more than the rule tolerates.
+
+        Called by the config check with the expected number of models per aggregation, before any
+        work; robust rules (strategies/robust/) override it, every other rule tolerates nothing and
+        says nothing (FedAvg under attack is the baseline a comparison needs).
+        """
 
     def on_empty_round(self, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         """A round in which nobody took part (``info.client_ids`` is empty): keep the model.

@@ -1,10 +1,11 @@
 """Adaptive server optimizers (Reddi et al. 2021, "Adaptive Federated Optimization").
 
-One class serves the family through ``optimizer`` (avgm, adam, yogi), as mergekit serves its
-variants: they differ only in how the second moment is updated. The pseudo-gradient is
+One class serves the family through ``optimizer`` (avgm, adagrad, adam, yogi), as mergekit serves
+its variants: they differ only in how the second moment is updated. The pseudo-gradient is
 ``delta = average - x`` (the averaged client update); then, as in the paper's Algorithm 2,
 
     m <- beta1 m + (1 - beta1) delta                      (avgm: m <- beta1 m + delta)
+    adagrad: v <- v + delta^2
     adam: v <- beta2 v + (1 - beta2) delta^2
     yogi: v <- v - (1 - beta2) delta^2 sign(v - delta^2)
     x <- x + lr m / (sqrt(v) + tau)                         (avgm: x <- x + lr m)
@@ -17,7 +18,9 @@ variants: they differ only in how the second moment is updated. The pseudo-gradi
   number for number with a Flower server: ``v_0 = 0``; FedAdam scales the step by
   ``sqrt(1 - beta2^(r+1)) / (1 - beta1^(r+1))`` with ``r`` the server round (an exponent one ahead
   of Kingma & Ba's step count, and the round rather than the number of steps taken, so a round
-  nobody answered still advances it); FedYogi has no bias correction. FedAvgM is the same in both.
+  nobody answered still advances it); FedYogi has no bias correction. FedAdagrad is Flower's
+  ``FedAdagrad`` (``beta_1 = 0``, so ``m = delta``; ``v_0 = 0``): ``beta1`` must be 0 with it.
+  FedAvgM is the same in both.
 
 ``bias_correction=true`` (``reddi`` only) is Kingma & Ba's correction with ``t`` the number of
 server steps taken: the step is scaled by ``sqrt(1 - beta2^t) / (1 - beta1^t)``. It is not Flower's.
@@ -42,7 +45,7 @@ from sim.validation import boolean, choice
 from .base import AggregationInfo, State, Strategy, check_positive, check_unit_interval, weighted_average
 from .fedavg import WEIGHTINGS, client_weights
 
-OPTIMIZERS = ("avgm", "adam", "yogi")
+OPTIMIZERS = ("avgm", "adagrad", "adam", "yogi")
 VARIANTS = ("reddi", "flower")
 
 
@@ -70,6 +73,13 @@ class ServerOptimizer(Strategy):
         self.beta2 = check_unit_interval(label, "beta2", beta2)
         self.tau = check_positive(label, "tau", tau)
         self.bias_correction = self._check_bias_correction(boolean("strategy.bias_correction", bias_correction))
+        if self.optimizer == "adagrad" and self.variant == "flower" and self.beta1 != 0:
+            raise ConfigError(
+                "strategy.beta1",
+                beta1,
+                "0 for fedadagrad with variant=flower",
+                "Flower's FedAdagrad has no first moment (it fixes beta_1 = 0).",
+            )
 
     def _check_bias_correction(self, value: bool) -> bool:
         if value and self.optimizer == "avgm":
@@ -78,6 +88,13 @@ class ServerOptimizer(Strategy):
                 value,
                 "false for fedavgm",
                 "Momentum SGD on the server has no second moment to correct.",
+            )
+        if value and self.optimizer == "adagrad":
+            raise ConfigError(
+                "strategy.bias_correction",
+                value,
+                "false for fedadagrad",
+                "Adagrad sums squared steps instead of averaging them: there is no decay to correct.",
             )
         if value and self.variant == "flower":
             raise ConfigError(
@@ -117,7 +134,9 @@ class ServerOptimizer(Strategy):
             return x + self.server_lr * m, {"step": step, "m": m}
         m = self.beta1 * state["m"] + (1 - self.beta1) * delta
         d2 = delta * delta
-        if self.optimizer == "adam":
+        if self.optimizer == "adagrad":
+            v = state["v"] + d2
+        elif self.optimizer == "adam":
             v = self.beta2 * state["v"] + (1 - self.beta2) * d2
         else:
             v = state["v"] - (1 - self.beta2) * d2 * torch.sign(state["v"] - d2)

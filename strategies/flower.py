@@ -45,6 +45,9 @@ log = logging.getLogger("flwr")  # Flower's console handler, so warnings show in
 
 NUM_EXAMPLES = "num-examples"  # Flower's own key for the sample count
 REQUIRES_KEY = "gossipsoup-requires"  # config key: per-client extras the strategy needs
+START_LOSS_METRIC = "start-loss"  # reply metric: the client's mean loss at the received model (q-FedAvg)
+#: extras that are one number per client, sent in the reply's MetricRecord rather than as an ArrayRecord
+SCALAR_EXTRAS = {"start_loss": START_LOSS_METRIC}
 ON_INVALID = ("error", "reject")
 
 
@@ -135,7 +138,7 @@ class _Row(NamedTuple):
     client_id: int  # row in the per-client state
     params: torch.Tensor  # flat [P]
     num_samples: float
-    extras: dict[str, torch.Tensor]  # name -> flat [P], one per extra the strategy requires
+    extras: dict[str, torch.Tensor]  # name -> flat [P] (a 0-d number for SCALAR_EXTRAS), one per required extra
 
 
 class ReplyAggregator:
@@ -153,8 +156,17 @@ class ReplyAggregator:
     ):
         if not isinstance(strategy, Strategy):
             raise ConfigError("strategy", type(strategy).__name__, "a gossipsoup Strategy (see strategies/)")
-        if strategy.offline_only:
-            raise ConfigError("strategy", strategy.name, "a rule a Flower server can apply", strategy.offline_only)
+        if strategy.offline_only or strategy.gossip_only:
+            why = str(strategy.offline_only or strategy.gossip_only)
+            raise ConfigError("strategy", strategy.name, "a rule a Flower server can apply", why)
+        if strategy.needs_server:  # SCAFFOLD, FedDyn, FedNova: a client part that Flower's messages do not carry
+            raise ConfigError(
+                "strategy",
+                strategy.name,
+                "a rule a Flower server can apply (for FedProx use flwr's FedProx with a gossipsoup ClientApp)",
+                f"{strategy.name} needs its client part (control variates, gradient memory or local step counts) "
+                "on gossipsoup's own engine; run it with python -m sim.",
+            )
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
         if num_clients is not None and (
@@ -248,6 +260,13 @@ class ReplyAggregator:
             record = u.extras.get(name)
             if record is None:
                 problems.append(f"no {name!r} record, which strategy {self.strategy.name} needs from every client")
+                continue
+            if name in SCALAR_EXTRAS:
+                value = record.get("value")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    problems.append(f"{SCALAR_EXTRAS[name]!r} is {value!r}, expected a finite number")
+                else:
+                    extras[name] = torch.tensor(float(value))
                 continue
             extra, found = read_arrays(self.layout, record, name)
             problems += found
@@ -386,7 +405,11 @@ class GossipsoupStrategy(AggregatorHolder, FlowerFedAvg):
     def _read(self, msg: Message) -> ClientUpdate:
         content, problems = msg.content, []
         records = dict(content.array_records)
-        extras = {name: records.pop(name, None) for name in self.aggregator.strategy.requires}
+        extras: dict[str, Any] = {name: records.pop(name, None) for name in self.aggregator.strategy.requires}
+        for name, key in SCALAR_EXTRAS.items():
+            if name in extras:
+                found = [m[key] for m in content.metric_records.values() if key in m]
+                extras[name] = {"value": found[0]} if found else None
         arrays = records.get(self.arrayrecord_key)
         if arrays is None and len(records) == 1:  # Flower's FedAvg accepts one ArrayRecord under any key
             arrays = next(iter(records.values()))

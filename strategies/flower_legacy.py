@@ -33,7 +33,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from sim.layout import Layout
 
 from .base import Strategy
-from .flower import REQUIRES_KEY, AggregatorHolder, ClientUpdate, from_arrayrecord, log
+from .flower import REQUIRES_KEY, SCALAR_EXTRAS, AggregatorHolder, ClientUpdate, from_arrayrecord, log
 
 
 def to_ndarrays(layout: Layout, flat: torch.Tensor) -> list[np.ndarray]:
@@ -126,7 +126,10 @@ class GossipsoupLegacyStrategy(AggregatorHolder, LegacyFedAvg):
             arrays = found
         extras: dict[str, Mapping[str, Any] | None] = {}
         for name in self.aggregator.strategy.requires:
-            if name in res.metrics:
+            if name in SCALAR_EXTRAS:  # one number per client: a plain metric
+                key = SCALAR_EXTRAS[name]
+                extras[name] = {"value": res.metrics[key]} if key in res.metrics else None
+            elif name in res.metrics:
                 extra = decode_extra(layout, res.metrics[name])
                 if isinstance(extra, str):
                     problems.append(f"extra {name!r} {extra}")

@@ -30,7 +30,6 @@ CASES = {
     "unknown dataset": (["dataset=mnist"], "dataset"),
     "unknown model": (["model=vgg16"], "model"),
     "checkpoint every zero rounds": (["checkpoint.every=0"], "checkpoint.every"),
-    "checkpoints in async gossip": (["mode=gossip", "gossip.schedule=async", "checkpoint.every=5"], "checkpoint.every"),
     "unknown partition": (["partition=zipf"], "partition"),
     "rounds zero": (["rounds=0"], "rounds"),
     "rounds negative": (["rounds=-3"], "rounds"),

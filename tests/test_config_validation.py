@@ -64,7 +64,7 @@ def test_every_group_option_validates(group, option, tmp_path):
         path = tmp_path / "ring.txt"
         path.write_text("\n".join(f"{i} {(i + 1) % 12}" for i in range(12)))
         extra.append(f"topology.path={path}")
-    if group == "strategy" and option in ("gossip_avg", "variance_corrected"):
+    if group == "strategy" and option in GOSSIP_RULES:
         extra = ["mode=gossip", "topology=ring"]
     if group == "backend" and option == "ray":
         pytest.importorskip("ray")
@@ -75,6 +75,10 @@ def test_every_group_option_validates(group, option, tmp_path):
 
 
 # Class 1: every float option must be finite; `v > 0` alone let inf through.
+#: strategies that only gossip can run (their keys are read in mode=gossip); every other rule is read in FL,
+#: where server-only rules (SCAFFOLD, FedDyn) are accepted
+GOSSIP_RULES = ("gossip_avg", "variance_corrected", "clipped_gossip")
+
 NON_FINITE = {
     "train.lr": [],
     "train.weight_decay": [],
@@ -124,7 +128,6 @@ def _numeric_leaves():
     context = {
         "topology": ["mode=gossip", "num_clients=12"],
         "gossip": GOSSIP_ASYNC,
-        "strategy": ["mode=gossip", "topology=ring"],
     }
     root, _ = _file("config")
     blocks = [("", root, [])]
@@ -143,7 +146,9 @@ def _numeric_leaves():
                 field = f"{prefix}{key}" + (f".{sub}" if sub else "")
                 if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
                     group = field.split(".")[0]
-                    leaves.setdefault(field, [*extra, *context.get(group, [])])
+                    gossip_rule = group == "strategy" and extra[0].split("=")[1] in GOSSIP_RULES
+                    where = ["mode=gossip", "topology=ring"] if gossip_rule else context.get(group, [])
+                    leaves.setdefault(field, [*extra, *where])
     return leaves
 
 

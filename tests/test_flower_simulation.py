@@ -4,7 +4,8 @@ The run happens in a child process: ``run_simulation`` starts and shuts down its
 not touch the Ray session this test session may hold for other tests. One ServerApp runs two
 strategies back to back on the same virtual nodes (Ray starts once): FedAU with half of the nodes
 sampled per round (its per-node memory must follow Flower's node ids), then fisher_merge (the
-adapter asks for Fisher diagonals in the config; clients send them in a "fisher" record).
+adapter asks for Fisher diagonals in the config; clients send them in a "fisher" record), then a
+robust rule (trimmed mean dropping one model per side and coordinate).
 """
 
 import json
@@ -46,9 +47,11 @@ SCRIPT = textwrap.dedent("""
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         from strategies import FisherMerge
+        from strategies.robust import TrimmedMean
         exp = cached_experiment(OVERRIDES)
         params = exp.initial_params
-        for name, rule, fraction in (("fedau", exp.strategy, 0.5), ("fisher_merge", FisherMerge(), 1.0)):
+        rules = (("fedau", exp.strategy, 0.5), ("fisher_merge", FisherMerge(), 1.0), ("trimmed", TrimmedMean(f=1), 1.0))
+        for name, rule, fraction in rules:
             accuracy = []
             def central(rnd, arrays):
                 acc, _ = evaluate(exp.model, exp.layout, from_arrayrecord(exp.layout, arrays), exp.data.x_test,
@@ -68,7 +71,7 @@ SCRIPT = textwrap.dedent("""
 
     run_simulation(server_app=server, client_app=client, num_supernodes=NODES,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "num_gpus": 0}})
+                                   "init_args": {"address": "local", "num_cpus": 2, "num_gpus": 0}})
     print("RESULT " + json.dumps(report), flush=True)
 """)
 
@@ -89,3 +92,6 @@ def test_flower_simulation_with_the_adapter_completes_and_improves(tmp_path):
     assert fedau["aggregated"] == [2, 2, 2] and fedau["participations"] == 6  # 2 of 4 per round, each counted
     assert fisher["aggregated"] == [4, 4, 4] and fisher["rejected"] == 0
     assert fisher["accuracy"][-1] >= fisher["accuracy"][0] - 0.05, fisher  # from FedAU's model, still good
+    trimmed = report["trimmed"]
+    assert trimmed["aggregated"] == [4, 4, 4] and trimmed["rejected"] == 0
+    assert trimmed["accuracy"][-1] >= trimmed["accuracy"][0] - 0.05, trimmed

@@ -18,7 +18,7 @@ from tests.test_resume import COMMON, _argv, _run, _wait_for, assert_same_run
 
 pytestmark = pytest.mark.slow
 
-SWEEP = (*COMMON, "strategy=fedadam", "participation=markov", "rounds=60", "checkpoint.every=2", "resume=true")
+SWEEP = (*COMMON, "strategy=fedadam", "participation=markov", "rounds=60", "checkpoint.every=2")
 
 
 def _job_folders(cwd: Path) -> dict[int, Path]:
@@ -49,7 +49,9 @@ def test_a_killed_sweep_run_again_with_resume_true_skips_finished_jobs_and_resum
     first = _job_folders(part)
     assert list(first) == [0], "only job 0 had completed when the sweep was killed"
     done_at = (first[0] / "summary.json").stat().st_mtime_ns
-    again = subprocess.run(_argv("-m", "seed=0,1,2", *SWEEP), cwd=part, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(  # the same command, now with resume=true
+        _argv("-m", "seed=0,1,2", *SWEEP, "resume=true"), cwd=part, capture_output=True, text=True, timeout=300
+    )
     # Assert: job 0 was skipped (its files untouched), jobs 1 and 2 finished; every job equals the reference
     assert again.returncode == 0, again.stderr[-2000:]
     log = again.stdout + again.stderr

@@ -82,12 +82,13 @@ def test_every_strategy_state_after_a_round_round_trips(path, tmp_path):
     from omegaconf import OmegaConf
 
     from sim.layout import Layout
+    from sim.training import TrainConfig
     from strategies import AggregationInfo
 
     name = path.stem
     root = OmegaConf.create({"seed": 0, "strategy": OmegaConf.load(path)})  # ${seed} resolves as in a run
     strategy = build_strategy(OmegaConf.to_container(root, resolve=True)["strategy"])
-    if getattr(strategy, "offline_only", None) or strategy.needs_validation or strategy.requires:
+    if strategy.offline_only or strategy.gossip_only or strategy.needs_validation or strategy.requires:
         pytest.skip(f"{name} needs a run (validation split, extras) to aggregate")
     layout = Layout.from_module(torch.nn.Linear(2, 2))
     reference = torch.arange(layout.size, dtype=torch.float32) / 10
@@ -100,6 +101,8 @@ def test_every_strategy_state_after_a_round_round_trips(path, tmp_path):
         layout=layout,
         reference=reference,
         participation_prob=torch.full((3,), 0.5),
+        num_steps=torch.tensor([4, 2, 3]),  # client-side rules (SCAFFOLD, FedNova) read the steps and the lr
+        train=TrainConfig.from_config({"lr": 0.1}),
     )
     _, state = strategy.aggregate(models, info, strategy.init_state(reference, 4))
     # Execute

@@ -167,7 +167,7 @@ FEDAVG, FEDOPT = "strategies.fedavg.FedAvg", "strategies.fedopt.ServerOptimizer"
     [
         ({"_target_": FEDAVG, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
         ({"_target_": FEDAVG, "server_lr": 0}, "strategy.server_lr", "> 0 for fedavg"),
-        ({"_target_": FEDOPT, "optimizer": "sgd"}, "strategy.optimizer", "one of avgm, adam, yogi"),
+        ({"_target_": FEDOPT, "optimizer": "sgd"}, "strategy.optimizer", "one of avgm, adagrad, adam, yogi"),
         ({"_target_": FEDOPT, "weighting": "median"}, "strategy.weighting", "one of samples, uniform"),
         ({"_target_": FEDOPT, "server_lr": 0}, "strategy.server_lr", "> 0 for fedadam"),
         ({"_target_": FEDOPT, "optimizer": "avgm", "beta1": 1.0}, "strategy.beta1", "[0, 1) for fedavgm"),

@@ -15,6 +15,8 @@ import logging
 import torch
 from torch import nn
 
+from sim.training import ClientCorrection
+
 from .base import ClientBatch, TrainingSetup
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
@@ -58,10 +60,15 @@ class AutoBackend:
         self.chosen.setup(setup)
 
     def train(
-        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+        self,
+        client_ids: torch.Tensor,
+        start: torch.Tensor,
+        round_,
+        needs: frozenset[str] = frozenset(),
+        correction: ClientCorrection | None = None,
     ) -> ClientBatch:
         assert self.chosen is not None, "setup() must run before train()"
-        return self.chosen.train(client_ids, start, round_, needs)
+        return self.chosen.train(client_ids, start, round_, needs, correction)
 
     def close(self) -> None:
         if self.chosen is not None:

@@ -18,7 +18,7 @@ from torch import nn
 from sim.data import FederatedData
 from sim.layout import Layout
 from sim.seeding import torch_generator
-from sim.training import TrainConfig
+from sim.training import ClientCorrection, TrainConfig
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ClientBatch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "fisher": [K, P]
     #: numbers about how the round ran (e.g. {"retries": 1}); the loops copy them into metrics.csv
     stats: dict[str, float] = field(default_factory=dict)
+    #: [K] int64 local SGD steps each client took (FedNova and SCAFFOLD read them); None: not reported
+    num_steps: torch.Tensor | None = None
 
 
 @dataclass
@@ -48,8 +50,10 @@ class TrainingSetup:
         return torch_generator(self.seed, "train", round_, client)
 
 
-#: per-client extras every backend can compute after training, on request of a strategy
-SUPPORTED_EXTRAS = frozenset({"fisher"})
+#: per-client extras every backend can compute after training, on request of a strategy:
+#: "fisher" [K, P] the diagonal Fisher at the trained model; "start_loss" [K] the mean cross-entropy
+#: on the client's own training rows at its start model, before training (q-FedAvg)
+SUPPORTED_EXTRAS = frozenset({"fisher", "start_loss"})
 
 
 def client_rounds(round_: int | torch.Tensor | list[int], count: int) -> list[int]:
@@ -73,10 +77,20 @@ def check_needs(backend: str, needs: frozenset[str]) -> None:
 
 
 def client_extras(
-    setup: TrainingSetup, ids: list[int], params: torch.Tensor, needs: frozenset[str]
+    setup: TrainingSetup,
+    ids: list[int],
+    params: torch.Tensor,
+    needs: frozenset[str],
+    starts: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The extras a strategy asked for, computed once per trained client (shared by all backends)."""
+    """The extras a strategy asked for, computed once per trained client (shared by all backends).
+
+    ``params`` are the trained models ``[K, P]``; ``starts`` the models training began from (``[P]``
+    shared or ``[K, P]``; default ``params``, for models that were not trained).
+    """
     extras: dict[str, torch.Tensor] = {}
+    if "start_loss" in needs:
+        extras["start_loss"] = start_losses(setup, ids, params if starts is None else starts)
     if "fisher" in needs:  # each client's diagonal Fisher at its trained model, over its own inputs
         from sim.fisher import diagonal_fisher
 
@@ -91,6 +105,37 @@ def client_extras(
             else params.new_zeros(params.shape)
         )
     return extras
+
+
+@torch.no_grad()
+def start_losses(setup: TrainingSetup, ids: list[int], starts: torch.Tensor) -> torch.Tensor:
+    """``[K]`` mean cross-entropy of each client's start model on all its training rows (NaN: no rows).
+
+    A shared start ``[P]`` runs one forward pass over every client's rows at once (in row chunks), so
+    a round of many small clients costs one pass, not K of them.
+    """
+    from sim.training import per_row_losses
+
+    data = setup.data
+    out = torch.full((len(ids),), float("nan"), dtype=torch.float32)
+    if not ids:
+        return out
+    ids_t = torch.as_tensor(ids, dtype=torch.long)
+    lo, hi = data.offsets[ids_t].to(torch.long), data.offsets[ids_t + 1].to(torch.long)
+    sizes = hi - lo
+    if starts.dim() == 1:
+        rows = torch.cat([torch.arange(int(a), int(b)) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+        owner = torch.repeat_interleave(torch.arange(len(ids)), sizes)
+        losses = per_row_losses(setup.model, setup.layout, starts, data.x, data.y, rows)
+        sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, owner, losses.double())
+    else:
+        sums = torch.zeros(len(ids), dtype=torch.float64)
+        for k in range(len(ids)):
+            rows = torch.arange(int(lo[k]), int(hi[k]))
+            sums[k] = per_row_losses(setup.model, setup.layout, starts[k], data.x, data.y, rows).double().sum()
+    ok = sizes > 0
+    out[ok] = (sums[ok] / sizes[ok]).float()
+    return out
 
 
 def aggregate_on_backend(backend, strategy, params: torch.Tensor, info, state):
@@ -110,11 +155,18 @@ class Backend(Protocol):
         """Receive the model, data and training config once per run (e.g. ship data to workers)."""
 
     def train(
-        self, client_ids: torch.Tensor, start: torch.Tensor, round_: int, needs: frozenset[str] = frozenset()
+        self,
+        client_ids: torch.Tensor,
+        start: torch.Tensor,
+        round_: int,
+        needs: frozenset[str] = frozenset(),
+        correction: ClientCorrection | None = None,
     ) -> ClientBatch:
         """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client).
 
         ``round_`` is one int for all clients or ``[K]`` per-client rounds (see :func:`client_rounds`).
+        ``correction``: a strategy's term on every local gradient (FedProx, SCAFFOLD, FedDyn), its
+        ``offsets`` rows in the order of ``client_ids``.
         """
 
     def close(self) -> None:

@@ -146,19 +146,39 @@ class TrainingActor:
             "threads": torch.get_num_threads(),
         }
 
-    def train(self, ids: list[int], start: np.ndarray, rounds, needs: frozenset[str]):
-        """``start``: ``[P]`` shared by all or ``[k, P]``; returns (params [k, P], losses [k], extras, seconds)."""
+    def train(
+        self,
+        ids: list[int],
+        start: np.ndarray,
+        rounds,
+        needs: frozenset[str],
+        prox: float = 0.0,
+        offsets: np.ndarray | None = None,
+    ):
+        """``start``: ``[P]`` shared by all or ``[k, P]``; ``prox`` / ``offsets [k, P]``: the chunk's rows of a
+        strategy's client correction. Returns (params [k, P], losses [k], extras, steps [k], seconds)."""
+        from sim.training import ClientCorrection
+
         t0 = time.perf_counter()
         start_t = shared_tensor(start)
         if self.noop:  # benchmarks: no training at all, so what is left is the backend's own cost
             params = start_t.expand(len(ids), -1).clone() if start_t.dim() == 1 else start_t.clone()
-            return params.numpy(), np.full(len(ids), np.nan, np.float32), {}, time.perf_counter() - t0
-        batch = self.backend.train(torch.as_tensor(ids, dtype=torch.long), start_t.to(self.device), rounds, needs)
+            no_steps = np.zeros(len(ids), np.int64)
+            return params.numpy(), np.full(len(ids), np.nan, np.float32), {}, no_steps, time.perf_counter() - t0
+        correction = None
+        if prox or offsets is not None:
+            rows = None if offsets is None else shared_tensor(offsets).to(self.device)
+            correction = ClientCorrection(float(prox), rows)
+        batch = self.backend.train(
+            torch.as_tensor(ids, dtype=torch.long), start_t.to(self.device), rounds, needs, correction
+        )
         extras = {k: v.detach().cpu().numpy() for k, v in batch.extras.items()}
+        steps = batch.num_steps.cpu().numpy() if batch.num_steps is not None else np.zeros(len(ids), np.int64)
         return (
             batch.params.detach().cpu().numpy(),
             batch.train_loss.detach().cpu().numpy(),
             extras,
+            steps,
             time.perf_counter() - t0,
         )
 

@@ -36,6 +36,7 @@ import torch
 
 from sim.errors import ConfigError, GossipsoupError, RunError
 from sim.threads import check_num_threads, choose_threads, usable_cores
+from sim.training import ClientCorrection
 from sim.validation import boolean, choice, integer, number, optional_integer
 
 from . import ray_cluster
@@ -63,6 +64,8 @@ class _Task:
     ids: list[int]
     rounds: Any  # one int for all, or a list per client
     start: Any  # ObjectRef of the chunk's start models ([P] shared, or [k, P])
+    prox: float = 0.0  # the strategy's client correction: prox and this chunk's offsets rows (or None)
+    offsets: Any = None
     slot: int = -1
     ref: Any = None
     attempts: int = 0
@@ -237,14 +240,19 @@ class RayBackend:
 
     # ---- training -----------------------------------------------------------------------------
     def train(
-        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+        self,
+        client_ids: torch.Tensor,
+        start: torch.Tensor,
+        round_,
+        needs: frozenset[str] = frozenset(),
+        correction: ClientCorrection | None = None,
     ) -> ClientBatch:
         assert self._setup is not None, "setup() must run before train()"
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
         K = len(ids)
         if K <= self.driver_max_clients or K == 0:
-            batch = self._train_in_driver(client_ids, start, round_, needs)
+            batch = self._train_in_driver(client_ids, start, round_, needs, correction)
             batch.stats = {"retries": 0.0}
             return batch
         rounds = client_rounds(round_, K)
@@ -253,6 +261,7 @@ class RayBackend:
         start = start.detach().cpu()
         shared = ray.put(start.contiguous().numpy()) if start.dim() == 1 else None  # once per round, for all
         tasks = []
+        offsets = None if correction is None or correction.offsets is None else correction.offsets.detach().cpu()
         for slot, pos in enumerate(chunks):
             chunk_rounds = [rounds[p] for p in pos]
             tasks.append(
@@ -261,6 +270,8 @@ class RayBackend:
                     ids=[ids[p] for p in pos],
                     rounds=chunk_rounds[0] if len(set(chunk_rounds)) == 1 else chunk_rounds,
                     start=shared if shared is not None else ray.put(start[torch.as_tensor(pos)].contiguous().numpy()),
+                    prox=0.0 if correction is None else float(correction.prox),
+                    offsets=None if offsets is None else ray.put(offsets[torch.as_tensor(pos)].contiguous().numpy()),
                 )
             )
             self._submit(tasks[-1], slot, needs)
@@ -271,11 +282,13 @@ class RayBackend:
         P = self._setup.layout.size
         params = torch.empty((K, P), dtype=start.dtype)
         losses = torch.empty(K, dtype=torch.float32)
+        steps = torch.empty(K, dtype=torch.long)
         extras: dict[str, torch.Tensor] = {}
-        for task, (chunk_params, chunk_losses, ex, _) in zip(tasks, results, strict=True):
+        for task, (chunk_params, chunk_losses, ex, chunk_steps, _) in zip(tasks, results, strict=True):
             rows = torch.as_tensor(task.positions, dtype=torch.long)
             params[rows] = shared_tensor(chunk_params)
             losses[rows] = shared_tensor(chunk_losses).to(torch.float32)
+            steps[rows] = shared_tensor(chunk_steps).to(torch.long)
             for name, value in ex.items():
                 value = shared_tensor(value)
                 if name not in extras:
@@ -290,11 +303,12 @@ class RayBackend:
             train_loss=losses,
             extras=extras,
             stats=stats,
+            num_steps=steps,
         )
 
-    def _train_in_driver(self, client_ids, start, round_, needs) -> ClientBatch:
+    def _train_in_driver(self, client_ids, start, round_, needs, correction=None) -> ClientBatch:
         if not self.noop_train:
-            return self._local.train(client_ids, start, round_, needs)
+            return self._local.train(client_ids, start, round_, needs, correction)
         K = len(client_ids)
         params = start.expand(K, -1).clone() if start.dim() == 1 else start.clone()
         return ClientBatch(
@@ -306,7 +320,7 @@ class RayBackend:
 
     def _submit(self, task: _Task, slot: int, needs: frozenset[str]) -> None:
         task.slot = slot
-        task.ref = self.actors[slot].train.remote(task.ids, task.start, task.rounds, needs)
+        task.ref = self.actors[slot].train.remote(task.ids, task.start, task.rounds, needs, task.prox, task.offsets)
 
     def _collect(self, tasks: list[_Task], needs: frozenset[str], round_) -> tuple[list, int]:
         """Every task's result, re-running the chunks of actors that died on live ones."""

@@ -19,7 +19,7 @@ import torch
 
 from sim.data.augment import augment_params
 from sim.seeding import torch_generators
-from sim.training import TrainConfig, steps_per_client
+from sim.training import TrainConfig, client_local_steps, steps_per_client
 
 
 @dataclass
@@ -76,7 +76,7 @@ def stacked_schedule(
 ) -> StackedSchedule:
     """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once."""
     sizes_t = torch.tensor(sizes, dtype=torch.long)
-    steps = steps_per_client(sizes_t, cfg)
+    steps = steps_per_client(sizes_t, cfg, client_local_steps(cfg, seed, rounds, clients))
     nb = ((sizes_t + cfg.batch_size - 1) // cfg.batch_size).clamp_min(1)  # batches per permutation
     num_perms = torch.where(sizes_t > 0, (steps + nb - 1) // nb, torch.zeros_like(sizes_t))
     generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from sim.threads import check_num_threads
-from sim.training import local_train
+from sim.training import ClientCorrection, client_local_steps, local_train
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 
@@ -24,7 +24,12 @@ class SequentialBackend:
         self._setup = setup
 
     def train(
-        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+        self,
+        client_ids: torch.Tensor,
+        start: torch.Tensor,
+        round_,
+        needs: frozenset[str] = frozenset(),
+        correction: ClientCorrection | None = None,
     ) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
@@ -32,18 +37,35 @@ class SequentialBackend:
         ids = client_ids.tolist()
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
         rounds = client_rounds(round_, len(ids))
+        steps = client_local_steps(s.train, s.seed, rounds, ids)
+        prox = correction.prox if correction is not None else 0.0
+        offsets = correction.offsets if correction is not None else None
         results = []
         for k, client in enumerate(ids):
             x, y = s.data.client(client)
-            results.append(local_train(s.model, s.layout, starts[k], x, y, s.train, s.generator(rounds[k], client)))
+            results.append(
+                local_train(
+                    s.model,
+                    s.layout,
+                    starts[k],
+                    x,
+                    y,
+                    s.train,
+                    s.generator(rounds[k], client),
+                    steps=None if steps is None else int(steps[k]),
+                    prox=prox,
+                    offset=None if offsets is None else offsets[k],
+                )
+            )
         params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))
-        extras = client_extras(s, ids, params, needs)
+        extras = client_extras(s, ids, params, needs, start)
         return ClientBatch(
             client_ids=torch.as_tensor(ids, dtype=torch.long),
             params=params,
             num_samples=torch.tensor([r.num_samples for r in results], dtype=torch.long),
             train_loss=torch.tensor([r.loss for r in results], dtype=torch.float32),
             extras=extras,
+            num_steps=torch.tensor([r.steps for r in results], dtype=torch.long),
         )
 
     def close(self) -> None:

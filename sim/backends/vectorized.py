@@ -26,7 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from sim.data.augment import augment_rows
 from sim.errors import ConfigError
 from sim.threads import check_num_threads
-from sim.training import image_shape, sgd_step
+from sim.training import ClientCorrection, image_shape, sgd_step
 from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
@@ -160,7 +160,12 @@ class VectorizedBackend:
         return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // per_client)))
 
     def train(
-        self, client_ids: torch.Tensor, start: torch.Tensor, round_, needs: frozenset[str] = frozenset()
+        self,
+        client_ids: torch.Tensor,
+        start: torch.Tensor,
+        round_,
+        needs: frozenset[str] = frozenset(),
+        correction: ClientCorrection | None = None,
     ) -> ClientBatch:
         s = self._require_setup()
         check_needs(self.name, needs)
@@ -182,20 +187,32 @@ class VectorizedBackend:
             rows = order[lo : lo + chunk]
             index = schedule.index(rows, first_rows[rows])
             aug = schedule.augmentation(rows, index)
-            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows], aug)
-        extras = client_extras(s, ids, params, needs)
+            part = None if correction is None else correction.rows(rows)
+            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows], aug, part)
+        extras = client_extras(s, ids, params, needs, start)
         return ClientBatch(
             client_ids=ids_t,
             params=params,
             num_samples=sizes,
             train_loss=losses,
             extras=extras,
+            num_steps=schedule.steps.clone(),
         )
 
     def _train_chunk(
-        self, starts: torch.Tensor, index: torch.Tensor, steps: torch.Tensor, aug: torch.Tensor | None = None
+        self,
+        starts: torch.Tensor,
+        index: torch.Tensor,
+        steps: torch.Tensor,
+        aug: torch.Tensor | None = None,
+        correction: ClientCorrection | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``."""
+        """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``.
+
+        A ``correction`` ``prox * (w - start) + offset`` is applied as ``prox * w + bias`` with
+        ``bias = offset - prox * start`` built once per chunk: two in-place adds per step on the
+        ``[A, P]`` gradients, no new tensor (with plain SGD ``prox`` joins the weight-decay add).
+        """
         s = self._require_setup()
         cfg = s.train
         K = len(starts)
@@ -209,6 +226,12 @@ class VectorizedBackend:
         batch_widths = lengths.max(0).values.tolist()  # [S]; the sort makes row 0 the longest client
         x, y = s.data.x, s.data.y
         buf = None
+        prox = correction.prox if correction is not None else 0.0
+        bias = None
+        if correction is not None and correction.offsets is not None:
+            bias = correction.offsets.to(starts.dtype) - prox * starts if prox else correction.offsets.to(starts.dtype)
+        elif prox:
+            bias = starts * -prox
         for step in range(S):
             A, B = int(active_counts[step]), int(batch_widths[step])
             idx = index[:A, step, :B]
@@ -220,7 +243,11 @@ class VectorizedBackend:
             grads, step_loss = self._grad_and_loss(params[:A], xb, y[safe], mask.to(torch.float32))
             if self._trainable is not None:
                 grads = grads * self._trainable
+            if bias is not None:
+                grads.add_(bias[:A])
             if cfg.momentum:
+                if prox:
+                    grads.add_(params[:A], alpha=prox)
                 # every client's first step is step 0, where sgd_step starts the buffer (None -> d)
                 if step == 0:
                     new_p, buf = sgd_step(params[:A], grads, None, cfg)
@@ -230,8 +257,8 @@ class VectorizedBackend:
                     buf[:A] = new_buf
                 params[:A] = new_p
             else:  # plain SGD in place: the same update as sgd_step without a new [A, P] tensor
-                if cfg.weight_decay:
-                    grads.add_(params[:A], alpha=cfg.weight_decay)
+                if cfg.weight_decay or prox:
+                    grads.add_(params[:A], alpha=cfg.weight_decay + prox)
                 params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
         mean_loss = torch.where(steps > 0, loss_sum / steps.clamp_min(1), torch.tensor(float("nan")))

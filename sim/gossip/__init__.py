@@ -5,18 +5,19 @@ on the same data, local training, backends, strategies and results writer as the
 """
 
 from .config import GossipConfig
-from .events import AsyncGossip
+from .events import AsyncGossip, evaluation_count
 from .sync import SyncGossip
 
 
-def run_gossip(exp, log, on_row, resume=None, round_end=None):
+def run_gossip(exp, log, on_row, resume=None, round_end=None, eval_end=None):
     """Run the gossip schedule the config asks for; returns the final ``[N, P]`` node models.
 
-    ``resume`` and ``round_end`` (checkpoints) serve the synchronous schedule only.
+    ``resume`` continues a checkpointed run of either schedule; checkpoints are written by
+    ``round_end`` after each synchronous round, by ``eval_end`` after each asynchronous evaluation.
     """
     if exp.gossip.schedule == "sync":
         return SyncGossip(exp, exp.topology, exp.gossip).run(log, on_row, resume=resume, round_end=round_end)
-    return AsyncGossip(exp, exp.topology, exp.gossip).run(log, on_row)
+    return AsyncGossip(exp, exp.topology, exp.gossip).run(log, on_row, resume=resume, eval_end=eval_end)
 
 
-__all__ = ["GossipConfig", "SyncGossip", "AsyncGossip", "run_gossip"]
+__all__ = ["GossipConfig", "SyncGossip", "AsyncGossip", "evaluation_count", "run_gossip"]

@@ -26,14 +26,19 @@ backend call (each node with its own training count) and merged node by node. Ev
 draw, message, count and merge happens exactly as in the event-by-event simulation; the models
 equal it to float rounding (the vectorized backend trains a batch as it trains one client). What
 changes is only the wall time.
+
+Checkpoints (``checkpoint.every``, counted in evaluations) are taken right after an evaluation's
+row, where the flush before it has left no delivery collected; :mod:`sim.gossip.async_state` lists
+what they hold. A resumed run rebuilds this object, restores that state and continues the loop.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,10 +48,19 @@ from sim.results import MetricsLog
 from sim.seeding import numpy_rng
 from strategies import AggregationInfo
 
+from . import async_state
 from .config import GossipConfig
 from .nodes import evaluated_nodes, initial_node_params, node_metrics
 
 WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE = 0, 1, 2, 3, 4
+
+#: called after every evaluation with (its index, node models, a function returning the carried state)
+EvaluationEnd = Callable[[int, torch.Tensor, Callable[[], dict[str, Any]]], None]
+
+
+def evaluation_count(rounds: int, cfg: GossipConfig) -> int:
+    """Evaluations after time 0 in a run of ``rounds * wake_interval``: one every ``eval_interval``."""
+    return int(np.floor(rounds * cfg.wake_interval / cfg.eval_interval + 1e-9))
 
 
 class AsyncGossip:
@@ -54,7 +68,8 @@ class AsyncGossip:
         self.exp, self.topology, self.cfg = exp, topology, cfg
         self.n = exp.data.num_clients
         self.rng = numpy_rng(exp.cfg.seed, "gossip", "async")
-        self.seq = itertools.count()
+        self.next_seq = 0  # events are ordered by (time, sequence number)
+        self.first_eval_seq = 0  # the sequence number of the first evaluation event
         self.queue: list = []
         self.trained = np.zeros(self.n, dtype=np.int64)
         self.states = [exp.strategy.init_state(exp.initial_params, self.n) for _ in range(self.n)]
@@ -73,7 +88,8 @@ class AsyncGossip:
 
     # ---- scheduling ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, *data) -> None:
-        heapq.heappush(self.queue, (t, next(self.seq), kind, data))
+        heapq.heappush(self.queue, (t, self.next_seq, kind, data))
+        self.next_seq += 1
 
     def next_wake(self, t: float) -> float:
         if self.cfg.clock == "exponential":
@@ -186,28 +202,26 @@ class AsyncGossip:
         self.batch_sizes.append(len(nodes))
 
     # ---- the loop --------------------------------------------------------------------------------
-    def run(self, log: MetricsLog, on_eval: Callable[[dict], None]) -> torch.Tensor:
+    def run(
+        self,
+        log: MetricsLog,
+        on_eval: Callable[[dict], None],
+        resume: Any = None,
+        eval_end: EvaluationEnd | None = None,
+    ) -> torch.Tensor:
+        """Run to ``rounds * wake_interval``; ``resume`` (node models, :func:`async_state.capture` state)
+        continues a saved run, whose rows are already in ``log``.
+
+        ``eval_end`` is called after every evaluation (checkpoints).
+        """
         exp, cfg = self.exp, self.cfg
         horizon = int(exp.cfg.rounds) * cfg.wake_interval
-        self.params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
-        for node in range(self.n):
-            first = (
-                self.rng.exponential(cfg.wake_interval)
-                if cfg.clock == "exponential"
-                else self.rng.uniform(0, cfg.wake_interval)
-            )
-            self.push(first, WAKE, node)
-        if cfg.churn == "sessions":
-            p_online = cfg.mean_online / (cfg.mean_online + cfg.mean_offline)
-            self.online = self.rng.random(self.n) < p_online
-            for node in range(self.n):
-                mean = cfg.mean_online if self.online[node] else cfg.mean_offline
-                self.push(self.rng.exponential(mean), TOGGLE, node)
-        num_evals = int(np.floor(horizon / cfg.eval_interval + 1e-9))
-        for k in range(1, num_evals + 1):
-            self.push(k * cfg.eval_interval, EVALUATE, k)
-        start = time.perf_counter()
-        log.append({"round": 0.0, "time": 0.0, **self.evaluate(), **self.count_row(), "wall_s": 0.0})
+        if resume is None:
+            self.start_events(log)
+            start = time.perf_counter()
+        else:
+            self.resume(resume.params, resume.state)
+            start = time.perf_counter() - float(log.rows[-1]["wall_s"])  # wall time continues where it stopped
         while self.queue:
             t, _, kind, data = heapq.heappop(self.queue)
             if t > horizon:
@@ -245,8 +259,44 @@ class AsyncGossip:
                 }
                 log.append(row)
                 on_eval(row)
+                if eval_end is not None:
+                    eval_end(data[0], self.params, partial(async_state.capture, self, t, data[0]))
         self.flush()
         return self.params
+
+    def start_events(self, log: MetricsLog) -> None:
+        """The start of a fresh run: initial models, first wake-ups, churn, evaluation events, row 0."""
+        exp, cfg = self.exp, self.cfg
+        self.params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
+        for node in range(self.n):
+            first = (
+                self.rng.exponential(cfg.wake_interval)
+                if cfg.clock == "exponential"
+                else self.rng.uniform(0, cfg.wake_interval)
+            )
+            self.push(first, WAKE, node)
+        if cfg.churn == "sessions":
+            p_online = cfg.mean_online / (cfg.mean_online + cfg.mean_offline)
+            self.online = self.rng.random(self.n) < p_online
+            for node in range(self.n):
+                mean = cfg.mean_online if self.online[node] else cfg.mean_offline
+                self.push(self.rng.exponential(mean), TOGGLE, node)
+        self.first_eval_seq = self.next_seq
+        for k in range(1, evaluation_count(int(exp.cfg.rounds), cfg) + 1):
+            self.push(k * cfg.eval_interval, EVALUATE, k)
+        log.append({"round": 0.0, "time": 0.0, **self.evaluate(), **self.count_row(), "wall_s": 0.0})
+
+    def resume(self, params: torch.Tensor, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint; a run extended to more rounds gets its further evaluation events.
+
+        Those get the sequence number the evaluation events of a fresh run get (``first_eval_seq``):
+        above the initial events', below every event the loop adds, exactly as in the longer run.
+        """
+        async_state.restore(self, state, params)
+        queued = [data[0] for _, _, kind, data in self.queue if kind == EVALUATE]
+        last_queued = max(queued, default=int(state["evaluation"]))
+        for k in range(last_queued + 1, evaluation_count(int(self.exp.cfg.rounds), self.cfg) + 1):
+            heapq.heappush(self.queue, (k * self.cfg.eval_interval, self.first_eval_seq, EVALUATE, (k,)))
 
     def wake(self, t: float, node: int) -> None:
         self.push(self.next_wake(t), WAKE, node)

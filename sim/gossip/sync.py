@@ -14,6 +14,12 @@ A rule that needs per-model extras (fisher_merge) merges with the extras of the 
 those the backend computed at the end of the round's training, or, for ``merge_update``'s first merge
 (before any training), extras of the initial models computed before round 1. A message carries its
 model and the sender's extras; ``bytes_up`` / ``bytes_down`` count both.
+
+With an attack (sim/attacks, docs/attacks.md) Byzantine nodes are nodes of the graph: each honest
+node merges, in place of each Byzantine neighbour's model, a model crafted for it from its delivered
+honest neighbours' models (so the per-node path runs, with ``info.num_byzantine`` set); Byzantine
+nodes do not merge, and accuracy, consensus and training loss are over honest nodes only. Label
+flippers instead train on flipped labels and follow the protocol (no crafted rows).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sim.attacks import with_byzantine
 from sim.backends.base import client_extras
 from sim.checks import check_finite
 from sim.results import MetricsLog
@@ -70,9 +77,13 @@ class SyncGossip:
         self.fast_path = True
         # the static graph's received matrix, built once for aggregate_all; tests turn the fast path off to compare
         self._received: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.attack = getattr(exp, "attack", None)  # Byzantine nodes (sim/attacks), or None
+        self.byzantine_messages = 0  # crafted or label-flipped models that reached honest nodes in the last mix
 
     def train(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.exp.backend.train(self.ids, params, round_, self.exp.strategy.requires)
+        # a node trains towards its own start model (FedProx); rules with per-client state need a server
+        correction = self.exp.strategy.client_correction(self.ids, params, None)
+        batch = self.exp.backend.train(self.ids, params, round_, self.exp.strategy.requires, correction=correction)
         check_finite(batch.params, batch.client_ids, round_, "models")
         self.extras = batch.extras
         self.stats = batch.stats
@@ -99,7 +110,12 @@ class SyncGossip:
             lost_mask = off_diag & (draws < self.cfg.drop_prob)
         lost = int(lost_mask.sum())
         strategy = self.exp.strategy
-        if self.fast_path and hasattr(strategy, "aggregate_all"):
+        attack = self.attack
+        crafted = attack is not None and attack.crafted
+        silent = attack.mask if attack is not None and crafted else None  # nodes that send crafted models, not merge
+        if attack is not None:  # delivered messages from a Byzantine sender (column) to an honest receiver (row)
+            self.byzantine_messages = int((off_diag & ~lost_mask & attack.mask[cols] & ~attack.mask[rows]).sum())
+        if self.fast_path and hasattr(strategy, "aggregate_all") and not crafted:
             if lost:
                 received = received_matrix(w, lost_mask)
             else:  # a static graph without losses: the same matrix every round, built once
@@ -113,6 +129,8 @@ class SyncGossip:
         new = params.clone()
         bounds = torch.searchsorted(rows, torch.arange(self.n + 1))
         for i in range(self.n):
+            if silent is not None and bool(silent[i]):
+                continue  # a Byzantine node's own model is never sent; it need not merge
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             r_cols, r_vals, r_kept = cols[lo:hi], values[lo:hi], kept[lo:hi]
             others = (r_cols != i) & r_kept
@@ -121,6 +139,10 @@ class SyncGossip:
             senders = r_cols[others]
             self_weight = float(r_vals[~others].sum())  # own weight plus that of lost messages
             members = torch.cat([torch.tensor([i]), senders])
+            if attack is not None:
+                models, num_byzantine = attack.received(params, i, senders, round_)
+            else:
+                models = params[members]
             info = AggregationInfo(
                 client_ids=members,
                 num_samples=self.sizes[members],
@@ -133,7 +155,9 @@ class SyncGossip:
                 validate=self.validate,
                 extras={k: v[members] for k, v in self.extras.items()},
             )
-            new[i], self.states[i] = strategy.aggregate(params[members], info, self.states[i])
+            if attack is not None:
+                info = with_byzantine(info, num_byzantine)
+            new[i], self.states[i] = strategy.aggregate(models, info, self.states[i])
         check_finite(new, self.ids, round_, "the merged parameters")
         return new, sent, lost
 
@@ -167,6 +191,7 @@ class SyncGossip:
                     "bytes_down": 0,
                     "messages_sent": 0,
                     "messages_lost": 0,
+                    **self.attack_columns(),
                     "wall_s": 0.0,
                 }
             )
@@ -182,6 +207,8 @@ class SyncGossip:
                 params, sent, lost = self.mix(params, round_)
                 params, losses = self.train(params, round_)
             ok = ~torch.isnan(losses)
+            if self.attack is not None:  # the honest nodes' training loss
+                ok &= ~self.attack.mask
             weights = self.sizes.to(torch.float64)[ok]
             row = {
                 "round": round_,
@@ -191,6 +218,7 @@ class SyncGossip:
                 "bytes_down": (sent - lost) * message_bytes,
                 "messages_sent": sent,
                 "messages_lost": lost,
+                **self.attack_columns(),
                 **self.stats,
             }
             if round_ % eval_every == 0 or round_ == rounds:
@@ -207,6 +235,21 @@ class SyncGossip:
         of the last training (merge_update merges with them before it trains)."""
         return {"states": self.states, "extras": self.extras}
 
+    def attack_columns(self) -> dict[str, int]:
+        """``num_byzantine`` (Byzantine nodes, all of which take part) and ``byzantine_messages`` (their
+        models that reached honest nodes in the round's merge); nothing without an attack."""
+        if self.attack is None:
+            return {}
+        return {"num_byzantine": len(self.attack.ids), "byzantine_messages": self.byzantine_messages}
+
     def evaluate(self, params: torch.Tensor) -> dict[str, float]:
+        """Test accuracy, consensus and weight variance of the honest nodes (all nodes without an attack)."""
         data = self.exp.data
-        return node_metrics(self.exp.model, self.exp.layout, params, data.x_test, data.y_test, self.eval_sample)
+        sample = self.eval_sample
+        if self.attack is not None:
+            honest = self.attack.honest_ids
+            params = params[honest]
+            if sample is not None:  # the sampled nodes that are honest, as positions among the honest ones
+                sample = torch.nonzero(torch.isin(honest, sample)).flatten()
+                sample = sample if len(sample) else None
+        return node_metrics(self.exp.model, self.exp.layout, params, data.x_test, data.y_test, sample)

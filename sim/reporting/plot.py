@@ -31,9 +31,9 @@ def _band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]
 
 
 def plot_comparison(
-    runs: list[Run], strategies: list[str], settings: list[str], metric: str, target: float, x: str
+    runs: list[Run], strategies: list[str], settings: list[str], metric: str, target: float | None, x: str
 ) -> Figure:
-    """``strategies``/``settings``: each run's labels, in the order of ``runs``."""
+    """``strategies``/``settings``: each run's labels, in the order of ``runs``; ``target`` None: no target line."""
     setting_order = list(dict.fromkeys(settings))
     strategy_order = list(dict.fromkeys(strategies))
     colors = {s: f"C{i % 10}" for i, s in enumerate(strategy_order)}
@@ -59,7 +59,8 @@ def plot_comparison(
             )
             if len(data) > 1:
                 ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
-        ax.axhline(target, color="0.4", linestyle="--", linewidth=0.9, label=f"target {target:g}")
+        if target is not None:
+            ax.axhline(target, color="0.4", linestyle="--", linewidth=0.9, label=f"target {target:g}")
         if len(setting_order) > 1 or setting != "default":
             ax.set_title("\n".join(textwrap.wrap(setting, 60)), fontsize=10)
         ax.set_xlabel(x)

@@ -8,6 +8,7 @@ before any starts) and ``open_tracker(cfg, out_dir) -> Tracker``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,8 +16,14 @@ from omegaconf import DictConfig
 
 from sim.errors import ConfigError
 
-#: logger name -> module that implements it
-TRACKERS: dict[str, str] = {}
+#: logger name -> module that implements it (imported only when chosen: each library is heavy)
+TRACKERS: dict[str, str] = {
+    "mlflow": "sim.tracking.mlflow",
+    "tensorboard": "sim.tracking.tensorboard",
+    "wandb": "sim.tracking.wandb",
+}
+#: logger name -> the pip extra that installs its library (proposed ``[tracking]`` extra of pyproject.toml)
+PACKAGES: dict[str, str] = {"mlflow": "mlflow-skinny", "tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 class Tracker(Protocol):
@@ -41,6 +48,15 @@ def _module(logger_cfg: DictConfig | None):
         return None
     if name not in TRACKERS:
         raise ConfigError("logger.name", name, f"one of {['none', *sorted(TRACKERS)]}")
+    library = name  # each library's import name is the logger's name
+    if importlib.util.find_spec(library) is None:  # checked without importing it (seconds for some)
+        raise ConfigError(
+            "logger",
+            name,
+            "a logger whose library is installed",
+            f"Python cannot import {library}. Install it with: pip install 'gossipsoup[tracking]' "
+            f"(or pip install {PACKAGES[name]}).",
+        )
     return importlib.import_module(TRACKERS[name])
 
 

@@ -1,0 +1,168 @@
+"""The ``dp`` config group: every value checked, the sampling read from the participation, the
+noise multiplier found for a target epsilon, all before any work (docs/privacy.md)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from sim.errors import ConfigError
+from sim.privacy import noise_for_target
+from sim.validation import boolean, choice, number
+
+from ..base import Strategy
+from ..fedavg import FedAvg
+from .wrappers import SIDES, VARIANTS, Accounting, CentralDP, LocalDP
+
+log = logging.getLogger(__name__)
+
+KINDS = ("central", "local")
+CLIPPINGS = ("fixed", "adaptive")
+KEYS = {
+    "central": {
+        "kind", "side", "clipping", "clipping_norm", "noise_multiplier", "target_epsilon", "delta",
+        "sampling_amplification", "target_quantile", "clip_lr", "clipped_count_stddev", "variant",
+    },
+    "local": {"kind", "clipping_norm", "sensitivity", "epsilon", "delta"},
+}  # fmt: skip
+
+
+def _positive(field: str, value: Any, allow_zero: bool = False) -> float:
+    return number(f"dp.{field}", value, 0, lo_open=not allow_zero)
+
+
+def _delta(value: Any) -> float:
+    return number("dp.delta", value, 0, 1, lo_open=True, hi_open=True, detail="It is a probability of failure.")
+
+
+def sampling(cfg) -> tuple[float, float]:
+    """``(clients sampled per round m, each client's sampling rate q)`` of the run's participation.
+
+    ``uniform`` samples m of N without replacement (q = m / N); ``bernoulli`` with a constant p
+    samples each client with probability p (m = p N in expectation). Patterns whose presence
+    depends on the past (markov, cyclic) or on the client's labels (correlated p_n) have no
+    sampling rate the accountant could use.
+    """
+    from sim.participation import UniformParticipation, build_participation
+
+    participation = build_participation(cfg.participation, int(cfg.num_clients), int(cfg.seed))
+    if isinstance(participation, UniformParticipation):
+        m = participation.clients_per_round
+        return float(m), m / participation.num_clients
+    name = cfg.participation.get("name")
+    if name == "bernoulli" and cfg.participation.get("probability") == "constant":
+        p = float(cfg.participation.get("p"))
+        return p * int(cfg.num_clients), p
+    raise ConfigError(
+        "participation",
+        name,
+        "uniform, or bernoulli with probability=constant, when dp is on",
+        "The privacy accountant needs one sampling rate per round, independent of the past and of "
+        "the clients' data; markov and cyclic patterns and label-correlated p_n have none.",
+    )
+
+
+def build_dp(dp_cfg, strategy: Strategy, cfg) -> Strategy:
+    """``strategy`` inside the configured DP layer; ConfigError on any bad value, before any work."""
+    options = dict(dp_cfg)
+    label = str(options.pop("name", "dp"))
+    if cfg.get("mode") == "gossip":
+        raise ConfigError(
+            "dp",
+            label,
+            "none in mode=gossip",
+            "The DP wrappers clip updates against a server's global model and account for a server "
+            "that samples clients; a gossip node has neither.",
+        )
+    kind = choice("dp.kind", options.get("kind"), KINDS)
+    unknown = sorted(set(options) - KEYS[kind])
+    if unknown:
+        raise ConfigError(
+            f"dp.{unknown[0]}", options[unknown[0]], f"one of the {kind} keys: {', '.join(sorted(KEYS[kind]))}"
+        )
+    if kind == "local":
+        return _local(options, label, strategy, cfg)
+    return _central(options, label, strategy, cfg)
+
+
+def _local(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
+    clip = _positive("clipping_norm", options.get("clipping_norm"))
+    sensitivity = _positive("sensitivity", options.get("sensitivity"), allow_zero=True)
+    eps = _positive("epsilon", options.get("epsilon"))
+    delta = _delta(options.get("delta"))
+    std = sensitivity * math.sqrt(2 * math.log(1.25 / delta)) / eps  # Flower's LocalDpMod
+    # each client's release is a Gaussian mechanism of multiplier std / sensitivity, seen by the server
+    # whether or not the client was sampled: no amplification (rate 1)
+    z = std / sensitivity if sensitivity > 0 else math.inf
+    accounting = Accounting(sample_rate=1.0, noise_multiplier=z, delta=delta)
+    return LocalDP(strategy, label=label, seed=int(cfg.seed), accounting=accounting, clipping_norm=clip, std=std)
+
+
+def _central(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
+    side = choice("dp.side", options.get("side", "server"), SIDES)
+    adaptive = choice("dp.clipping", options.get("clipping", "fixed"), CLIPPINGS) == "adaptive"
+    clip = _positive("clipping_norm", options.get("clipping_norm"))
+    z = _positive("noise_multiplier", options.get("noise_multiplier"), allow_zero=True)
+    target = options.get("target_epsilon")
+    if target is not None:
+        target = _positive("target_epsilon", target)
+    delta = _delta(options.get("delta"))
+    amplify = boolean("dp.sampling_amplification", options.get("sampling_amplification", True))
+    adaptive_options: dict[str, Any] = {}
+    if adaptive:
+        adaptive_options = {
+            "target_quantile": number("dp.target_quantile", options.get("target_quantile", 0.5), 0, 1),
+            "clip_lr": _positive("clip_lr", options.get("clip_lr", 0.2)),
+            "variant": choice("dp.variant", options.get("variant", "andrew"), VARIANTS),
+        }
+        count_stddev = options.get("clipped_count_stddev")
+        if count_stddev is not None:
+            count_stddev = _positive("clipped_count_stddev", count_stddev, allow_zero=True)
+    m, q = sampling(cfg)
+    if not (isinstance(strategy, FedAvg) and strategy.weighting == "uniform" and strategy.server_lr == 1.0):
+        log.warning(
+            "dp=%s: the noise z C / m is calibrated to a uniform average of the clipped models; strategy %s "
+            "is not one, so dp_epsilon describes that average, not this rule (docs/privacy.md).",
+            label,
+            strategy.name,
+        )
+    if target is not None:
+        z = noise_for_target(target, delta, q if amplify else 1.0, int(cfg.rounds))
+    accounting = Accounting(sample_rate=q if amplify else 1.0, noise_multiplier=z, delta=delta)
+    if adaptive:
+        stddev, update_z = adaptive_noise(z, m, count_stddev, target is not None)
+        adaptive_options.update(clipped_count_stddev=stddev, update_noise_multiplier=update_z)
+    return CentralDP(
+        strategy,
+        label=label,
+        seed=int(cfg.seed),
+        accounting=accounting,
+        clipping_norm=clip,
+        num_sampled_clients=m,
+        side=side,
+        adaptive=adaptive,
+        **adaptive_options,
+    )
+
+
+def adaptive_noise(z: float, m: float, count_stddev: float | None, from_target: bool) -> tuple[float, float]:
+    """Flower's ``compute_adaptive_noise_params`` (Andrew et al. Theorem 1): ``(sigma_b, z_delta)``.
+
+    The count's noise sigma_b (default m / 20) and the update's z_delta together spend z:
+    ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2``, which needs ``z < 2 sigma_b``.
+    """
+    if z == 0:
+        return (0.0 if count_stddev is None else count_stddev), 0.0
+    stddev = m / 20 if count_stddev is None else count_stddev
+    if z >= 2 * stddev:
+        source = "the noise multiplier found for dp.target_epsilon" if from_target else "dp.noise_multiplier"
+        raise ConfigError(
+            "dp.clipped_count_stddev",
+            count_stddev,
+            f"a noise on the clipped count above {source} / 2 = {z / 2:g}",
+            f"Adaptive clipping spends part of the privacy on counting clipped updates; with "
+            f"sigma_b = {stddev:g} (default: clients per round / 20) nothing is left for the update "
+            f"noise at z = {z:g}. Raise dp.clipped_count_stddev, sample more clients, or lower the noise.",
+        )
+    return stddev, (z**-2 - (2 * stddev) ** -2) ** -0.5
