@@ -17,27 +17,19 @@ from strategies import AggregationInfo  # noqa: E402
 from strategies.client_side import Scaffold  # noqa: E402
 from strategies.flower import GossipsoupStrategy, InvalidReplyError  # noqa: E402
 from strategies.qfedavg import QFedAvg  # noqa: E402
+from tests.test_flower_adapter import client_data, flat  # noqa: E402
 
 
-@pytest.fixture
-def mlp():
+def tiny_mlp():
+    """The adapter tests' model (tests/test_flower_adapter.py), so client_data fits it."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     return model, Layout.from_module(model)
 
 
-def client_data(node: int, rows: int):
-    g = torch.Generator().manual_seed(node)
-    return torch.randn(rows, 4, generator=g), torch.randint(0, 2, (rows,), generator=g)
-
-
-def flat(record, layout):
-    return torch.cat([torch.from_numpy(record[n].numpy()).reshape(-1) for n in layout.names])
-
-
-def test_flower_fedprox_mu_is_the_proximal_term_of_local_training(mlp):
+def test_flower_fedprox_mu_is_the_proximal_term_of_local_training():
     # Prepare: flwr's FedProx puts mu in the train config as "proximal-mu"
-    model, layout = mlp
+    model, layout = tiny_mlp()
     start, (x, y) = layout.flatten(model), client_data(3, 25)
     msg = model_message(layout, start, {"server-round": 2, "proximal-mu": 0.5}, node_id=9)
     # Execute
@@ -50,9 +42,9 @@ def test_flower_fedprox_mu_is_the_proximal_term_of_local_training(mlp):
     assert torch.equal(got, with_prox) and not torch.allclose(got, without)
 
 
-def test_qfedavg_in_flower_reads_each_clients_start_loss_from_its_reply(mlp):
+def test_qfedavg_in_flower_reads_each_clients_start_loss_from_its_reply():
     # Prepare: two clients asked for their loss at the received model (as the adapter's configure_train asks)
-    model, layout = mlp
+    model, layout = tiny_mlp()
     start = layout.flatten(model)
     config = {"server-round": 1, "gossipsoup-requires": ["start_loss"]}
     data = {node: client_data(node, 12 + node) for node in (5, 6)}
@@ -84,8 +76,8 @@ def test_qfedavg_in_flower_reads_each_clients_start_loss_from_its_reply(mlp):
         GossipsoupStrategy(QFedAvg(q=1.0), layout, initial_params=start).aggregate_train(1, replies)
 
 
-def test_rules_whose_client_part_flower_cannot_carry_are_refused(mlp):
-    _, layout = mlp
+def test_rules_whose_client_part_flower_cannot_carry_are_refused():
+    _, layout = tiny_mlp()
     with pytest.raises(ConfigError, match="scaffold"):
         GossipsoupStrategy(Scaffold(), layout)
 
