@@ -29,7 +29,7 @@ from sim.seeding import torch_generator
 from sim.validation import integer, number
 
 from .base import AggregationInfo, State, Strategy
-from .robust.common import check_f, clip_rows, pairwise_sq_distances, refuse_f, resolve_f
+from .robust.common import check_f, clip_around, pairwise_sq_distances, refuse_f, resolve_f
 
 if TYPE_CHECKING:
     from sim.training import ClientCorrection
@@ -166,7 +166,7 @@ class StaticClipping(Step):
 
     def apply(self, models: torch.Tensor, info: AggregationInfo) -> tuple[torch.Tensor, AggregationInfo]:
         reference = info.reference.to(models.dtype)
-        return reference + clip_rows(models - reference, self.c), info
+        return clip_around(models, reference, self.c), info
 
 
 class ARC(Step):
@@ -192,10 +192,9 @@ class ARC(Step):
         if clipped == 0:
             return models, info
         reference = info.reference.to(models.dtype)
-        deltas = models - reference
-        norms = torch.linalg.vector_norm(deltas, dim=1)
+        norms = torch.linalg.vector_norm(models - reference, dim=1)
         radius = torch.sort(norms).values[n - clipped - 1]
-        return reference + clip_rows(deltas, radius), info
+        return clip_around(models, reference, radius), info
 
 
 class PreAggregated(Strategy):

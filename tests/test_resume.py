@@ -5,6 +5,7 @@ its wall-time column, ``summary.json`` without its times, and ``model.safetensor
 """
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -65,23 +66,38 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+def kill_then_resume(cwd: Path, args: tuple, seed: int, spread: float = 0.4, new_session: bool = False) -> None:
+    """The issue's crash test: ``args`` uninterrupted in ``full/``; the same in ``part/``, SIGKILLed at a seeded
+    moment after its first checkpoint (some moments fall inside a write), then resumed; the files must be equal.
+
+    ``new_session``: the run gets its own process group, so that whatever it started (Ray's processes) is
+    stopped with it after the driver alone was killed.
+    """
+    full = _run(cwd, *args, "hydra.run.dir=full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(
+        _argv(*args, "hydra.run.dir=part"), cwd=cwd, stderr=subprocess.DEVNULL, start_new_session=new_session
+    )
+    try:
+        _wait_for(cwd / "part" / "checkpoint.safetensors", proc, timeout=240)
+        time.sleep(random.Random(seed).uniform(0.0, spread))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if new_session:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not (cwd / "part" / "summary.json").exists()  # killed mid-run: it never finished
+    resumed = _run(cwd, "resume=part")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(cwd / "part", cwd / "full")
+
+
 @pytest.mark.parametrize("name,seed,rounds", KILLS, ids=[f"{n}-{s}" for n, s, _ in KILLS])
 def test_sigkill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp_path, name, seed, rounds):
-    # Prepare: the uninterrupted run, and the same command to be killed
-    args = (*COMMON, *RUNS[name], f"rounds={rounds}", "checkpoint.every=1")
-    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
-    proc = subprocess.Popen(_argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.DEVNULL)
-    # Execute: SIGKILL a seeded random moment after the first checkpoint (checkpoints are written every round,
-    # so some moments fall inside a write), then resume
-    _wait_for(tmp_path / "part" / "checkpoint.safetensors", proc)
-    time.sleep(random.Random(seed).uniform(0.0, 0.4))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert not (tmp_path / "part" / "summary.json").exists()  # killed mid-run: it never finished
-    resumed = _run(tmp_path, "resume=part")
-    # Assert
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(tmp_path / "part", tmp_path / "full")
+    kill_then_resume(tmp_path, (*COMMON, *RUNS[name], f"rounds={rounds}", "checkpoint.every=1"), seed)
 
 
 def test_sigint_saves_the_run_says_how_to_resume_and_the_resume_is_exact(tmp_path):

@@ -8,11 +8,9 @@ moments per node). "Equal" is byte for byte, as in tests/test_resume.py.
 """
 
 import heapq
-import random
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from sim.gossip.events import DELIVER, EVALUATE, REQUEST, WAKE
 from sim.resume import read_checkpoint
 from sim.run import run_experiment
 from sim.run_state import load_state, save_state
-from tests.test_resume import _argv, _run, _wait_for, assert_same_run
+from tests.test_resume import _argv, _run, _wait_for, assert_same_run, kill_then_resume
 
 BASE = (
     "num_clients=12",
@@ -192,21 +190,8 @@ KILLS = [("push_pull_sessions", 0), ("push_pull_sessions", 1), ("fedadam_pull_pr
 @pytest.mark.slow
 @pytest.mark.parametrize("name,seed", KILLS, ids=[f"{n}-{s}" for n, s in KILLS])
 def test_sigkill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp_path, name, seed):
-    # Prepare: the uninterrupted run, and the same command to be killed (a checkpoint at every evaluation)
-    args = (*BASE, *RUNS[name], "rounds=60", "checkpoint.every=1")
-    full = _run(tmp_path, *args, "hydra.run.dir=full")
-    assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(_argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.DEVNULL)
-    # Execute: SIGKILL at a seeded moment after the first checkpoint (some moments fall inside a write)
-    _wait_for(tmp_path / "part" / "checkpoint.safetensors", proc)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert not (tmp_path / "part" / "summary.json").exists()  # killed mid-run: it never finished
-    resumed = _run(tmp_path, "resume=part")
-    # Assert
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(tmp_path / "part", tmp_path / "full")
+    # a checkpoint at every evaluation; the kill lands up to 1 s after the first one
+    kill_then_resume(tmp_path, (*BASE, *RUNS[name], "rounds=60", "checkpoint.every=1"), seed, spread=1.0)
 
 
 @pytest.mark.slow

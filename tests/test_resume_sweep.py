@@ -5,7 +5,6 @@ for byte (times aside) with those of an uninterrupted launch in another folder.
 """
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_resume import COMMON, _argv, _run, _wait_for, assert_same_run
+from tests.test_resume import COMMON, _argv, _run, assert_same_run, kill_then_resume
 
 pytestmark = pytest.mark.slow
 
@@ -76,28 +75,6 @@ def test_resume_true_on_a_new_command_starts_the_run_and_a_rerun_skips_it(tmp_pa
 
 @pytest.mark.xdist_group("ray")
 def test_a_ray_run_that_loses_its_driver_resumes_to_the_uninterrupted_result(tmp_path):
-    # Prepare: the uninterrupted Ray run; then the same command in its own process group, so that the
-    # Ray processes it starts can be stopped by the test whatever the driver's death leaves behind
+    # the driver alone is killed; Ray's processes it started are stopped with its process group afterwards
     args = (*COMMON, "backend=ray", "backend.num_actors=2", "strategy=fedadam", "participation=markov")
-    args = (*args, "rounds=40", "checkpoint.every=1")
-    full = _run(tmp_path, *args, "hydra.run.dir=full")
-    assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(
-        _argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        # Execute: SIGKILL the driver alone at a seeded moment after its first checkpoint
-        _wait_for(tmp_path / "part" / "checkpoint.safetensors", proc, timeout=240)
-        time.sleep(random.Random(1).uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # Ray's own processes of that driver
-        except ProcessLookupError:
-            pass
-    assert not (tmp_path / "part" / "summary.json").exists()
-    resumed = _run(tmp_path, "resume=part")
-    # Assert
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same_run(tmp_path / "part", tmp_path / "full")
+    kill_then_resume(tmp_path, (*args, "rounds=40", "checkpoint.every=1"), seed=1, spread=0.3, new_session=True)
