@@ -9,7 +9,8 @@
 #   fedadam    the same with a rule that keeps server state (moments go to the GPU and come back)
 #   frac       four training actors sharing one GPU (num_gpus=0.2 each) that train on cuda
 #   both       fractional GPU actors and the GPU aggregator together
-#   gossip     sync gossip on fractional GPU actors (the merge stays in the driver)
+#   gossip     sync gossip on fractional GPU actors that own parts of the graph (backend.gossip=partitioned)
+#   gossip_drv sync gossip with backend.gossip=driver (the merge stays in the driver)
 # and checks that each gives the reference's losses to 1e-3 (GPU and CPU kernels round differently)
 # and that the backend's log says cuda. Needs torch with CUDA and gossipsoup[ray]; about a minute.
 set -euo pipefail
@@ -38,7 +39,8 @@ run() {  # name, overrides...
     local name=$1
     shift
     echo "gpu_check: $name"
-    python -m sim "$@" "hydra.run.dir=$OUT/$name" > "$OUT/$name.out" 2>&1 || { cat "$OUT/$name.out"; exit 1; }
+    # a crash is shown and the other cases still run (one device session should see every case)
+    python -m sim "$@" "hydra.run.dir=$OUT/$name" > "$OUT/$name.out" 2>&1 || tail -n 25 "$OUT/$name.out"
 }
 
 run seq              "${FL[@]}" backend=sequential backend.num_threads=1
@@ -49,8 +51,10 @@ run fedadam          "${FL[@]}" strategy=fedadam backend=ray backend.aggregate_o
 run frac             "${FL[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2
 run both             "${FL[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2 backend.aggregate_on=worker
 run gossip           "${GOSSIP[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2
+run gossip_drv       "${GOSSIP[@]}" backend=ray backend.num_actors=4 backend.num_gpus=0.2 backend.gossip=driver
+CASES="agg_cuda fedadam frac both gossip gossip_drv"
 
-OUT="$OUT" python - <<'EOF'
+OUT="$OUT" CASES="$CASES" python - <<'EOF'
 import os
 import sys
 from pathlib import Path
@@ -59,15 +63,21 @@ import numpy as np
 import pandas as pd
 
 out = Path(os.environ["OUT"])
-cases = {"agg_cuda": "seq", "fedadam": "seq_fedadam", "frac": "seq", "both": "seq", "gossip": "seq_gossip"}
+refs = {"fedadam": "seq_fedadam", "gossip": "seq_gossip", "gossip_drv": "seq_gossip"}
+cases = {case: refs.get(case, "seq") for case in os.environ["CASES"].split()}
 bad = []
 print(f"\n{'case':<10} {'reference':<12} {'max |d loss|':>13} {'max |d acc|':>12} ray log")
 for case, ref in cases.items():
+    if not ((out / ref / "metrics.csv").exists() and (out / case / "metrics.csv").exists()):
+        print(f"{case:<10} {ref:<12} {'crashed':>13} {'':>12} (see {case}.out / {ref}.out in {out})")
+        bad.append(case)
+        continue
     a, b = pd.read_csv(out / ref / "metrics.csv"), pd.read_csv(out / case / "metrics.csv")
     d_loss = max(np.nanmax(np.abs(a[c] - b[c])) for c in ("test_loss", "train_loss"))
     d_acc = float(np.nanmax(np.abs(a["test_accuracy"] - b["test_accuracy"])))
-    logs = [l for p in (out / case).glob("*.log") for l in p.read_text().splitlines() if "training actor" in l]
-    line = logs[0].split("ray backend: ")[-1] if logs else "(no ray backend line in the log)"
+    said = ("training actor", "partitioned gossip")  # the backend's line, or partitioned gossip's own
+    logs = [l for p in (out / case).glob("*.log") for l in p.read_text().splitlines() if any(s in l for s in said)]
+    line = logs[0].split("] - ")[-1] if logs else "(no ray backend line in the log)"
     uses_cuda = "cuda" in line
     print(f"{case:<10} {ref:<12} {d_loss:>13.2e} {d_acc:>12.4f} {line}")
     if not (d_loss < 1e-3 and uses_cuda):

@@ -23,7 +23,7 @@ from .checkpoint import save_checkpoint
 from .errors import GossipsoupError, RunInterrupted
 from .experiment import build_experiment, resolved_config
 from .federated import Resume, run_federated
-from .gossip import evaluation_count, run_gossip
+from .gossip import evaluation_count, run_gossip, uses_partitions
 from .results import MetricsLog, plot_accuracy, write_json
 from .resume import check_length, checkpoint_settings, run_state, stop_on_signals, write_checkpoint
 from .threads import configure_for_experiment, configure_threads
@@ -107,6 +107,8 @@ def run_experiment(
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
             metrics.flush()
 
+    if gossip and uses_partitions(exp):  # the partition actors replace the ray backend's training pool
+        exp.backend.defer_pool = True  # type: ignore[attr-defined]
     exp.backend.setup(exp.setup)
     chosen = getattr(exp.backend, "chosen", None)  # backend=auto says which backend it picked
     if chosen is not None:
@@ -126,6 +128,8 @@ def run_experiment(
                 if due or stop:
                     metrics.flush()
                     keep = keep_every is not None and round_ % keep_every == 0
+                    if callable(params):  # partitioned gossip gathers the models from its actors only when due
+                        params, state = params(), state()
                     write_checkpoint(out, run_state(round_, params, state, metrics.rows, summary["config"]), keep)
                 if stop and round_ < rounds:
                     raise RunInterrupted(str(stop.signal_name), round_, str(out))

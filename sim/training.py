@@ -341,8 +341,8 @@ def evaluate_many(
     accs, losses = [], []
     for lo in range(0, len(stacked), chunk):
         models = stacked[lo : lo + chunk]
-        correct = torch.zeros(len(models))
-        loss_sum = torch.zeros(len(models), dtype=torch.float64)
+        correct = torch.zeros(len(models), device=models.device)  # a GPU actor evaluates on its device
+        loss_sum = torch.zeros(len(models), dtype=torch.float64, device=models.device)
         for r in range(0, len(y), row_chunk):
             xb, yb = x[r : r + row_chunk], y[r : r + row_chunk]
             logits = batched(models, xb)  # [n, T, C]

@@ -174,6 +174,8 @@ class TestOnePool:
 RUNS = {  # name: (overrides of both runs, overrides of the ray run)
     "fedavg": (("participation.clients_per_round=5",), ()),
     "sync_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg"), ()),
+    # the driver-side loop: every round's start models go to the training actors and back
+    "sync_gossip_driver": (("mode=gossip", "topology=ring", "strategy=gossip_avg"), ("backend.gossip=driver",)),
     "async_gossip": (("mode=gossip", "topology=ring", "strategy=gossip_avg", "gossip.schedule=async", "rounds=1"), ()),
     # per-client Fisher extras from vmapped chunks, reassembled, sent to the aggregator actor with the models
     "fisher_vectorized_worker": (

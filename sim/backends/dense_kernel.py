@@ -117,7 +117,8 @@ class DenseKernel:
         delta = log_probs.exp_()  # log_probs is not needed after this
         if self.smoothing:
             delta.sub_(self.smoothing / num_classes)
-        delta.scatter_add_(-1, labels, torch.full(labels.shape, -(1 - self.smoothing), dtype=delta.dtype))
+        target = torch.full(labels.shape, -(1 - self.smoothing), dtype=delta.dtype, device=delta.device)
+        delta.scatter_add_(-1, labels, target)
         row_weight = mask / counts.unsqueeze(1)
         loss = (per_row * row_weight).sum(1)
         delta.mul_(row_weight.unsqueeze(-1))

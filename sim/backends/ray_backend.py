@@ -50,6 +50,9 @@ log = logging.getLogger("sim.backends.ray")
 DEVICES = ("auto", "cpu", "cuda")
 AGGREGATE_ON = ("driver", "worker")
 INNER = ("sequential", "vectorized", "auto")
+#: sync gossip: partition actors own the nodes (partitioned) or the driver holds every model (driver)
+GOSSIP = ("partitioned", "driver")
+PARTITIONS = ("metis", "contiguous")
 #: errors that mean "the actor (or its node) is gone", as opposed to an error in the training code
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
 #: the aggregator's GPU share when aggregate_on=worker, the cluster has GPUs and aggregator_num_gpus is null
@@ -76,6 +79,8 @@ class RayBackend:
     #: test seam: called as ``after_submit(backend, round_)`` once a round's tasks are submitted and
     #: before their results are awaited (the fault test kills an actor here); None in normal use
     after_submit = None
+    #: set before setup() when partitioned gossip will start its own actors (sim.gossip.uses_partitions)
+    defer_pool = False
 
     def __init__(
         self,
@@ -93,6 +98,8 @@ class RayBackend:
         start_timeout_s: float = 300,
         runtime_env: Any = None,
         noop_train: bool = False,
+        gossip: str = "partitioned",
+        partition: str = "metis",
     ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigError("backend.address", address, ray_cluster.ADDRESS_HELP)
@@ -121,6 +128,8 @@ class RayBackend:
             "backend.start_timeout_s", start_timeout_s, 0, lo_open=True, allowed="a finite number of seconds > 0"
         )
         self.noop_train = boolean("backend.noop_train", noop_train)
+        self.gossip = choice("backend.gossip", gossip, GOSSIP)
+        self.partition = choice("backend.partition", partition, PARTITIONS)
         if runtime_env is not None:
             from omegaconf import DictConfig, OmegaConf
 
@@ -146,6 +155,8 @@ class RayBackend:
             # we would start Ray on this machine, and it has no GPU torch can use: say so before any work
             ray_cluster.check_gpus({"CPU": float(usable_cores())}, self.num_gpus, self.device, where="this machine")
         self.actors: list[Any] = []
+        self.partition_actors: list[Any] = []  # partitioned gossip's actors (sim.gossip.partitioned)
+        self.pool_size = 0  # actors the cluster holds at num_cpus/num_gpus each (decided at setup)
         self.actor_threads: int | None = None  # decided at setup, from the model and backend.num_cpus
         self.aggregator: Any | None = None  # the aggregator actor's handle with aggregate_on=worker
         self._started = False
@@ -179,6 +190,9 @@ class RayBackend:
         self._costs = torch.tensor(client_costs(setup.data.client_sizes, setup.train), dtype=torch.long)
         self._sizes = setup.data.client_sizes
         self._payload = ray.put(setup_payload(setup))  # the data enters the object store once per run
+        self.pool_size = size
+        if self.defer_pool:
+            return
         self.actors = [self._new_actor() for _ in range(size)]
         waits = [a.ready.remote() for a in self.actors]
         if self.aggregate_on == "worker":
@@ -211,10 +225,22 @@ class RayBackend:
             self._payload, self.inner, self.actor_threads, self.device, self.noop_train
         )
 
+    def start_partition_actor(self, test, part, start):
+        """A partition actor (partitioned gossip) with the resources and threads of a training actor."""
+        from .ray_partition import PartitionActor
+
+        return PartitionActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus).remote(
+            self._payload, test, part, start, self.inner, self.actor_threads, self.device, self.noop_train
+        )
+
+    def client_costs(self) -> list[int]:
+        """Each client's SGD steps per round (the partition balances them over the actors)."""
+        return self._costs.tolist()
+
     def _release(self) -> None:
         """Kill the actors and wait until Ray knows they are gone, so their CPUs/GPUs are free again
         for whatever starts next (e.g. the next run of a sweep in this process)."""
-        actors = [a for a in [*self.actors, self.aggregator] if a is not None]
+        actors = [a for a in [*self.actors, *self.partition_actors, self.aggregator] if a is not None]
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -225,7 +251,7 @@ class RayBackend:
                 ray.get(actor.ready.remote(), timeout=10)
             except Exception:  # ActorDiedError: gone, as asked (or it did not say within 10 s)
                 pass
-        self.actors, self.aggregator = [], None
+        self.actors, self.partition_actors, self.aggregator = [], [], None
         self._last = self._strategy_ref = None
         self._payload = None
 

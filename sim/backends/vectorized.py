@@ -220,7 +220,12 @@ class VectorizedBackend:
         if S == 0:
             return starts.clone(), torch.full((K,), float("nan"))
         params = starts.clone()
-        loss_sum = torch.zeros(K, dtype=torch.float32)
+        # the schedule is drawn on the CPU (as the reference draws it); a GPU actor trains on its device
+        device = starts.device
+        index = index.to(device)
+        aug = None if aug is None else aug.to(device)
+        trainable = None if self._trainable is None else self._trainable.to(device)
+        loss_sum = torch.zeros(K, dtype=torch.float32, device=device)
         lengths = (index >= 0).sum(-1)  # [K, S]
         active_counts = (steps.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
         batch_widths = lengths.max(0).values.tolist()  # [S]; the sort makes row 0 the longest client
@@ -241,8 +246,8 @@ class VectorizedBackend:
             if aug is not None and self._image_shape is not None:
                 xb = augment_rows(xb, aug[:A, step, :B], self._image_shape, cfg.crop_padding)
             grads, step_loss = self._grad_and_loss(params[:A], xb, y[safe], mask.to(torch.float32))
-            if self._trainable is not None:
-                grads = grads * self._trainable
+            if trainable is not None:
+                grads = grads * trainable
             if bias is not None:
                 grads.add_(bias[:A])
             if cfg.momentum:
@@ -261,5 +266,6 @@ class VectorizedBackend:
                     grads.add_(params[:A], alpha=cfg.weight_decay + prox)
                 params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
+        loss_sum = loss_sum.cpu()
         mean_loss = torch.where(steps > 0, loss_sum / steps.clamp_min(1), torch.tensor(float("nan")))
         return params, mean_loss

@@ -13,7 +13,12 @@ from .config import GossipConfig
 
 
 def initial_node_params(
-    initial: torch.Tensor, layout: Layout, num_nodes: int, cfg: GossipConfig, seed: int
+    initial: torch.Tensor,
+    layout: Layout,
+    num_nodes: int,
+    cfg: GossipConfig,
+    seed: int,
+    nodes: list[int] | None = None,
 ) -> torch.Tensor:
     """``[N, P]`` start models: the FL init shared by all, or an independent Xavier init per node.
 
@@ -21,15 +26,17 @@ def initial_node_params(
     averaging shrinks weight variance (Tian et al. 2024): weight matrices and kernels Xavier-uniform
     from the node's own stream, biases zero (as DFL_torch does); other 1-D weights (a norm layer's
     scale) and buffers (BatchNorm statistics) as the model's own init, which every node shares, so a
-    norm scale starts at 1 and not at 0.
+    norm scale starts at 1 and not at 0. ``nodes``: only these nodes' rows (a Ray actor builds its own
+    part's models; each row depends on its node's stream alone).
     """
-    out = initial.expand(num_nodes, -1).clone()
+    nodes = list(range(num_nodes)) if nodes is None else nodes
+    out = initial.expand(len(nodes), -1).clone()
     if cfg.shared_init:
         return out
-    for i in range(num_nodes):
-        g = torch_generator(seed, "init", "node", i)
+    for row, node in enumerate(nodes):
+        g = torch_generator(seed, "init", "node", node)
         for spec in layout.of_kind("weight", "bias"):
-            view = out[i, spec.slice]
+            view = out[row, spec.slice]
             if spec.kind == "bias":
                 view.zero_()
             elif len(spec.shape) >= 2:
@@ -67,17 +74,28 @@ def node_metrics(
     """
     acc, loss = evaluate_many(model, layout, params if sample is None else params[sample], x_test, y_test)
     mean_model = params.mean(0)
-    row = {
+    row = accuracy_columns(acc, loss)
+    row["consensus_distance"] = float((params - mean_model).norm(dim=1).mean())
+    row.update(weight_variance_columns(layout, params))
+    return row
+
+
+def accuracy_columns(acc: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+    """The evaluated nodes' test accuracy spread, from their ``[M]`` accuracies and losses in node order."""
+    return {
         "test_accuracy": float(acc.mean()),
         "test_loss": float(loss.mean()),
         "test_accuracy_mean": float(acc.mean()),
         "test_accuracy_min": float(acc.min()),
         "test_accuracy_max": float(acc.max()),
         "test_accuracy_std": float(acc.std()) if len(acc) > 1 else 0.0,
-        "consensus_distance": float((params - mean_model).norm(dim=1).mean()),
     }
-    row.update(weight_variance_columns(layout, params))
-    return row
+
+
+def weight_variances(layout: Layout, params: torch.Tensor) -> torch.Tensor:
+    """``[N, L]``: the variance of each weight tensor of each model (summed over a part of the nodes by
+    the partitioned Ray loop, whose driver never holds the models)."""
+    return layer_variances(params.reshape(-1, layout.size), layout, ("weight",))
 
 
 def weight_variance_columns(layout: Layout, params: torch.Tensor) -> dict[str, float]:
@@ -85,9 +103,13 @@ def weight_variance_columns(layout: Layout, params: torch.Tensor) -> dict[str, f
 
     This is the quantity that averaging uncorrelated models shrinks (the vanishing variance).
     """
-    variances = layer_variances(params.reshape(-1, layout.size), layout, ("weight",)).mean(0)
+    return variance_columns(layout, weight_variances(layout, params).mean(0))
+
+
+def variance_columns(layout: Layout, mean_variances: torch.Tensor) -> dict[str, float]:
+    """The ``weight_var/<layer>`` columns from the ``[L]`` variances averaged over the nodes."""
     return {
         f"weight_var/{spec.name}": float(v)
-        for spec, v in zip(layout.of_kind("weight"), variances, strict=True)
+        for spec, v in zip(layout.of_kind("weight"), mean_variances, strict=True)
         if spec.numel > 1
     }

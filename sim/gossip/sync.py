@@ -50,16 +50,63 @@ def received_matrix(w: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
     diagonal. Every node's diagonal entry is stored, also when its weight is zero.
     """
     rows, cols = w.indices()
-    values = w.values()
-    n = w.shape[0]
+    return received_from_entries(rows, cols, w.values(), lost, w.shape[0])
+
+
+def received_from_entries(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, lost: torch.Tensor, n: int
+) -> torch.Tensor:
+    """:func:`received_matrix` from the entries of an ``[n, n]`` matrix (a partition actor's local one)."""
     off = rows != cols
     keep = off & ~lost
     self_weight = torch.zeros(n, dtype=values.dtype).index_add_(0, rows[~keep], values[~keep])
     diag = torch.arange(n)
     indices = torch.cat([torch.stack([rows[keep], cols[keep]]), torch.stack([diag, diag])], dim=1)
     return torch.sparse_coo_tensor(
-        indices, torch.cat([values[keep], self_weight]), w.shape, check_invariants=False
+        indices, torch.cat([values[keep], self_weight]), (n, n), check_invariants=False
     ).coalesce()
+
+
+def round_messages(topology, round_: int, drop_prob: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The round's coalesced mixing matrix and which of its entries are lost messages.
+
+    The loss draws come from ``("loss", round)``, one per stored entry in coalesced order, so every
+    schedule that builds the round from this function loses the same messages (the partitioned
+    Ray loop in :mod:`.partitioned` does).
+    """
+    w = topology.mixing_matrix(round_).coalesce()
+    rows, cols = w.indices()
+    lost = torch.zeros(len(rows), dtype=torch.bool)
+    if drop_prob > 0:
+        draws = torch.from_numpy(numpy_rng(seed, "loss", round_).random(len(rows)))
+        lost = (rows != cols) & (draws < drop_prob)
+    return w, lost
+
+
+def merge_info(
+    members: torch.Tensor,
+    num_samples: torch.Tensor,
+    round_: int,
+    num_nodes: int,
+    layout,
+    own: torch.Tensor,
+    mixing_weights: torch.Tensor,
+    extras: dict[str, torch.Tensor],
+    validate=None,
+) -> AggregationInfo:
+    """What a node's merge sees: its own model first (``self_index = 0``), then the models it received."""
+    return AggregationInfo(
+        client_ids=members,
+        num_samples=num_samples,
+        round=round_,
+        num_clients=num_nodes,
+        layout=layout,
+        reference=own,
+        self_index=0,
+        mixing_weights=mixing_weights,
+        validate=validate,
+        extras=extras,
+    )
 
 
 class SyncGossip:
@@ -99,15 +146,11 @@ class SyncGossip:
 
     def mix(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, int, int]:
         """Merge every node with its neighbours; returns (new params, messages sent, messages lost)."""
-        w = self.topology.mixing_matrix(round_).coalesce()
+        w, lost_mask = round_messages(self.topology, round_, self.cfg.drop_prob, int(self.exp.cfg.seed))
         rows, cols = w.indices()
         values = w.values()
         off_diag = rows != cols
         sent = int(off_diag.sum())
-        lost_mask = torch.zeros_like(off_diag)
-        if self.cfg.drop_prob > 0:
-            draws = torch.from_numpy(numpy_rng(self.exp.cfg.seed, "loss", round_).random(len(rows)))
-            lost_mask = off_diag & (draws < self.cfg.drop_prob)
         lost = int(lost_mask.sum())
         strategy = self.exp.strategy
         attack = self.attack
@@ -143,17 +186,16 @@ class SyncGossip:
                 models, num_byzantine = attack.received(params, i, senders, round_)
             else:
                 models = params[members]
-            info = AggregationInfo(
-                client_ids=members,
-                num_samples=self.sizes[members],
-                round=round_,
-                num_clients=self.n,
-                layout=self.exp.layout,
-                reference=params[i],
-                self_index=0,
-                mixing_weights=torch.cat([torch.tensor([self_weight]), r_vals[others]]),
-                validate=self.validate,
-                extras={k: v[members] for k, v in self.extras.items()},
+            info = merge_info(
+                members,
+                self.sizes[members],
+                round_,
+                self.n,
+                self.exp.layout,
+                params[i],
+                torch.cat([torch.tensor([self_weight]), r_vals[others]]),
+                {k: v[members] for k, v in self.extras.items()},
+                self.validate,
             )
             if attack is not None:
                 info = with_byzantine(info, num_byzantine)
