@@ -187,7 +187,7 @@ class PartitionActor:
             size,
         )
         merged = self.strategy.aggregate_all(received, models, self.layout)
-        return merged[: len(self.nodes)].clone()
+        return merged[: len(self.nodes)]  # a view: the next round copies it anyway (training or torch.cat)
 
     def _merge_each(self, models, extras, rows, cols, senders_global, values, lost, round_) -> torch.Tensor:
         """Per-node ``aggregate`` calls, exactly as the driver-side loop makes them."""
