@@ -100,21 +100,26 @@ def test_sigkill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp
     kill_then_resume(tmp_path, (*COMMON, *RUNS[name], f"rounds={rounds}", "checkpoint.every=1"), seed)
 
 
-def test_sigint_saves_the_run_says_how_to_resume_and_the_resume_is_exact(tmp_path):
-    # Prepare
-    args = (*COMMON, *RUNS["fedadam_markov"], "rounds=150")  # no periodic checkpoints: the signal writes one
-    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
-    proc = subprocess.Popen(
-        _argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    # Execute: SIGINT once the loop runs (its first rows are in metrics.csv)
-    _wait_for(tmp_path / "part" / "metrics.csv", proc)
+def interrupt_with_sigint(cwd: Path, args: tuple) -> str:
+    """Run ``args`` to the end in ``full``, then again in ``part`` with a SIGINT once its first rows are
+    written; asserts exit 130 and a last line naming the resume command, and returns that line."""
+    assert _run(cwd, *args, "hydra.run.dir=full").returncode == 0
+    proc = subprocess.Popen(_argv(*args, "hydra.run.dir=part"), cwd=cwd, stderr=subprocess.PIPE, text=True, bufsize=1)
+    _wait_for(cwd / "part" / "metrics.csv", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    # Assert: one line with the command, exit 130, a resumable folder that says "interrupted"
     assert proc.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted by SIGINT after round ") and f"resume={tmp_path / 'part'}" in last
+    assert last.startswith("interrupted by SIGINT after round ") and f"resume={cwd / 'part'}" in last
+    return last
+
+
+def test_sigint_saves_the_run_says_how_to_resume_and_the_resume_is_exact(tmp_path):
+    # Prepare: no periodic checkpoints, so the signal writes the only one
+    args = (*COMMON, *RUNS["fedadam_markov"], "rounds=150")
+    # Execute: SIGINT once the loop runs; Assert: exit 130, one line with the command (in the helper)
+    interrupt_with_sigint(tmp_path, args)
+    # Assert: a resumable folder that says "interrupted", and an exact resume
     assert json.loads((tmp_path / "part" / "summary.json").read_text())["status"] == "interrupted"
     resumed = _run(tmp_path, "resume=part")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

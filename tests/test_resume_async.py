@@ -9,8 +9,6 @@ moments per node). "Equal" is byte for byte, as in tests/test_resume.py.
 
 import heapq
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from sim.gossip.events import DELIVER, EVALUATE, REQUEST, WAKE
 from sim.resume import read_checkpoint
 from sim.run import run_experiment
 from sim.run_state import load_state, save_state
-from tests.test_resume import _argv, _run, _wait_for, assert_same_run, kill_then_resume
+from tests.test_resume import _run, assert_same_run, interrupt_with_sigint, kill_then_resume
 
 BASE = (
     "num_clients=12",
@@ -198,18 +196,9 @@ def test_sigkill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(tmp
 def test_sigint_saves_the_run_at_the_next_evaluation_and_the_resume_is_exact(tmp_path):
     # Prepare: no periodic checkpoints, so the signal writes the only one
     args = (*BASE, *RUNS["push_pull_sessions"], "rounds=60")
-    assert _run(tmp_path, *args, "hydra.run.dir=full").returncode == 0
-    proc = subprocess.Popen(
-        _argv(*args, "hydra.run.dir=part"), cwd=tmp_path, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    # Execute: SIGINT once the loop runs (its first rows are in metrics.csv)
-    _wait_for(tmp_path / "part" / "metrics.csv", proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    # Assert: one line with the command, exit 130, a checkpoint at an evaluation, an exact resume
-    assert proc.returncode == 130, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted by SIGINT after round ") and f"resume={tmp_path / 'part'}" in last
+    # Execute: SIGINT once the loop runs; Assert: exit 130, one line with the command (in the helper)
+    last = interrupt_with_sigint(tmp_path, args)
+    # Assert: a checkpoint at an evaluation, an exact resume
     state = read_checkpoint(tmp_path / "part")
     assert last.split("after round ")[1].split(";")[0] == f"{state['round']:g}"
     assert state["rows"][-1]["time"] == state["strategy"]["time"] and len(state["rows"]) == state["evaluation"] + 1

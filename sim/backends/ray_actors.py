@@ -100,7 +100,7 @@ def setup_payload(setup) -> dict[str, Any]:
     }
 
 
-def _setup_from_payload(p: dict[str, Any], device: torch.device):
+def setup_from_payload(p: dict[str, Any], device: torch.device):
     from sim.backends.base import TrainingSetup
     from sim.data import FederatedData
 
@@ -136,7 +136,7 @@ class TrainingActor:
         self.device = pick_device(device)
         self.noop = noop
         self.backend = build_backend({"name": inner})
-        self.backend.setup(_setup_from_payload(payload, self.device))
+        self.backend.setup(setup_from_payload(payload, self.device))
 
     def ready(self) -> dict[str, Any]:
         return {

@@ -26,22 +26,22 @@ import numpy as np
 import ray
 import torch
 
-from .ray_actors import _setup_from_payload, pick_device, shared_tensor
+from .ray_actors import pick_device, setup_from_payload, shared_tensor
 
 
-def _numpy_tree(obj: Any) -> Any:
+def numpy_tree(obj: Any) -> Any:
     """Tensors in a (nested) strategy state as numpy arrays, which Ray stores without pickling."""
     if isinstance(obj, torch.Tensor):
         return ("__tensor__", obj.detach().cpu().numpy())
     if isinstance(obj, dict):
-        return {k: _numpy_tree(v) for k, v in obj.items()}
+        return {k: numpy_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_numpy_tree(v) for v in obj)
+        return type(obj)(numpy_tree(v) for v in obj)
     return obj
 
 
 def torch_tree(obj: Any) -> Any:
-    """The inverse of :func:`_numpy_tree` (writable tensors: states are updated in place by some rules)."""
+    """The inverse of :func:`numpy_tree` (writable tensors: states are updated in place by some rules)."""
     if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__tensor__":
         return torch.from_numpy(np.array(obj[1]))
     if isinstance(obj, dict):
@@ -57,7 +57,7 @@ def part_snapshot(nodes: np.ndarray, params: torch.Tensor, states: list, extras:
     return {
         "nodes": nodes,
         "params": params.detach().cpu().numpy(),
-        "states": [_numpy_tree(s) for s in states],
+        "states": [numpy_tree(s) for s in states],
         "extras": {k: v.detach().cpu().numpy() for k, v in extras.items()},
     }
 
@@ -83,7 +83,7 @@ class PartitionActor:
         configure_threads(num_threads, payload["layout"].size, payload["train"].batch_size)
         self.device = pick_device(device)
         self.noop = noop
-        self.setup = _setup_from_payload(payload, self.device)
+        self.setup = setup_from_payload(payload, self.device)
         self.backend = build_backend({"name": inner})
         self.backend.setup(self.setup)
         self.layout = payload["layout"]
@@ -146,18 +146,17 @@ class PartitionActor:
         self.lookup[ghost_ids] = n + np.arange(len(ghost_ids))
         try:
             models = torch.cat([self.params, *[shared_tensor(r["params"]) for r in received]])
-            extras = {
-                k: torch.cat([v, *[shared_tensor(r["extras"][k]) for r in received]]) for k, v in self.extras.items()
-            }
-            rows = torch.from_numpy(plan["rows"])
-            lost = torch.from_numpy(plan["lost"])
+            rows, lost, values = (shared_tensor(plan[k]) for k in ("rows", "lost", "values"))
             cols = torch.from_numpy(self.lookup[plan["cols"]])
             cols = torch.where(lost, rows, cols)  # a lost sender may not have been sent: its weight goes home
-            values = torch.from_numpy(plan["values"])
             if hasattr(self.strategy, "aggregate_all"):
                 new = self._merge_all(models, rows, cols, values, lost)
             else:
-                new = self._merge_each(models, extras, rows, cols, torch.from_numpy(plan["cols"]), values, lost, round_)
+                extras = {
+                    k: torch.cat([v, *[shared_tensor(r["extras"][k]) for r in received]])
+                    for k, v in self.extras.items()
+                }
+                new = self._merge_each(models, extras, rows, cols, shared_tensor(plan["cols"]), values, lost, round_)
         finally:
             self.lookup[ghost_ids] = -1
         check_finite(new, self.ids, round_, "the merged parameters")

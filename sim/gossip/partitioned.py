@@ -30,7 +30,7 @@ import logging
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,13 +38,14 @@ import ray
 import torch
 
 from sim.backends.ray_backend import ACTOR_LOST, _reraise
+from sim.backends.ray_partition import numpy_tree, torch_tree
 from sim.errors import RunError
 from sim.results import MetricsLog
 
 from .config import GossipConfig
 from .nodes import accuracy_columns, evaluated_nodes, variance_columns
 from .partition import cut_summary, partition_edges, partition_nodes
-from .sync import round_messages
+from .sync import exchange_columns, round_messages
 
 log = logging.getLogger("sim.gossip")
 
@@ -53,10 +54,10 @@ log = logging.getLogger("sim.gossip")
 class RoundPlan:
     """What each actor is told in one round: its rows of the mixing matrix and what it sends where."""
 
-    receives: list[dict[str, np.ndarray]]  # per actor: rows (local), cols (global), values, lost
-    sends: list[list[np.ndarray | None]]  # [source][destination]: global ids of the rows sent (sorted)
+    receives: list[Any]  # per actor: rows (local), cols (global), values, lost (or its ObjectRef)
+    sends: list[Any]  # per source: [destination] -> global ids of the rows sent, sorted (or its ObjectRef)
     sources: list[list[int]]  # per destination: the actors it receives from, ascending
-    nbytes: int  # the plan's size: what the driver sends per round
+    nbytes: int  # the plan's size: what the driver puts into the object store this round
 
 
 def round_plan(rows, cols, values, lost, parts: np.ndarray, local: np.ndarray, k: int) -> RoundPlan:
@@ -113,6 +114,8 @@ class PartitionedSyncGossip:
         self.snapshots: list[Any] = []  # per actor: the ObjectRef of its last snapshot, or its start object
         self.stats: dict[str, float] = {}
         self.received: list[dict[str, int]] = []  # per actor: the last round's counts (tests read them)
+        self._static_plan: tuple[torch.Tensor, RoundPlan] | None = None  # (mixing matrix, its plan) when no loss
+        self._gathered: tuple[list, list[dict]] | None = None  # (snapshot refs, their contents) of a checkpoint
 
     # ---- actors -------------------------------------------------------------------------------
     def _start(self, resume) -> None:
@@ -128,7 +131,7 @@ class PartitionedSyncGossip:
                     "snapshot": {
                         "nodes": nodes,
                         "params": resume.params[torch.from_numpy(nodes)].contiguous().numpy(),
-                        "states": [_numpy_state(state["states"][i]) for i in nodes.tolist()],
+                        "states": [numpy_tree(state["states"][i]) for i in nodes.tolist()],
                         "extras": {k: v[torch.from_numpy(nodes)].numpy() for k, v in state["extras"].items()},
                     }
                 }
@@ -175,6 +178,22 @@ class PartitionedSyncGossip:
         return dead
 
     # ---- one round ----------------------------------------------------------------------------
+    def _plan(self, round_: int, seed: int) -> tuple[RoundPlan, int, int]:
+        """The round's plan with its parts already in the object store (passed to the actors by reference);
+        returns (plan, messages sent, messages lost). A static graph without losses has one plan for the
+        whole run: it is cut and put once, and later rounds send the actors nothing but references."""
+        w, lost_mask = round_messages(self.topology, round_, self.cfg.drop_prob, seed)
+        rows, cols = w.indices()
+        sent, lost = int((rows != cols).sum()), int(lost_mask.sum())
+        if not lost and self._static_plan is not None and self._static_plan[0] is w:
+            return replace(self._static_plan[1], nbytes=0), sent, lost
+        plan = round_plan(rows, cols, w.values(), lost_mask, self.parts, self.local, self.k)
+        plan.receives = [ray.put(r) for r in plan.receives]
+        plan.sends = [ray.put(row) for row in plan.sends]
+        if not lost:
+            self._static_plan = (w, plan)
+        return plan, sent, lost
+
     def _round(self, round_: int, plan: RoundPlan) -> tuple[list[dict], list[dict], int]:
         """Both calls on every actor; an actor that dies is replaced from its snapshot and the calls
         that were lost run again. Returns (publish stats, merge stats, replacements)."""
@@ -243,13 +262,9 @@ class PartitionedSyncGossip:
             start = time.perf_counter() - float(log_.rows[-1]["wall_s"])
         else:
             first, start = 1, time.perf_counter()
-            row0 = {"round": 0, **self.evaluate(), "num_participants": 0, "bytes_up": 0, "bytes_down": 0}
-            log_.append({**row0, "messages_sent": 0, "messages_lost": 0, "wall_s": 0.0})
+            log_.append({"round": 0, **self.evaluate(), **exchange_columns(0, 0, 0, 0), "wall_s": 0.0})
         for round_ in range(first, rounds + 1):
-            w, lost_mask = round_messages(self.topology, round_, cfg.drop_prob, seed)
-            rows, cols = w.indices()
-            sent, lost = int((rows != cols).sum()), int(lost_mask.sum())
-            plan = round_plan(rows, cols, w.values(), lost_mask, self.parts, self.local, self.k)
+            plan, sent, lost = self._plan(round_, seed)
             message_bytes = self.bytes_per_model + self.extras_row_bytes  # merge_update: last training's extras
             pub_stats, merge_stats, replaced = self._round(round_, plan)
             trained = pub_stats if cfg.order == "update_merge" else merge_stats
@@ -268,12 +283,8 @@ class PartitionedSyncGossip:
             }
             row = {
                 "round": round_,
-                "num_participants": self.n,
                 "train_loss": sum(s["loss_sum"] for s in trained) / weight_sum if weight_sum else np.nan,
-                "bytes_up": sent * message_bytes,
-                "bytes_down": (sent - lost) * message_bytes,
-                "messages_sent": sent,
-                "messages_lost": lost,
+                **exchange_columns(self.n, sent, lost, message_bytes),
                 **self.stats,
             }
             if round_ % eval_every == 0 or round_ == rounds:
@@ -316,8 +327,11 @@ class PartitionedSyncGossip:
         return row
 
     def _gather(self) -> list[dict]:
-        """Every part's last snapshot (a resumed run that has not yet run a round: its start objects)."""
-        return [s.get("snapshot", s) for s in ray.get(self.snapshots)]
+        """Every part's last snapshot (a resumed run that has not yet run a round: its start objects);
+        fetched once per round however many callers (a checkpoint wants the models and the states)."""
+        if self._gathered is None or self._gathered[0] is not self.snapshots:
+            self._gathered = (self.snapshots, [s.get("snapshot", s) for s in ray.get(self.snapshots)])
+        return self._gathered[1]
 
     def node_params(self) -> torch.Tensor:
         """``[N, P]``: every node's model, gathered from the snapshots (checkpoints and the run's end only)."""
@@ -328,8 +342,6 @@ class PartitionedSyncGossip:
 
     def carried(self) -> dict[str, Any]:
         """The same carried state as :meth:`.sync.SyncGossip.carried`, so checkpoints are interchangeable."""
-        from sim.backends.ray_partition import torch_tree
-
         states: list[Any] = [None] * self.n
         extras: dict[str, torch.Tensor] = {}
         for nodes, snap in zip(self.members, self._gather(), strict=True):
@@ -349,9 +361,3 @@ def _succeeded(ref: Any) -> bool:
         return True
     except (*ACTOR_LOST, ray.exceptions.RayTaskError):
         return False
-
-
-def _numpy_state(state: Any) -> Any:
-    from sim.backends.ray_partition import _numpy_tree
-
-    return _numpy_tree(state)

@@ -83,6 +83,17 @@ def round_messages(topology, round_: int, drop_prob: float, seed: int) -> tuple[
     return w, lost
 
 
+def exchange_columns(participants: int, sent: int, lost: int, message_bytes: int) -> dict[str, int]:
+    """A round's message columns: what the simulated protocol sent and delivered (every sync gossip loop)."""
+    return {
+        "num_participants": participants,
+        "bytes_up": sent * message_bytes,
+        "bytes_down": (sent - lost) * message_bytes,
+        "messages_sent": sent,
+        "messages_lost": lost,
+    }
+
+
 def merge_info(
     members: torch.Tensor,
     num_samples: torch.Tensor,
@@ -224,19 +235,8 @@ class SyncGossip:
             first = 1
             params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
             start = time.perf_counter()
-            log.append(
-                {
-                    "round": 0,
-                    **self.evaluate(params),
-                    "num_participants": 0,
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "messages_sent": 0,
-                    "messages_lost": 0,
-                    **self.attack_columns(),
-                    "wall_s": 0.0,
-                }
-            )
+            row0 = {"round": 0, **self.evaluate(params), **exchange_columns(0, 0, 0, 0)}
+            log.append({**row0, **self.attack_columns(), "wall_s": 0.0})
             if cfg.order == "merge_update" and exp.strategy.requires:
                 self.extras = self.initial_extras(params)
         for round_ in range(first, rounds + 1):
@@ -254,12 +254,8 @@ class SyncGossip:
             weights = self.sizes.to(torch.float64)[ok]
             row = {
                 "round": round_,
-                "num_participants": self.n,
                 "train_loss": float((weights * losses[ok].double()).sum() / weights.sum()) if ok.any() else np.nan,
-                "bytes_up": sent * message_bytes,
-                "bytes_down": (sent - lost) * message_bytes,
-                "messages_sent": sent,
-                "messages_lost": lost,
+                **exchange_columns(self.n, sent, lost, message_bytes),
                 **self.attack_columns(),
                 **self.stats,
             }
