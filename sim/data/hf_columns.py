@@ -1,7 +1,8 @@
 """Turning the columns of a Hugging Face split into arrays: inputs, labels and natural client ids.
 
 What an input column holds is read from its declared feature type, never guessed from values:
-``Image`` -> decoded uint8 pixels; a string ``Value`` -> text (character ids with
+``Image``, or a struct of ``{"bytes": binary, "path": string}`` (what pandas writes for a column of such
+dicts, and the Arrow storage of an ``Image``) -> decoded uint8 pixels; a string ``Value`` -> text (character ids with
 ``dataset.tokenizer=char``); numeric ``Value`` columns, or one column of equal-length numeric lists,
 -> float32 features. Labels may be class indices, a ``ClassLabel`` or strings (mapped to ids in
 sorted order). Every mismatch is a ConfigError naming the field and listing what the data hold.
@@ -17,6 +18,24 @@ from ..errors import ConfigError
 from .npz import MAX_CLASSES
 
 KINDS = ("auto", "image", "text", "numeric")
+#: the fields of an image struct and the Arrow types each may have (``path`` is null when pandas wrote None)
+IMAGE_STRUCT = {"bytes": ("binary", "large_binary"), "path": ("string", "large_string", "null")}
+#: what every error about a column that is not usable as images says would work
+IMAGE_FIX = (
+    "An image column must be a datasets Image feature, or hold {'bytes': <PNG/JPEG bytes>, 'path': <str or None>} "
+    "dicts (the struct pandas and datasets write to parquet); cast any other column first, e.g. "
+    "ds.cast_column('img', datasets.Image()) before to_parquet or save_to_disk."
+)
+
+
+def is_image_struct(feature: Any) -> bool:
+    """A struct of ``bytes`` (and optionally ``path``), as ``pandas.DataFrame.to_parquet`` writes a column of
+    ``{"bytes": ..., "path": ...}`` dicts: ``datasets`` reads it back as a dict of Values, not as an Image."""
+    import datasets
+
+    if not isinstance(feature, dict) or "bytes" not in feature or not set(feature) <= set(IMAGE_STRUCT):
+        return False
+    return all(isinstance(f, datasets.Value) and f.dtype in IMAGE_STRUCT[k] for k, f in feature.items())
 
 
 def describe(feature: Any) -> str:
@@ -25,6 +44,10 @@ def describe(feature: Any) -> str:
 
     if isinstance(feature, datasets.Image):
         return "image"
+    if is_image_struct(feature):
+        return "image bytes struct"
+    if isinstance(feature, dict):
+        return "struct {" + ", ".join(f"{k}: {describe(f)}" for k, f in feature.items()) + "}"
     if isinstance(feature, datasets.ClassLabel):
         return f"class label ({feature.num_classes} names)"
     if isinstance(feature, datasets.Value):
@@ -40,7 +63,7 @@ def kind_of(feature: Any) -> str | None:
     """``image``, ``text`` or ``numeric`` from the declared type; None for anything else (dicts, audio)."""
     import datasets
 
-    if isinstance(feature, datasets.Image):
+    if isinstance(feature, datasets.Image) or is_image_struct(feature):
         return "image"
     if isinstance(feature, datasets.ClassLabel):
         return "numeric"
@@ -56,6 +79,16 @@ def kind_of(feature: Any) -> str | None:
     if type(feature).__name__.startswith("Array"):
         return "numeric"
     return None
+
+
+def _fix_for(features: Any, columns: Any) -> str:
+    """``IMAGE_FIX`` (with a leading space) when one of ``columns`` is a struct or bytes that could be images."""
+    import datasets
+
+    def maybe_images(f: Any) -> bool:
+        return isinstance(f, dict) or (isinstance(f, datasets.Value) and f.dtype in ("binary", "large_binary"))
+
+    return " " + IMAGE_FIX if any(maybe_images(features[c]) for c in columns) else ""
 
 
 def require_column(features: Any, column: str, field: str, split: str) -> None:
@@ -77,7 +110,8 @@ def resolve_inputs(features: Any, ds: dict, split: str, fmt: str) -> tuple[list[
                 "dataset.features",
                 None,
                 "the input column(s), e.g. dataset.features=img or dataset.features=[x1,x2]",
-                f"Which columns are the input is not clear; split {split} has: {listing(features)}.",
+                f"Which columns are the input is not clear; split {split} has: {listing(features)}."
+                + _fix_for(features, features),
             )
     else:
         columns = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -93,14 +127,16 @@ def resolve_inputs(features: Any, ds: dict, split: str, fmt: str) -> tuple[list[
             "dataset.features",
             bad,
             f"a column of {expected} data" + (" (format=imagefolder)" if fmt == "imagefolder" else ""),
-            f"Column {bad} holds {describe(features[bad])} data; the columns are: {listing(features)}.",
+            f"Column {bad} holds {describe(features[bad])} data; the columns are: {listing(features)}."
+            + (" " + IMAGE_FIX if expected == "image" else ""),
         )
     if None in kinds or len(kinds) > 1 or (kinds != {"numeric"} and len(columns) > 1):
         raise ConfigError(
             "dataset.features",
             wanted if wanted is not None else columns,
             "one image column, one text column, or numeric columns",
-            f"The chosen columns hold {', '.join(f'{c} ({describe(features[c])})' for c in columns)}.",
+            f"The chosen columns hold {', '.join(f'{c} ({describe(features[c])})' for c in columns)}."
+            + _fix_for(features, columns),
         )
     return columns, kinds.pop()  # type: ignore[return-value]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .hf_columns import IMAGE_FIX
 
 #: PIL modes with one channel of meaning (LA: gray plus alpha, which is dropped)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -54,7 +55,10 @@ def _batches(dataset, column: str):
         cells = table.column(0)
         if not pa.types.is_struct(cells.type):
             raise ConfigError(
-                "dataset.features", column, "a column of images", f"Its Arrow type is {cells.type}, not image bytes."
+                "dataset.features",
+                column,
+                "a column of images",
+                f"Its Arrow type is {cells.type}, not image bytes. {IMAGE_FIX}",
             )
         yield cells.to_pylist()
 
