@@ -40,6 +40,9 @@ class TrainConfig:
     hflip: bool = False  # images: random horizontal flip
     #: when set (with local_steps): each client draws its steps per round, uniformly in [this, local_steps]
     local_steps_min: int | None = None
+    #: when set: each local gradient (data term plus a strategy's correction) is rescaled to at most this L2
+    #: norm before weight decay and momentum, as ``torch.nn.utils.clip_grad_norm_`` in the FedDyn authors' code
+    clip_grad_norm: float | None = None
 
     @property
     def augments(self) -> bool:
@@ -60,6 +63,11 @@ class TrainConfig:
             crop_padding=integer("train.crop_padding", get("crop_padding", 0), 0),
             hflip=boolean("train.hflip", get("hflip", False)),
             local_steps_min=_local_steps_min(get("local_steps_min"), get("local_steps")),
+            clip_grad_norm=None
+            if get("clip_grad_norm") is None
+            else number(
+                "train.clip_grad_norm", get("clip_grad_norm"), 0, lo_open=True, allowed="null (off) or a number > 0"
+            ),
         )
 
 
@@ -176,6 +184,16 @@ def batch_loss(
     return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
+def clip_rows_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Rescale ``grad`` (``[P]``, or ``[K, P]`` one client a row) in place to L2 norm at most ``max_norm``.
+
+    The factor is ``torch.nn.utils.clip_grad_norm_``'s, ``min(1, max_norm / (norm + 1e-6))``, computed per
+    row, so the vectorized backend clips each client as the sequential one does.
+    """
+    norms = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+    return grad.mul_((max_norm / (norms + 1e-6)).clamp_max(1.0))
+
+
 # a buffer passed in comes back as a buffer (the vectorized backend writes it into its own rows)
 @overload
 def sgd_step(
@@ -266,6 +284,8 @@ def local_train(
                     grad = grad + prox * (p.detach() - params)
                 if offset is not None:
                     grad = grad + offset
+                if cfg.clip_grad_norm is not None:
+                    grad = clip_rows_(grad.clone(), cfg.clip_grad_norm)
                 p, buf = sgd_step(p.detach(), grad, buf, cfg)
                 for spec in buffers:
                     p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)

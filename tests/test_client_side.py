@@ -14,7 +14,7 @@ from torch import nn
 
 from sim.errors import ConfigError
 from sim.layout import Layout
-from sim.training import TrainConfig, local_train
+from sim.training import TrainConfig, clip_rows_, local_train
 from strategies import AggregationInfo, FedDyn, FedNova, FedProx, Scaffold, build_strategy
 from strategies.client_side import normalizing_norms
 
@@ -76,6 +76,70 @@ def test_local_training_equals_torch_sgd_on_the_fedprox_and_feddyn_objective(mom
     # Assert
     torch.testing.assert_close(out.params, w.detach(), rtol=0, atol=1e-6)
     assert out.steps == 4
+
+
+def test_clipping_hand_numbers_one_step():
+    # Prepare: an offset of norm 5e6 along (0.6, 0.8, 0, ...) swamps the data gradient, so the clipped
+    # gradient is 10 * (0.6, 0.8, 0, ...) up to 1e-5 and one step of lr 0.5 moves by (-3, -4, 0, ...)
+    model, layout, w0, x, y = _tiny_client()
+    offset = torch.zeros(layout.size)
+    offset[:2] = torch.tensor([3e6, 4e6])
+    cfg = TrainConfig(batch_size=6, lr=0.5, local_steps=1, clip_grad_norm=10.0, weight_decay=0.1)
+    # Execute
+    out = local_train(model, layout, w0, x, y, cfg, torch.Generator().manual_seed(1), prox=2.0, offset=offset)
+    # Assert: weight decay (0.1 * w0) is added after the clip, as torch.optim.SGD adds it after clip_grad_norm_
+    expected = w0 * (1 - 0.5 * 0.1)
+    expected[:2] -= torch.tensor([3.0, 4.0])
+    torch.testing.assert_close(out.params, expected, rtol=0, atol=1e-4)
+
+
+def test_clipping_leaves_a_gradient_below_the_norm_alone():
+    model, layout, w0, x, y = _tiny_client()
+    plain = TrainConfig(batch_size=3, lr=0.2, local_steps=6, momentum=0.5)
+    clipped = TrainConfig(batch_size=3, lr=0.2, local_steps=6, momentum=0.5, clip_grad_norm=1e3)
+    a = local_train(model, layout, w0, x, y, plain, torch.Generator().manual_seed(1), prox=0.3)
+    b = local_train(model, layout, w0, x, y, clipped, torch.Generator().manual_seed(1), prox=0.3)
+    torch.testing.assert_close(b.params, a.params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_clipped_local_training_equals_torch_clip_grad_norm_then_sgd(momentum):
+    # Prepare: the FedDyn objective; per step backward, torch's clip_grad_norm_, then torch.optim.SGD with
+    # weight decay (which the clip does not see), as in the FedDyn authors' train functions
+    model, layout, w0, x, y = _tiny_client()
+    alpha, memory, clip = 0.7, torch.linspace(0.5, -0.5, layout.size), 0.3
+    cfg = TrainConfig(batch_size=6, lr=0.2, local_steps=5, momentum=momentum, weight_decay=0.01, clip_grad_norm=clip)
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([w], lr=0.2, momentum=momentum, weight_decay=0.01)
+    norms = []
+    for _ in range(5):
+        opt.zero_grad()
+        logits = torch.func.functional_call(model, layout.to_state_dict(w), (x,))
+        loss = F.cross_entropy(logits, y) + alpha / 2 * ((w - w0) ** 2).sum() - (memory * w).sum()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_([w], max_norm=clip)))
+        opt.step()
+    # Execute
+    out = local_train(model, layout, w0, x, y, cfg, torch.Generator().manual_seed(1), prox=alpha, offset=-memory)
+    # Assert: every step clipped (so the test tests the clip), and the same model
+    assert min(norms) > clip
+    torch.testing.assert_close(out.params, w.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "ten", True])
+def test_bad_clip_norm_is_refused_naming_the_field(make_cfg, value):
+    cfg = make_cfg().train
+    cfg.clip_grad_norm = value
+    with pytest.raises(ConfigError, match="train.clip_grad_norm"):
+        TrainConfig.from_config(cfg)
+    assert TrainConfig.from_config(make_cfg("train.clip_grad_norm=10").train).clip_grad_norm == 10.0
+
+
+def test_clip_rows_uses_each_rows_own_norm():
+    # rows of norm 5, 0.5 and 0 with max_norm 1: the first scaled by 1 / (5 + 1e-6), the others untouched
+    grads = torch.tensor([[3.0, 4.0], [0.3, -0.4], [0.0, 0.0]])
+    clip_rows_(grads, 1.0)
+    torch.testing.assert_close(grads, torch.tensor([[0.6, 0.8], [0.3, -0.4], [0.0, 0.0]]), rtol=1e-6, atol=0)
 
 
 # ---- server rules against the papers' pseudo-code -----------------------------------------------

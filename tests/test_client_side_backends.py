@@ -90,6 +90,29 @@ def test_vectorized_equals_sequential_over_rounds(make_cfg, strategy, extra):
     assert (seq[-1] - fedavg[-1]).abs().max() > 1e-4  # the rule changed something
 
 
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("feddyn", ("strategy.alpha=0.2", "train.weight_decay=0.001")),  # plain SGD: prox joins weight decay
+        ("feddyn", ("strategy.alpha=0.2", "train.momentum=0.5")),
+        ("scaffold", ()),
+    ],
+)
+def test_clipped_gradients_agree_across_backends_and_change_the_run(make_cfg, strategy, extra):
+    # Prepare: a norm below most local gradients, so clients clip on some steps; each client by its own norm
+    exp = experiment(make_cfg, strategy, *extra, "train.clip_grad_norm=0.3")
+    # Execute
+    seq, seq_state, _ = run_rounds(exp, SequentialBackend())
+    vec, vec_state, _ = run_rounds(exp, VectorizedBackend(chunk_size=2))
+    unclipped, _, _ = run_rounds(experiment(make_cfg, strategy, *extra), SequentialBackend())
+    # Assert
+    for r in range(ROUNDS):
+        torch.testing.assert_close(vec[r], seq[r], rtol=0, atol=1e-5)
+    for key, value in seq_state.items():
+        torch.testing.assert_close(vec_state[key], value, rtol=0, atol=1e-5)
+    assert (seq[-1] - unclipped[-1]).abs().max() > 1e-3
+
+
 def test_unequal_local_steps_are_drawn_per_client_and_round(make_cfg):
     exp = experiment(make_cfg, "fedavg")
     a = client_local_steps(exp.train, 0, [1, 1, 2], [4, 5, 4])
@@ -136,3 +159,15 @@ def test_ray_backend_equals_sequential_for_scaffold(make_cfg, ray_session):
     for r in range(ROUNDS):
         torch.testing.assert_close(ray_run[r], seq[r], rtol=0, atol=1e-5)
     torch.testing.assert_close(ray_state["c_clients"], seq_state["c_clients"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_backend_clips_like_sequential_for_feddyn(make_cfg, ray_session):
+    from sim.backends.ray_backend import RayBackend
+
+    exp = experiment(make_cfg, "feddyn", "strategy.alpha=0.2", "train.clip_grad_norm=0.3")
+    seq, seq_state, _ = run_rounds(exp, SequentialBackend())
+    ray_run, ray_state, _ = run_rounds(exp, RayBackend(num_actors=2, driver_max_clients=0))
+    for r in range(ROUNDS):
+        torch.testing.assert_close(ray_run[r], seq[r], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ray_state["grad_memory"], seq_state["grad_memory"], rtol=0, atol=1e-5)

@@ -26,7 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from sim.data.augment import augment_rows
 from sim.errors import ConfigError
 from sim.threads import check_num_threads
-from sim.training import ClientCorrection, image_shape, sgd_step
+from sim.training import ClientCorrection, clip_rows_, image_shape, sgd_step
 from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
@@ -250,9 +250,15 @@ class VectorizedBackend:
                 grads = grads * trainable
             if bias is not None:
                 grads.add_(bias[:A])
-            if cfg.momentum:
+            pull = prox  # the correction's prox * w, added with weight decay unless clipping needs it first
+            if cfg.clip_grad_norm is not None:
                 if prox:
                     grads.add_(params[:A], alpha=prox)
+                clip_rows_(grads, cfg.clip_grad_norm)  # each client's own norm
+                pull = 0.0
+            if cfg.momentum:
+                if pull:
+                    grads.add_(params[:A], alpha=pull)
                 # every client's first step is step 0, where sgd_step starts the buffer (None -> d)
                 if step == 0:
                     new_p, buf = sgd_step(params[:A], grads, None, cfg)
@@ -262,8 +268,8 @@ class VectorizedBackend:
                     buf[:A] = new_buf
                 params[:A] = new_p
             else:  # plain SGD in place: the same update as sgd_step without a new [A, P] tensor
-                if cfg.weight_decay or prox:
-                    grads.add_(params[:A], alpha=cfg.weight_decay + prox)
+                if cfg.weight_decay or pull:
+                    grads.add_(params[:A], alpha=cfg.weight_decay + pull)
                 params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
         loss_sum = loss_sum.cpu()
