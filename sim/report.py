@@ -8,18 +8,22 @@ process warm-up), and writes ``report.parquet`` (groups),
 ``runs.parquet`` (one row per run), ``report.md`` and ``comparison.png`` into OUT
 (default ``DIR/report`` of the first DIR).
 
-Also, when the runs' metrics.csv have the counts: ``comm_bytes.png`` and ``comm_messages.png`` (the
-metric against bytes and messages sent, sim/reporting/communication.py) and, for gossip runs,
-``node_accuracy.png`` (the spread of node accuracies). ``--plot COLUMN`` (repeatable) draws any
-metrics.csv column against round as ``plot_COLUMN.png``. ``--tuned`` compares every strategy at its
-own best setting, chosen on ``--select`` (default val_accuracy) and reported on the metric
-(sim/reporting/tuned.py), into ``tuned.md`` and report.md.
+The plots overlay every (strategy, setting) on shared axes, one panel per x axis: round, bytes sent
+and messages sent (sim/reporting/communication.py) and, when runs log it, simulated time; each line is
+labelled by what differs between the lines only and keeps its colour in every plot
+(sim/reporting/lines.py). For gossip runs, ``node_accuracy.png`` shows the spread of node accuracies.
+``--plot COLUMN`` (repeatable) draws any metrics.csv column the same way as ``plot_COLUMN.png`` (runs
+without it are named in a warning). A sweep folder holding fewer jobs than its ``multirun.yaml`` asked
+for is named with the missing jobs' overrides, on stderr and in report.md (sim/reporting/sweep_jobs.py).
+``--tuned`` compares every strategy at its own best setting, chosen on ``--select`` (default
+val_accuracy) and reported on the metric (sim/reporting/tuned.py), into ``tuned.md`` and report.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,21 +73,24 @@ def _warn_skipped(skipped: list) -> None:
         print(f"  {s.path}: {s.reason}", file=sys.stderr)
 
 
-def run_report(
-    dirs: list[Path],
-    out: Path | None,
-    target: float,
-    metric: str,
-    plots: list[str] | None = None,
-    tuned: bool = False,
-    select: str = "val_accuracy",
-) -> int:
-    # Everything is checked and computed before OUT is created: an error leaves no files behind.
-    from sim.reporting.runs import check_metric, load_runs
+@dataclass
+class Report:
+    """Everything the report writes, built before any file is: tables, markdown and figures by file name."""
+
+    runs_df: Any
+    groups: Any
+    markdown: str
+    figures: dict[str, Any]
+    lines: list[Any]
+    tuned_md: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_inputs(dirs: list[Path], out: Path, target: float) -> tuple[list, list]:
+    from sim.reporting.runs import load_runs
 
     if not 0.0 <= target <= 1.0:  # also rejects NaN
         raise ConfigError("--target", target, "a fraction between 0 and 1 (0.9 means 90%)")
-    out = out if out is not None else dirs[0] / "report"
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a folder (it is created if missing)", "A file of that name exists.")
     runs, skipped = load_runs(dirs)
@@ -103,65 +110,110 @@ def run_report(
             + (": " + "; ".join(f"{s.path} ({s.reason})" for s in skipped[:5]) if skipped else "")
             + ".",
         )
-    check_metric(runs, metric)
-    for column in plots or []:
-        check_metric(runs, column)
+    return runs, skipped
 
-    from sim.reporting.communication import AXES, with_cost_axis
+
+def _extra_plots(ordered: list, lines: list, plots: list[str], axes: list, warnings: list[str]) -> dict[str, Any]:
+    """plot_COLUMN.png for each ``--plot`` column, drawn for the runs that have it (the others are named)."""
+    from sim.reporting.plot import plot_lines
+    from sim.reporting.runs import check_plot_column
+
+    figures = {}
+    for column in plots:
+        lacking = check_plot_column(ordered, column)
+        if lacking:
+            warnings.append(
+                f"--plot {column}: {len(lacking)} of {len(ordered)} run(s) have no {column} values, drawn without "
+                f"them: {', '.join(str(p) for p in lacking[:5])}" + (" ..." if len(lacking) > 5 else "")
+            )
+        figures[f"plot_{column.replace('/', '_')}.png"] = plot_lines(lines, column, None, axes)
+    return figures
+
+
+def build_report(
+    dirs: list[Path],
+    out: Path,
+    target: float,
+    metric: str,
+    plots: list[str] | None = None,
+    tuned: bool = False,
+    select: str = "val_accuracy",
+) -> Report:
+    """Check the inputs and compute every table and figure; writes nothing (an error leaves no files)."""
+    from sim.reporting.axes import x_axes
+    from sim.reporting.lines import make_lines
     from sim.reporting.nodes import plot_node_spread
-    from sim.reporting.plot import plot_comparison
+    from sim.reporting.plot import plot_lines
+    from sim.reporting.runs import check_metric
+    from sim.reporting.sweep_jobs import missing_jobs
     from sim.reporting.tables import group_table, runs_table, to_markdown, x_axis_name
-    from sim.results import atomic_write_text as write_text_atomic
-    from sim.results import write_atomic
 
-    _warn_skipped(skipped)
+    runs, skipped = _check_inputs(dirs, out, target)
+    check_metric(runs, metric)
     runs_df = runs_table(runs, metric, target)
     groups = group_table(runs_df)
     x = x_axis_name(runs)
     n_settings = runs_df["setting"].nunique()
     to_target = "rounds" if x == "round" else x
+    incomplete = missing_jobs(dirs)
+    warnings = [m.message() for m in incomplete]
     title = (
         f"# Report: {metric}, target {target:g}\n\n"
         f"{len(runs_df)} completed run(s), {len(groups)} group(s) over {n_settings} setting(s); "
         f"{len(skipped)} skipped. Mean ± std over seeds (ddof=1, — for one run); "
         f"{to_target} to target averaged over the runs that reached it.\n\n"
     )
+    if incomplete:
+        title += "".join(f"**Warning: {w}**\n\n" for w in warnings)
     markdown = title + to_markdown(groups, metric, target, x)
     # Runs are labelled in runs_df order; plot in that order too.
     by_dir = {str(r.path): r for r in runs}
     ordered = [by_dir[d] for d in runs_df["run_dir"]]
     strategies, settings = list(runs_df["strategy"]), list(runs_df["setting"])
-    fig = plot_comparison(ordered, strategies, settings, metric, target, x)
-    figures = {"comparison.png": fig}
-    for kind, axis in AXES.items():
-        costed = [with_cost_axis(r, kind) for r in ordered]
-        if all(c is not None for c in costed):
-            figures[f"comm_{kind}.png"] = plot_comparison(
-                [c for c in costed if c is not None], strategies, settings, metric, target, axis
-            )
-    spread = plot_node_spread(ordered, strategies)
+    lines = make_lines(ordered, strategies, settings)
+    axes = x_axes(ordered, x)
+    figures = {"comparison.png": plot_lines(lines, metric, target, axes)}
+    line_of = {id(r): line for line in lines for r in line.runs}
+    spread = plot_node_spread(ordered, [line_of[id(r)].label for r in ordered], [line_of[id(r)].color for r in ordered])
     if spread is not None:
         figures["node_accuracy.png"] = spread
-    for column in plots or []:
-        figures[f"plot_{column.replace('/', '_')}.png"] = plot_comparison(
-            ordered, strategies, settings, column, None, x
-        )
+    figures.update(_extra_plots(ordered, lines, plots or [], axes, warnings))
+    tuned_md = None
     if tuned:
         from sim.reporting.tuned import tuned_markdown, tuned_table
 
         tuned_md = tuned_markdown(tuned_table(runs, metric, select), metric, select)
         markdown += "\n" + tuned_md
+    _warn_skipped(skipped)
+    return Report(runs_df, groups, markdown, figures, lines, tuned_md, warnings)
 
+
+def run_report(
+    dirs: list[Path],
+    out: Path | None,
+    target: float,
+    metric: str,
+    plots: list[str] | None = None,
+    tuned: bool = False,
+    select: str = "val_accuracy",
+) -> int:
+    from sim.results import atomic_write_text as write_text_atomic
+    from sim.results import write_atomic
+
+    out = out if out is not None else dirs[0] / "report"
+    report = build_report(dirs, out, target, metric, plots, tuned, select)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "report.parquet", lambda t: groups.to_parquet(t, index=False))
-    write_atomic(out / "runs.parquet", lambda t: runs_df.to_parquet(t, index=False))
-    write_text_atomic(out / "report.md", markdown)
-    if tuned:
-        write_text_atomic(out / "tuned.md", tuned_md)
-    for name, figure in figures.items():
+    write_atomic(out / "report.parquet", lambda t: report.groups.to_parquet(t, index=False))
+    write_atomic(out / "runs.parquet", lambda t: report.runs_df.to_parquet(t, index=False))
+    write_text_atomic(out / "report.md", report.markdown)
+    if report.tuned_md is not None:
+        write_text_atomic(out / "tuned.md", report.tuned_md)
+    for name, figure in report.figures.items():
         write_atomic(out / name, partial(_save_png, figure))
-    print(markdown, end="")
-    written = ["report.parquet", "runs.parquet", "report.md", *(["tuned.md"] if tuned else []), *figures]
+    print(report.markdown, end="")
+    written = ["report.parquet", "runs.parquet", "report.md", *(["tuned.md"] if tuned else []), *report.figures]
     print(f"wrote {out}/{{{','.join(written)}}}", file=sys.stderr)
     return 0
 

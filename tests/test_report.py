@@ -162,8 +162,6 @@ def test_multirun_groups_numbers_and_files(multirun: Path, tmp_path: Path, capsy
     png = (out / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert sorted(p.name for p in out.iterdir()) == [
-        "comm_bytes.png",  # the runs count bytes and participants: the communication plots come too
-        "comm_messages.png",
         "comparison.png",
         "report.md",
         "report.parquet",

@@ -136,5 +136,5 @@ def test_gossip_node_spread_and_extra_columns_are_drawn(tmp_path, capsys):
     assert spread == {"mean": 0.7, "std": 0.05, "min": 0.6, "max": 0.8}
     assert code == 0 and bad == 2 and not (tmp_path / "out2").exists()
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    for name in ("node_accuracy.png", "plot_consensus_distance.png", "comm_bytes.png", "comm_messages.png"):
+    for name in ("node_accuracy.png", "plot_consensus_distance.png", "comparison.png"):
         assert name in written and (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")

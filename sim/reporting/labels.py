@@ -23,6 +23,29 @@ STRATEGY_NOT_OPTIONS = frozenset({"name"})
 
 MISSING = object()  # a key that one run's config lacks
 
+# Config groups that only one mode reads: FL is gossip on a fixed star (``topology`` says nothing more),
+# gossip nodes all take part every round (no ``participation``), and a synchronous gossip run never reads
+# the asynchronous schedule's clock, delays and churn.
+GOSSIP_ONLY_GROUPS = frozenset({"gossip", "topology"})
+FL_ONLY_GROUPS = frozenset({"participation"})
+ASYNC_ONLY = frozenset(
+    f"gossip.{k}"
+    for k in (
+        "clock",
+        "wake_interval",
+        "protocol",
+        "delay",
+        "delay_value",
+        "delay_low",
+        "churn",
+        "online_prob",
+        "mean_online",
+        "mean_offline",
+        "eval_interval",
+        "batch_exchanges",
+    )
+)
+
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
@@ -44,6 +67,19 @@ def ignored(key: str) -> bool:
         or last.endswith(IGNORED_LAST_SUFFIXES)
         or last.startswith("_")  # _target_, _partial_, ...
     )
+
+
+def applies(key: str, config: dict) -> bool:
+    """Whether the run reads ``key`` (dotted) in its mode; a config without ``mode`` keeps every key."""
+    mode = config.get("mode")
+    group = key.split(".", 1)[0]
+    if mode == "federated":
+        return group not in GOSSIP_ONLY_GROUPS
+    if mode == "gossip":
+        gossip = config.get("gossip")
+        schedule = gossip.get("schedule", "sync") if isinstance(gossip, dict) else "sync"
+        return group not in FL_ONLY_GROUPS and (schedule == "async" or key not in ASYNC_ONLY)
+    return True
 
 
 def fmt_value(v: object) -> str:
@@ -71,43 +107,69 @@ def _sort_value(v: object) -> tuple:
 
 
 def differing_keys(flats: list[dict[str, object]]) -> list[str]:
-    """Keys whose values differ, less those a differing ``<group>.name`` already explains.
+    """Keys whose values differ among the runs that have them, less those a differing ``<group>.name`` explains.
 
-    A key that exists only for some options of a group (``participation.q`` for markov) differs
-    whenever the option does; naming it again ("q=unset") would only repeat ``participation.name``.
+    A key that exists only for some runs (``participation.q`` for markov, ``gossip.*`` in gossip runs) is
+    compared among those runs only: that the others lack it is what their group option or mode already
+    says. A key that takes one value within each option of a differing group (``topology.mixing`` per
+    topology) would only repeat ``<group>.name``.
     """
     keys = sorted({k for f in flats for k in f})
-    differ = [k for k in keys if len({_canonical(f.get(k, MISSING)) for f in flats}) > 1]
+    differ = [k for k in keys if len({_canonical(f[k]) for f in flats if k in f}) > 1]
     named = {k.rsplit(".", 1)[0] for k in differ if k.endswith(".name")}
 
     def explained(key: str) -> bool:
         group = key.rsplit(".", 1)[0] if "." in key else ""
         if key.endswith(".name") or group not in named:
             return False
-        # explained when, within each option of the group, the key takes one value
         per_option: dict[str, set[str]] = defaultdict(set)
         for f in flats:
-            per_option[_canonical(f.get(f"{group}.name", MISSING))].add(_canonical(f.get(key, MISSING)))
+            if key in f:
+                per_option[_canonical(f.get(f"{group}.name", MISSING))].add(_canonical(f[key]))
         return all(len(v) == 1 for v in per_option.values())
 
     return [k for k in differ if not explained(k)]
 
 
-def _label(flat: dict[str, object], keys: list[str]) -> tuple[str, tuple]:
+def _label(flat: dict[str, object], keys: list[str], unset: frozenset[str] = frozenset()) -> tuple[str, tuple]:
+    """Keys the run lacks are left out of its label, except those in ``unset`` (shown as ``k=unset``)."""
     values = [flat.get(k, MISSING) for k in keys]
-    label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, values, strict=True))
+    label = ", ".join(
+        f"{k}={fmt_value(v)}" for k, v in zip(keys, values, strict=True) if v is not MISSING or k in unset
+    )
     return label, tuple(_sort_value(v) for v in values)
 
 
-def setting_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
-    """(label, sort key) per run; the label is "default" when no setting key differs."""
-    flats = [{k: v for k, v in flatten(c).items() if not ignored(k)} for c in configs]
+def _distinct_labels(flats: list[dict[str, object]], empty: str) -> list[tuple[str, tuple]]:
+    """Labels from the differing keys; where two runs with different values would share one, the keys
+    that tell them apart are added (a key one of them lacks shows as ``unset``)."""
     keys = differing_keys(flats)
+    labels = [_label(f, keys)[0] for f in flats]
+    clash: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        clash[label].append(i)
+    extra: set[str] = set()
+    for idx in clash.values():
+        if len({_canonical(flats[i]) for i in idx}) > 1:
+            members = [flats[i] for i in idx]
+            every = {k for f in members for k in f}
+            extra |= {k for k in every if len({_canonical(f.get(k, MISSING)) for f in members}) > 1}
+    keys = sorted({*keys, *extra})
     out = []
     for f in flats:
-        label, key = _label(f, keys)
-        out.append((label or "default", key))
+        label, key = _label(f, keys, frozenset(extra))
+        out.append((label or empty, key))
     return out
+
+
+def setting_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
+    """(label, sort key) per run; the label is "default" when no setting key differs.
+
+    Keys that do not apply to a run's mode (``gossip.*`` and ``topology.*`` in FL, ``participation.*`` and
+    the asynchronous schedule's keys in synchronous gossip) are not compared or listed for it.
+    """
+    flats = [{k: v for k, v in flatten(c).items() if not ignored(k) and applies(k, c)} for c in configs]
+    return _distinct_labels(flats, "default")
 
 
 def strategy_name(config: dict) -> str:
@@ -130,8 +192,6 @@ def strategy_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
         by_name[n].append(i)
     out: list[tuple[str, tuple]] = [("", ())] * len(configs)
     for name, idx in by_name.items():
-        keys = differing_keys([options[i] for i in idx])
-        for i in idx:
-            opts, key = _label(options[i], keys)
+        for i, (opts, key) in zip(idx, _distinct_labels([options[i] for i in idx], ""), strict=True):
             out[i] = (f"{name}({opts})" if opts else name, (name, key))
     return out

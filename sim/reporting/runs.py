@@ -158,3 +158,26 @@ def curve(run: Run, metric: str) -> pd.DataFrame:
         }
     )
     return df.dropna().sort_values("x", kind="stable").reset_index(drop=True)
+
+
+def check_plot_column(runs: list[Run], column: str) -> list[Path]:
+    """The runs that have no ``column`` values (drawn without them); ConfigError (``--plot``) when none has any.
+
+    Unlike ``--metric``, which every run is tabulated on, a ``--plot`` column may belong to some runs only
+    (``dp_epsilon`` in a comparison with runs without DP).
+    """
+    lacking = []
+    for run in runs:
+        if column in run.metrics.columns:
+            check_numeric(run.path / "metrics.csv", run.metrics, column)
+        if column not in run.metrics.columns or curve(run, column).empty:
+            lacking.append(run.path)
+    if len(lacking) == len(runs):
+        present = sorted({str(c) for r in runs for c in r.metrics.columns} - {"round", "time"})
+        raise ConfigError(
+            "--plot",
+            column,
+            "a metrics.csv column with values in at least one run: " + ", ".join(present),
+            "No run has values in it.",
+        )
+    return lacking
