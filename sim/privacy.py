@@ -1,13 +1,20 @@
-"""The privacy accountant: (epsilon, delta) of a run's Gaussian releases, from Opacus's RDP analysis.
+"""The privacy accountant: (epsilon, delta) of a run's Gaussian releases, by Renyi-DP composition.
 
-Accounting is not ours to invent: the Renyi-DP of the sampled Gaussian mechanism and its conversion
-to (epsilon, delta) are Opacus's (``opacus.accountants.analysis.rdp``, Mironov 2017; Mironov, Talwar
-and Zhang 2019). This module only fixes the orders, composes rounds by adding RDP vectors (so the
-running total is data a checkpoint can carry), and turns a target epsilon into a noise multiplier.
+Accounting is not ours to invent. Two analyses, one per sampling scheme the runs use:
 
-The analysis assumes Poisson sampling: each client is in a round independently with probability
-``sample_rate``, and neighbouring data sets differ by adding or removing one client. docs/privacy.md
-says how that relates to gossipsoup's participation models.
+- ``poisson``: each client is in a round independently with probability ``sample_rate``;
+  neighbouring data sets differ by adding or removing one client. Opacus's analysis of the sampled
+  Gaussian mechanism (``opacus.accountants.analysis.rdp``, Mironov 2017; Mironov, Talwar and Zhang
+  2019) at Opacus's own default orders, so the epsilon is the number Opacus's ``RDPAccountant`` gives.
+- ``without_replacement``: exactly m = ``sample_rate`` N of N clients each round; neighbouring data
+  sets differ in one client's data (replace-one, N public). Wang, Balle and Kasiviswanathan 2019,
+  Theorem 27 (sim/privacy_wor.py, ported from Google's dp_accounting) at dp_accounting's default
+  orders, so the epsilon is the number dp_accounting's ``RdpAccountant(REPLACE_ONE)`` gives.
+
+``noise_multiplier`` here is always the noise standard deviation over the L2 sensitivity *under
+the neighbouring relation of the analysis*; the DP wrappers convert their own multiplier to it
+(strategies/dp/build.py). RDP vectors compose by addition, so the running total is data a checkpoint
+can carry. docs/privacy.md says which participation gets which analysis.
 """
 
 from __future__ import annotations
@@ -19,15 +26,38 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigError
+from .privacy_wor import rdp_without_replacement
 
-#: RDP orders. Opacus's default range is 1.1..63 in steps of 0.1, but each fractional order costs
-#: 0.05-0.1 s per evaluation under subsampling (an infinite series), integers a fraction of a
-#: millisecond. These few fractional orders and the integers give Opacus's default epsilon to ~1%
-#: (tests/test_dp_config.py). The search for a target uses only the integer orders: epsilon is
-#: a minimum over orders, so fewer orders can only overstate it, and the noise found is enough.
-SEARCH_ORDERS: tuple[float, ...] = (*map(float, range(2, 65)), 80.0, 96.0, 128.0, 256.0, 512.0)
-ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, *SEARCH_ORDERS)
+POISSON = "poisson"
+WITHOUT_REPLACEMENT = "without_replacement"
+SAMPLINGS = (POISSON, WITHOUT_REPLACEMENT)
+#: The neighbouring relation each analysis proves its bound for.
+NEIGHBOURS = {POISSON: "add/remove one client", WITHOUT_REPLACEMENT: "replace one client's data"}
+
+#: Opacus's ``RDPAccountant.DEFAULT_ALPHAS`` (tests/test_dp_accounting.py checks they are equal).
+OPACUS_ORDERS: tuple[float, ...] = (*(1 + x / 10.0 for x in range(1, 100)), *map(float, range(12, 64)))
+#: dp_accounting's ``DEFAULT_RDP_ORDERS``.
+DP_ACCOUNTING_ORDERS: tuple[float, ...] = (
+    *(1 + x / 10.0 for x in range(1, 100)),
+    *map(float, range(11, 64)),
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+)
+ORDERS = {POISSON: OPACUS_ORDERS, WITHOUT_REPLACEMENT: DP_ACCOUNTING_ORDERS}
 MAX_NOISE_MULTIPLIER = 1e6  # Opacus's own cap when it searches for a noise level
+
+
+def orders_for(sampling: str) -> tuple[float, ...]:
+    return ORDERS[sampling]
+
+
+def search_orders(sampling: str) -> tuple[float, ...]:
+    """The integer orders up to 63 of ``sampling``'s grid: a subset, so the epsilon they give is never
+    below the reported one (a minimum over more orders), and integers cost a fraction of fractional
+    orders (an infinite series under Poisson subsampling)."""
+    return tuple(a for a in orders_for(sampling) if a.is_integer() and a <= 63)
 
 
 @cache
@@ -55,16 +85,24 @@ def opacus_rdp() -> ModuleType:
     return module
 
 
-def rdp_per_round(sample_rate: float, noise_multiplier: float, orders: tuple[float, ...] = ORDERS) -> list[float]:
-    """RDP at each of ``orders`` of one release of the sampled Gaussian mechanism (inf without noise)."""
+def rdp_per_round(
+    sample_rate: float, noise_multiplier: float, sampling: str = POISSON, orders: tuple[float, ...] | None = None
+) -> list[float]:
+    """RDP at each order of one release of the subsampled Gaussian mechanism (inf without noise)."""
+    orders = orders_for(sampling) if orders is None else orders
     if noise_multiplier <= 0:
         return [math.inf] * len(orders)
+    if sampling == WITHOUT_REPLACEMENT:
+        return rdp_without_replacement(sample_rate, noise_multiplier, orders)
     rdp = opacus_rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders))
     return [float(v) for v in rdp]
 
 
-def epsilon(rdp: list[float], delta: float, orders: tuple[float, ...] = ORDERS) -> float:
-    """The smallest epsilon over the orders at which the composed ``rdp`` is (epsilon, delta)-DP."""
+def epsilon(rdp: list[float], delta: float, orders: tuple[float, ...]) -> float:
+    """The smallest epsilon over the orders at which the composed ``rdp`` is (epsilon, delta)-DP.
+
+    The conversion is Balle et al. 2020's (Opacus's ``get_privacy_spent``; dp_accounting's is the same).
+    """
     if not rdp or all(v == 0 for v in rdp):
         return 0.0
     if any(math.isinf(v) for v in rdp):
@@ -76,23 +114,33 @@ def epsilon(rdp: list[float], delta: float, orders: tuple[float, ...] = ORDERS) 
 
 
 def epsilon_after(
-    rounds: int, sample_rate: float, noise_multiplier: float, delta: float, orders: tuple[float, ...] = ORDERS
+    rounds: int,
+    sample_rate: float,
+    noise_multiplier: float,
+    delta: float,
+    sampling: str = POISSON,
+    orders: tuple[float, ...] | None = None,
 ) -> float:
     """Epsilon of ``rounds`` identical releases (RDP composes by addition)."""
-    per_round = rdp_per_round(sample_rate, noise_multiplier, orders)
+    orders = orders_for(sampling) if orders is None else orders
+    per_round = rdp_per_round(sample_rate, noise_multiplier, sampling, orders)
     return epsilon([rounds * v for v in per_round], delta, orders)
 
 
 @lru_cache(maxsize=64)
-def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
+def noise_for_target(
+    target_epsilon: float, delta: float, sample_rate: float, rounds: int, sampling: str = POISSON
+) -> float:
     """The smallest noise multiplier (to 0.1% of itself) whose ``rounds`` releases stay within the target.
 
-    Bisection on Opacus's epsilon, which falls as the noise grows; the answer always meets the
-    target (the upper end of the last bracket). ConfigError when even ``MAX_NOISE_MULTIPLIER`` does not.
+    Bisection on the epsilon at :func:`search_orders`, which falls as the noise grows; the answer
+    always meets the target (the upper end of the last bracket), at the reported orders too.
+    ConfigError when even ``MAX_NOISE_MULTIPLIER`` does not.
     """
+    orders = search_orders(sampling)
 
     def spent(noise_multiplier: float) -> float:
-        return epsilon_after(rounds, sample_rate, noise_multiplier, delta, SEARCH_ORDERS)
+        return epsilon_after(rounds, sample_rate, noise_multiplier, delta, sampling, orders)
 
     if spent(MAX_NOISE_MULTIPLIER) > target_epsilon:
         raise ConfigError(

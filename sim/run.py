@@ -95,6 +95,8 @@ def run_experiment(
     }
     if gossip:
         summary["topology"] = exp.topology.summary()
+    if (dp := getattr(exp.strategy, "accounting", None)) is not None:  # strategies/dp: noise found, assumptions
+        summary["dp"] = dp.describe()
     tracker = open_tracker(cfg, out)
     bar = tqdm(total=bar_total, desc=label, disable=not show, leave=True, dynamic_ncols=True)
     if resume_state is not None:
@@ -180,6 +182,7 @@ def run_experiment(
                 "test_accuracy_min",
                 "test_accuracy_max",
                 "consensus_distance",
+                "dp_epsilon",
             )
             if k in last
         },

@@ -20,6 +20,7 @@ RUN_COLUMNS = [
     "loop_s",
     "loop_s_from",
     "run_dir",
+    "dp_epsilon",
 ]
 GROUP_COLUMNS = [
     "strategy",
@@ -33,6 +34,7 @@ GROUP_COLUMNS = [
     "reached",
     "loop_s_mean",
     "loop_s_from",
+    "dp_epsilon",
 ]
 # Where a run's time comes from, best first. summary.json's loop_s and metrics.csv's wall_s column are
 # the same clock (started when the rounds start); summary.json's wall_s also counts data loading, model
@@ -70,6 +72,7 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
                 "loop_s": seconds,
                 "loop_s_from": source,
                 "run_dir": str(run.path),
+                "dp_epsilon": _float((run.summary.get("final") or {}).get("dp_epsilon")),  # NaN without DP
             }
         )
         keys.append((skey, tkey, seed if isinstance(seed, int) else math.inf, str(run.path)))
@@ -110,6 +113,7 @@ def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
                 "reached": f"{len(hit)}/{len(g)}",
                 "loop_s_mean": g["loop_s"].mean(),
                 "loop_s_from": WHOLE_JOB if (g["loop_s_from"] == WHOLE_JOB).any() else g["loop_s_from"].iloc[0],
+                "dp_epsilon": g["dp_epsilon"].max(),
             }
         )
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
@@ -154,6 +158,9 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
         ]
         for r in groups.itertuples(index=False)
     ]
+    if groups["dp_epsilon"].notna().any():  # DP runs: the accountant's epsilon after the last round, largest
+        header, right = [*header, "final dp_epsilon (max)"], [*right, True]
+        body = [[*row, _num(e, 3)] for row, e in zip(body, groups["dp_epsilon"], strict=True)]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     widths = [max(w, 3) for w in widths]
 

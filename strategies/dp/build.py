@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from sim.errors import ConfigError
-from sim.privacy import noise_for_target
+from sim.privacy import NEIGHBOURS, POISSON, WITHOUT_REPLACEMENT, noise_for_target
 from sim.validation import boolean, choice, number
 
 from ..base import Strategy
@@ -18,6 +18,7 @@ from .wrappers import SIDES, VARIANTS, Accounting, CentralDP, LocalDP
 log = logging.getLogger(__name__)
 
 KINDS = ("central", "local")
+REPLACE_ONE = NEIGHBOURS[WITHOUT_REPLACEMENT]
 CLIPPINGS = ("fixed", "adaptive")
 KEYS = {
     "central": {
@@ -36,11 +37,12 @@ def _delta(value: Any) -> float:
     return number("dp.delta", value, 0, 1, lo_open=True, hi_open=True, detail="It is a probability of failure.")
 
 
-def sampling(cfg) -> tuple[float, float]:
-    """``(clients sampled per round m, each client's sampling rate q)`` of the run's participation.
+def sampling(cfg) -> tuple[float, float, str]:
+    """``(clients sampled per round m, each client's sampling rate q, the sampling scheme)``.
 
-    ``uniform`` samples m of N without replacement (q = m / N); ``bernoulli`` with a constant p
-    samples each client with probability p (m = p N in expectation). Patterns whose presence
+    ``uniform`` samples m of N without replacement (q = m / N, sim.privacy.WITHOUT_REPLACEMENT);
+    ``bernoulli`` with a constant p samples each client with probability p (m = p N in expectation,
+    sim.privacy.POISSON). Patterns whose presence
     depends on the past (markov, cyclic) or on the client's labels (correlated p_n) have no
     sampling rate the accountant could use.
     """
@@ -49,11 +51,11 @@ def sampling(cfg) -> tuple[float, float]:
     participation = build_participation(cfg.participation, int(cfg.num_clients), int(cfg.seed))
     if isinstance(participation, UniformParticipation):
         m = participation.clients_per_round
-        return float(m), m / participation.num_clients
+        return float(m), m / participation.num_clients, WITHOUT_REPLACEMENT
     name = cfg.participation.get("name")
     if name == "bernoulli" and cfg.participation.get("probability") == "constant":
         p = float(cfg.participation.get("p"))
-        return p * int(cfg.num_clients), p
+        return p * int(cfg.num_clients), p, POISSON
     raise ConfigError(
         "participation",
         name,
@@ -92,10 +94,18 @@ def _local(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
     eps = _positive("epsilon", options.get("epsilon"))
     delta = _delta(options.get("delta"))
     std = sensitivity * math.sqrt(2 * math.log(1.25 / delta)) / eps  # Flower's LocalDpMod
-    # each client's release is a Gaussian mechanism of multiplier std / sensitivity, seen by the server
-    # whether or not the client was sampled: no amplification (rate 1)
-    z = std / sensitivity if sensitivity > 0 else math.inf
-    accounting = Accounting(sample_rate=1.0, noise_multiplier=z, delta=delta)
+    if sensitivity < 2 * clip:
+        log.warning(
+            "dp.sensitivity=%g is below 2 dp.clipping_norm = %g, what one client's clipped update can change by: "
+            "a release is not (dp.epsilon, dp.delta)-DP; dp_epsilon accounts for the true sensitivity.",
+            sensitivity,
+            2 * clip,
+        )
+    # each client's release is a Gaussian mechanism of std `std` on an update that moves by up to 2 C when the
+    # client's data are replaced, seen by the server whether or not the client was sampled: no amplification
+    accounting = Accounting(
+        sample_rate=1.0, noise_multiplier=std / clip, delta=delta, sensitivity=2.0, neighbours=REPLACE_ONE
+    )
     return LocalDP(strategy, label=label, seed=int(cfg.seed), accounting=accounting, clipping_norm=clip, std=std)
 
 
@@ -119,7 +129,21 @@ def _central(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
         count_stddev = options.get("clipped_count_stddev")
         if count_stddev is not None:
             count_stddev = _positive("clipped_count_stddev", count_stddev, allow_zero=True)
-    m, q = sampling(cfg)
+    m, q, scheme = sampling(cfg)
+    if adaptive and scheme == POISSON:
+        raise ConfigError(
+            "participation",
+            cfg.participation.get("name"),
+            "uniform with adaptive clipping",
+            "Adaptive clipping divides the noisy count by the random number of Poisson participants, which "
+            "the accountant cannot bound; use participation=uniform or dp.clipping=fixed.",
+        )
+    # L2 sensitivity of the uniform mean of the clipped updates, in units of C / m (the noise is z C / m):
+    # replacing one client's data moves a mean of exactly m by 2 C / m; adding a client to K Poisson
+    # participants moves their mean by up to 2 C / (K + 1), and by C when K = 0 or 1: m in units of C / m.
+    sensitivity = 2.0 if scheme == WITHOUT_REPLACEMENT else m
+    if adaptive and adaptive_options["variant"] == "flower":
+        sensitivity = math.inf  # noise scaled by the norm after a data-dependent update: no finite bound
     if not (isinstance(strategy, FedAvg) and strategy.weighting == "uniform" and strategy.server_lr == 1.0):
         log.warning(
             "dp=%s: the noise z C / m is calibrated to a uniform average of the clipped models; strategy %s "
@@ -127,9 +151,27 @@ def _central(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
             label,
             strategy.name,
         )
+    rate, analysis = (q, scheme) if amplify else (1.0, POISSON)
     if target is not None:
-        z = noise_for_target(target, delta, q if amplify else 1.0, int(cfg.rounds))
-    accounting = Accounting(sample_rate=q if amplify else 1.0, noise_multiplier=z, delta=delta)
+        if math.isinf(sensitivity):
+            raise ConfigError(
+                "dp.target_epsilon",
+                target,
+                "null with dp.variant=flower",
+                "Flower's adaptive clipping scales the noise by the norm after a data-dependent update, so no "
+                "noise multiplier meets an epsilon; use dp.variant=andrew.",
+            )
+        z = sensitivity * noise_for_target(target, delta, rate, int(cfg.rounds), analysis)
+        log.info(
+            "dp=%s: noise multiplier %.6g meets dp.target_epsilon=%g over %d round(s) at delta=%g",
+            label,
+            z,
+            target,
+            int(cfg.rounds),
+            delta,
+        )
+    neighbours = REPLACE_ONE if scheme == WITHOUT_REPLACEMENT else NEIGHBOURS[POISSON]
+    accounting = Accounting(rate, z, delta, sampling=analysis, sensitivity=sensitivity, neighbours=neighbours)
     if adaptive:
         stddev, update_z = adaptive_noise(z, m, count_stddev, target is not None)
         adaptive_options.update(clipped_count_stddev=stddev, update_noise_multiplier=update_z)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sim.privacy import ORDERS, epsilon, rdp_per_round
+from sim.privacy import NEIGHBOURS, POISSON, WITHOUT_REPLACEMENT, epsilon, orders_for, rdp_per_round
 from sim.seeding import torch_generator
 
 from ..base import AggregationInfo, State, Strategy
@@ -50,16 +50,45 @@ if TYPE_CHECKING:
     from sim.training import ClientCorrection
 
 VARIANTS = ("andrew", "flower")
+ANALYSES = {
+    POISSON: "Poisson-subsampled Gaussian (Opacus RDP)",
+    WITHOUT_REPLACEMENT: "Gaussian under sampling without replacement (Wang et al. 2019, as dp_accounting)",
+}
 SIDES = ("server", "client")
 
 
 @dataclass(frozen=True)
 class Accounting:
-    """What the accountant composes each round: the sampling rate, the noise multiplier and delta."""
+    """What the accountant composes each round (docs/privacy.md, "The accountant").
+
+    ``noise_multiplier`` is the wrapper's own z (central: noise std z C / m; local: std / C);
+    ``sensitivity`` is the released quantity's L2 sensitivity in the same unit (central: C / m; local:
+    C) under the ``neighbours`` relation, so the accountant sees ``noise_multiplier / sensitivity``. ``sensitivity = inf`` means no finite bound is proven (epsilon inf).
+    """
 
     sample_rate: float
     noise_multiplier: float
     delta: float
+    sampling: str = POISSON
+    sensitivity: float = 1.0
+    neighbours: str = NEIGHBOURS[POISSON]
+
+    @property
+    def accountant_multiplier(self) -> float:
+        """Noise standard deviation over the L2 sensitivity: the multiplier the RDP analysis takes."""
+        return self.noise_multiplier / self.sensitivity
+
+    def describe(self) -> dict[str, float | str]:
+        """The accounting's assumptions, for summary.json."""
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "sensitivity": self.sensitivity,
+            "accountant_noise_multiplier": self.accountant_multiplier,
+            "analysis": ANALYSES[self.sampling] if self.sample_rate < 1 else "Gaussian mechanism, no amplification",
+            "sample_rate": self.sample_rate,
+            "neighbouring": self.neighbours,
+            "delta": self.delta,
+        }
 
 
 def clip_updates(models: torch.Tensor, reference: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,14 +121,17 @@ class _DPWrapper(Strategy):
         self.gossip_only = inner.gossip_only  # type: ignore[misc]
         self.seed = seed
         self.accounting = accounting
-        self._rdp_per_round = rdp_per_round(accounting.sample_rate, accounting.noise_multiplier)
+        self.orders = orders_for(accounting.sampling)
+        self._rdp_per_round = rdp_per_round(
+            accounting.sample_rate, accounting.accountant_multiplier, accounting.sampling, self.orders
+        )
 
     def _split(self, state: State) -> tuple[State, State]:
         inner = {k: v for k, v in state.items() if not k.startswith("dp_")}
         return inner, {k: v for k, v in state.items() if k.startswith("dp_")}
 
     def _own_state(self) -> State:
-        return {"dp_rounds": 0, "dp_rdp": torch.zeros(len(ORDERS), dtype=torch.float64)}
+        return {"dp_rounds": 0, "dp_rdp": torch.zeros(len(self.orders), dtype=torch.float64)}
 
     def init_state(self, params: torch.Tensor, num_clients: int) -> State:
         return {**self.inner.init_state(params, num_clients), **self._own_state()}
@@ -111,7 +143,13 @@ class _DPWrapper(Strategy):
 
     def _with_defaults(self, state: State) -> tuple[State, State]:
         inner, own = self._split(state)
-        return inner, {**self._own_state(), **own}
+        own = {**self._own_state(), **own}
+        if own["dp_rdp"].shape != (len(self.orders),):  # a checkpoint from another order grid: every round
+            rounds = int(own["dp_rounds"])  # adds the same RDP, so the total is rounds times one round's
+            own["dp_rdp"] = torch.zeros(len(self.orders), dtype=torch.float64)
+            if rounds:
+                own["dp_rdp"] = rounds * torch.tensor(self._rdp_per_round, dtype=torch.float64)
+        return inner, own
 
     def client_correction(
         self, client_ids: torch.Tensor, start: torch.Tensor, state: State | None
@@ -130,7 +168,7 @@ class _DPWrapper(Strategy):
     def round_metrics(self, state: State, probabilities: torch.Tensor | None) -> dict[str, float]:
         inner, own = self._with_defaults(state)
         rounds = int(own["dp_rounds"])
-        spent = epsilon([float(v) for v in own["dp_rdp"]], self.accounting.delta) if rounds else 0.0
+        spent = epsilon([float(v) for v in own["dp_rdp"]], self.accounting.delta, self.orders) if rounds else 0.0
         return {
             **self.inner.round_metrics(inner, probabilities),
             "dp_epsilon": spent,
@@ -198,6 +236,17 @@ class CentralDP(_DPWrapper):
             params = (params.to(torch.float64) + noise).to(params.dtype)
         return params, {**inner, **self._account({**own, "dp_clip_norm": new_clip})}
 
+    def on_empty_round(self, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
+        """Nobody took part: the wrapped rule's model plus the same noise as any round (DP-FedAvg adds it to a
+        sum of zero updates). Without it an empty round would release the model exactly, and Poisson
+        sampling's analysis, which covers the round that sampled only the one client, would not hold."""
+        params, state = super().on_empty_round(info, state)
+        std = self.noise_std(float(self._with_defaults(state)[1]["dp_clip_norm"]))
+        if std > 0:
+            noise = gaussian(params.shape, std, torch_generator(self.seed, "dp", "noise", info.round))
+            params = (params.to(torch.float64) + noise).to(params.dtype)
+        return params, state
+
     def round_metrics(self, state: State, probabilities: torch.Tensor | None) -> dict[str, float]:
         _, own = self._with_defaults(state)
         return {**super().round_metrics(state, probabilities), "dp_clip_norm": float(own["dp_clip_norm"])}
@@ -226,3 +275,6 @@ class LocalDP(_DPWrapper):
             clipped = (clipped.to(torch.float64) + noise).to(models.dtype)
         params, inner = self.inner.aggregate(clipped, info, inner)
         return params, {**inner, **self._account(own)}
+
+    def round_metrics(self, state: State, probabilities: torch.Tensor | None) -> dict[str, float]:
+        return {**super().round_metrics(state, probabilities), "dp_clip_norm": float(self.clipping_norm)}
