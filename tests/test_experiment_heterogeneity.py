@@ -111,3 +111,64 @@ def test_rerun_keeps_the_hand_written_findings(tmp_path):
     # Assert
     assert kept == "FedNova wins.\n"
     assert "Not written yet" in script.kept_findings(tmp_path / "absent.md")
+
+
+def _report_module():
+    load_script()  # puts experiments/ on sys.path
+    import heterogeneity_report
+
+    return heterogeneity_report
+
+
+def test_seed_table_pairs_each_seed_with_fedavg_and_counts_wins():
+    # Prepare: three seeds; FedNova's pooled loss minus FedAvg's is -0.1, -0.3, +0.1 (2 wins of 3), its
+    # accuracy difference +0.02, -0.04, +0.05 (2 of 3); rows in a shuffled order
+    report = _report_module()
+    rows = []
+    for seed, (fa_loss, fn_loss, fa_acc, fn_acc) in enumerate(
+        [(0.5, 0.4, 0.80, 0.82), (0.9, 0.6, 0.90, 0.86), (0.2, 0.3, 0.70, 0.75)]
+    ):
+        for config, loss, acc in (("fedavg", fa_loss, fa_acc), ("fednova", fn_loss, fn_acc)):
+            rows.append(
+                {"dataset": "synthetic", "regime": "epochs", "config": config, "seed": seed, "test_accuracy": acc,
+                 "test_accuracy_half": acc, "train_loss_pooled": loss, "train_loss_clients": loss}
+            )  # fmt: skip
+    runs = pd.DataFrame(rows[::-1])
+
+    # Execute
+    lines = report.seed_table(runs)
+
+    # Assert: mean -0.1, std 0.2 (sample std of -0.1, -0.3, 0.1); accuracy mean 0.01, std of (.02, -.04, .05)
+    assert len(lines) == 3
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:5] == ["synthetic, epochs", "fednova", "-0.1000 ± 0.2000", "-0.3000 .. +0.1000", "2/3"]
+    assert cells[8:11] == ["+0.010 ± 0.046", "-0.040 .. +0.050", "2/3"]
+
+
+def test_per_run_means_the_last_tenth_and_half_and_measures_the_swing():
+    report = _report_module()
+    curves = pd.DataFrame(
+        {"round": range(1, 21), "test_accuracy": [0.0] * 10 + [0.5] * 8 + [0.6, 0.8],
+         "train_loss_pooled": [1.0] * 20, "train_loss_clients": [2.0] * 20}
+    ).assign(dataset="d", regime="r", strategy="s", config="s", seed=0)  # fmt: skip
+    run = report.per_run(curves, 20).iloc[0]
+    assert run.test_accuracy == pytest.approx(0.7)  # rounds 19, 20
+    assert run.test_accuracy_half == pytest.approx((0.5 * 8 + 0.6 + 0.8) / 10)  # rounds 11-20
+    assert run.test_accuracy_swing == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
+
+
+def test_seed_section_replaces_itself_and_keeps_the_findings(tmp_path):
+    report = _report_module()
+    md = tmp_path / "heterogeneity.md"
+    md.write_text("# t\n\n## Results\n\nr\n\n## Findings\n\nFedNova wins.\n")
+    report.replace_section(md, report.SEEDS_TITLE, "first")
+    report.replace_section(md, report.SEEDS_TITLE, "second")
+    text = md.read_text()
+    assert text.count("## Across seeds") == 1 and "second" in text and "first" not in text
+    assert text.index("## Results") < text.index("## Across seeds") < text.index("## Findings")
+    assert report.kept_section(md, report.SEEDS_TITLE) == "second\n"
+    assert script_kept(md) == "FedNova wins.\n"
+
+
+def script_kept(md):
+    return load_script().kept_findings(md)
