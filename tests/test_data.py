@@ -152,7 +152,7 @@ def test_fast_read_of_flwr_assignment_matches_the_public_api(make):
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner, ShardPartitioner
 
-    from sim.data.partition import run_flwr_partitioner
+    from sim.data.flwr_run import run_flwr_partitioner
 
     labels = np.random.default_rng(0).integers(0, 5, 300)
 

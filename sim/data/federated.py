@@ -10,7 +10,8 @@ import torch
 from ..errors import ConfigError
 from .config import checked_configs
 from .partition import partition_rows
-from .sources import Pool, load_pool
+from .pool import Pool
+from .sources import load_pool
 from .types import FederatedData
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..seeding import derived_seed
 from ..validation import did_you_mean
+from .flwr_run import run_flwr_partitioner
 
 #: partitioners that split rows and can be built from plain config values (IdToSizeFncPartitioner
 #: takes a Python callable; the Vertical* ones split columns, not rows)
@@ -209,8 +210,6 @@ def flwr_assignment(
     labels: np.ndarray, groups: np.ndarray | None, part: dict, num_clients: int, seed: int
 ) -> list[np.ndarray]:
     """Pool rows of each client under ``partition.partitioner`` (see the module docstring)."""
-    from .partition import run_flwr_partitioner
-
     cls = _partitioner_class(part.get("partitioner"))
     args = _completed_args(part, cls, num_clients, seed)
     _check_counts(cls, args, groups, num_clients, len(labels))

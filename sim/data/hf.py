@@ -32,7 +32,7 @@ from .hf_columns import (
 from .hf_images import channel_stats, decode_image_splits
 from .hf_open import FORMATS, open_splits, pick_splits, resolve_format
 from .inputs import InputSpec
-from .sources import Pool, carve_splits
+from .pool import Pool, carve_splits
 
 #: every key of configs/dataset/hf.yaml except ``name``, with its default
 DEFAULTS: dict[str, Any] = {

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..validation import choice, optional_integer
 from .inputs import InputSpec
-from .sources import Pool, carve_splits
+from .pool import Pool, carve_splits
 
 DEFAULTS: dict[str, Any] = {
     "path": None,

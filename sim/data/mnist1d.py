@@ -20,7 +20,7 @@ import numpy as np
 
 from ..validation import integer, optional_integer
 from .inputs import InputSpec
-from .sources import Pool, carve_splits
+from .pool import Pool, carve_splits
 
 DEFAULTS = {
     "num_samples": 5000,

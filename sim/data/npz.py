@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 from ..errors import ConfigError
 from ..validation import choice
 from .inputs import InputSpec
-from .sources import Pool, carve_splits
+from .pool import Pool, carve_splits
 
 REQUIRED = ("x_train", "y_train")
 LAYOUTS = ("auto", "nhw", "nhwc", "nchw", "flat")

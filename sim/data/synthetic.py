@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..seeding import numpy_rng
-from .sources import Pool
+from .pool import Pool
 from .splits import floor_quota
 
 BLOCK_USERS = 1024
