@@ -172,3 +172,21 @@ def test_seed_section_replaces_itself_and_keeps_the_findings(tmp_path):
 
 def script_kept(md):
     return load_script().kept_findings(md)
+
+
+@pytest.mark.slow
+def test_seed_check_smoke_writes_paired_rows_into_the_report(tmp_path):
+    # Prepare: an earlier report whose Findings the check must keep
+    (tmp_path / "heterogeneity.md").write_text("# old\n\n## Findings\n\nkept\n")
+    # Execute: the first group of the check (synthetic, epochs: FedAvg and FedNova), 2 seeds, 4 rounds
+    load_script().main(["--seed-check", "--smoke", "--rounds", "4", "--out", str(tmp_path)])
+    # Assert
+    runs = pd.read_csv(tmp_path / "heterogeneity_seeds.csv")
+    assert sorted(zip(runs.config, runs.seed, strict=True)) == [
+        ("fedavg", 0),
+        ("fedavg", 1),
+        ("fednova", 0),
+        ("fednova", 1),
+    ]
+    text = (tmp_path / "heterogeneity.md").read_text()
+    assert "| synthetic, epochs | fednova |" in text and text.endswith("## Findings\n\nkept\n")
