@@ -89,13 +89,18 @@ def rdp_per_round(
     sample_rate: float, noise_multiplier: float, sampling: str = POISSON, orders: tuple[float, ...] | None = None
 ) -> list[float]:
     """RDP at each order of one release of the subsampled Gaussian mechanism (inf without noise)."""
-    orders = orders_for(sampling) if orders is None else orders
+    return list(_rdp(sample_rate, noise_multiplier, sampling, orders_for(sampling) if orders is None else orders))
+
+
+@lru_cache(maxsize=256)
+def _rdp(sample_rate: float, noise_multiplier: float, sampling: str, orders: tuple[float, ...]) -> tuple[float, ...]:
+    """Cached: a run builds its strategy twice (validation, then the run) and the target search revisits values."""
     if noise_multiplier <= 0:
-        return [math.inf] * len(orders)
+        return (math.inf,) * len(orders)
     if sampling == WITHOUT_REPLACEMENT:
-        return rdp_without_replacement(sample_rate, noise_multiplier, orders)
+        return tuple(rdp_without_replacement(sample_rate, noise_multiplier, orders))
     rdp = opacus_rdp().compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders))
-    return [float(v) for v in rdp]
+    return tuple(float(v) for v in rdp)
 
 
 def epsilon(rdp: list[float], delta: float, orders: tuple[float, ...]) -> float:

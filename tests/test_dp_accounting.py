@@ -34,6 +34,7 @@ from strategies.fedavg import FedAvg
 DP_ACCOUNTING_WOR = {
     (50, 10, 0.5, 10, 1e-5): 26.930909393784344,
     (50, 10, 1.0, 10, 1e-5): 8.201383694086832,
+    (100, 1, 10.0, 1, 1e-12): 0.05129663087368121,  # best order 512: the Stirling-bounded terms
 }
 WOR_CASES = [(50, 10, 0.5, 10, 1e-5), (50, 10, 1.0, 10, 1e-5), (100, 50, 0.6, 30, 1e-5), (1000, 10, 2.0, 500, 1e-6),
              (20, 19, 0.7, 3, 1e-4), (200, 1, 5.0, 1, 1e-5)]  # fmt: skip
@@ -116,6 +117,9 @@ def test_uniform_participation_is_accounted_replace_one_without_replacement(make
     no_amplification = _central(make_cfg, "num_clients=50", "participation.clients_per_round=10",
                                 "dp.sampling_amplification=false")  # fmt: skip
     assert no_amplification.accounting.sample_rate == 1.0 and no_amplification.accounting.accountant_multiplier == 0.5
+    assert "caveat" not in described
+    cfg = make_cfg("dp=central_fixed")  # FedAvg weighted by samples: the bound is the uniform mean's, and says so
+    assert "fedavg is not one" in build_dp(cfg.dp, build_strategy(cfg.strategy), cfg).accounting.describe()["caveat"]
 
 
 def test_bernoulli_participation_is_accounted_at_the_worst_mean_move(make_cfg):
@@ -185,6 +189,7 @@ def test_local_release_is_accounted_at_twice_the_clipping_norm(make_cfg):
     dp = build_dp(default.dp, build_strategy(default.strategy), default)
     assert dp.accounting.accountant_multiplier == pytest.approx(z, rel=1e-12)  # one release within epsilon = 1
     assert epsilon_after(1, 1.0, z, 1e-5) <= 1.0
+    assert dp.round_metrics(dp.init_state(torch.zeros(1), 10), None)["dp_clip_norm"] == 1.0  # fixed, still reported
 
 
 def test_flowers_adaptive_variant_has_no_finite_epsilon_and_poisson_adaptive_is_refused(make_cfg):
@@ -205,3 +210,19 @@ def test_flowers_adaptive_variant_has_no_finite_epsilon_and_poisson_adaptive_is_
         )
         build_dp(cfg.dp, build_strategy(cfg.strategy), cfg)
     assert info.value.field == "participation"
+
+
+def test_a_checkpoint_from_another_order_grid_is_recounted_from_its_rounds(make_cfg):
+    """Checkpoints written before the grids became Opacus's / dp_accounting's carry 73 orders: every round adds
+    the same RDP, so the total is rebuilt from the round count."""
+    dp = _central(make_cfg, "num_clients=50", "participation.clients_per_round=10", "dp.noise_multiplier=1.0")
+    old = {**dp.init_state(torch.zeros(1), 50), "dp_rounds": 10, "dp_rdp": torch.full((73,), 0.01, dtype=torch.float64)}
+
+    assert dp.round_metrics(old, None)["dp_epsilon"] == pytest.approx(26.930909393784344, rel=1e-9)
+    _, state = dp.on_empty_round(
+        AggregationInfo(
+            torch.arange(0), torch.ones(0), 11, 50, Layout.from_module(torch.nn.Linear(1, 1)), torch.zeros(2)
+        ),
+        old,
+    )
+    assert state["dp_rounds"] == 11 and state["dp_rdp"].shape == (len(DP_ACCOUNTING_ORDERS),)

@@ -144,13 +144,10 @@ def _central(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
     sensitivity = 2.0 if scheme == WITHOUT_REPLACEMENT else m
     if adaptive and adaptive_options["variant"] == "flower":
         sensitivity = math.inf  # noise scaled by the norm after a data-dependent update: no finite bound
+    caveat = ""
     if not (isinstance(strategy, FedAvg) and strategy.weighting == "uniform" and strategy.server_lr == 1.0):
-        log.warning(
-            "dp=%s: the noise z C / m is calibrated to a uniform average of the clipped models; strategy %s "
-            "is not one, so dp_epsilon describes that average, not this rule (docs/privacy.md).",
-            label,
-            strategy.name,
-        )
+        caveat = f"dp_epsilon bounds a uniform average of the clipped models; strategy {strategy.name} is not one"
+        log.warning("dp=%s: the noise z C / m is calibrated to it; %s (docs/privacy.md).", label, caveat)
     rate, analysis = (q, scheme) if amplify else (1.0, POISSON)
     if target is not None:
         if math.isinf(sensitivity):
@@ -171,7 +168,9 @@ def _central(options: dict, label: str, strategy: Strategy, cfg) -> Strategy:
             delta,
         )
     neighbours = REPLACE_ONE if scheme == WITHOUT_REPLACEMENT else NEIGHBOURS[POISSON]
-    accounting = Accounting(rate, z, delta, sampling=analysis, sensitivity=sensitivity, neighbours=neighbours)
+    accounting = Accounting(
+        rate, z, delta, sampling=analysis, sensitivity=sensitivity, neighbours=neighbours, caveat=caveat
+    )
     if adaptive:
         stddev, update_z = adaptive_noise(z, m, count_stddev, target is not None)
         adaptive_options.update(clipped_count_stddev=stddev, update_noise_multiplier=update_z)

@@ -30,7 +30,8 @@ Noise comes from named streams of the run's seed, ``("dp", "noise", round)``, ``
 round)`` and ``("dp", "local", round, client)``, so a run and its resume draw the same noise. The
 adaptive ``C`` and the accountant's running RDP live in the strategy state (``dp_*`` keys beside the
 wrapped strategy's own) and so travel in checkpoints. ``round_metrics`` reports ``dp_epsilon`` and
-``dp_delta`` after each round (sim/privacy.py, Opacus's RDP analysis) and ``dp_clip_norm``.
+``dp_delta`` after each round (sim/privacy.py: Opacus's analysis for Poisson sampling, Wang et al.'s for
+fixed-size sampling; ``Accounting`` says which and against what sensitivity) and ``dp_clip_norm``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Accounting:
 
     ``noise_multiplier`` is the wrapper's own z (central: noise std z C / m; local: std / C);
     ``sensitivity`` is the released quantity's L2 sensitivity in the same unit (central: C / m; local:
-    C) under the ``neighbours`` relation, so the accountant sees ``noise_multiplier / sensitivity``. ``sensitivity = inf`` means no finite bound is proven (epsilon inf).
+    C) under the ``neighbours`` relation, so the accountant sees ``noise_multiplier / sensitivity``;
+    ``sensitivity = inf`` means no finite bound is proven (epsilon inf).
     """
 
     sample_rate: float
@@ -72,6 +74,7 @@ class Accounting:
     sampling: str = POISSON
     sensitivity: float = 1.0
     neighbours: str = NEIGHBOURS[POISSON]
+    caveat: str = ""  # what the epsilon does not cover (a rule other than the uniform mean)
 
     @property
     def accountant_multiplier(self) -> float:
@@ -88,6 +91,7 @@ class Accounting:
             "sample_rate": self.sample_rate,
             "neighbouring": self.neighbours,
             "delta": self.delta,
+            **({"caveat": self.caveat} if self.caveat else {}),
         }
 
 
