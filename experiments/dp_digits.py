@@ -98,7 +98,7 @@ def write_table(rows, args, seconds: float) -> None:
         "Epsilon is the accountant's after the last round: exactly 50 of 100 clients a round, replace-one",
         "neighbours, so the mean's sensitivity is 2 C / 50 and the accountant sees z / 2, under sampling without",
         "replacement (Wang et al. 2019; equal to dp_accounting's REPLACE_ONE accountant). The column before it is",
-        "what this page reported before (Opacus's Poisson add/remove analysis at z): not a bound for this sampling,",
+        "what this page reported before (Opacus's Poisson add/remove analysis at z, Opacus's orders): no bound here,",
         f"{min(ratios):.1f}-{max(ratios):.1f}x too small. Accuracy is the final test accuracy over the seeds: mean +-",
         "standard deviation, min..max.",
         "",
