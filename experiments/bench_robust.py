@@ -32,6 +32,7 @@ from strategies.robust import (
     MeaMed,
     TrimmedMean,
 )
+from strategies.robust.common import pairwise_sq_distances
 
 
 def rules() -> list[tuple[str, Strategy]]:
@@ -50,12 +51,20 @@ def rules() -> list[tuple[str, Strategy]]:
         ("krum", Krum()),
         ("multi_krum", Krum(m=None)),
         ("bulyan", Bulyan()),
-        ("geometric_median (<=100 steps)", GeometricMedian()),
-        ("geometric_median (3 steps)", GeometricMedian(max_iter=3, eps=0.0)),
+        ("geometric_median (RFA, 4 steps)", GeometricMedian()),
+        ("geometric_median (100 steps)", GeometricMedian(max_iter=100, eps=0.0)),
+        ("geometric_median (ByzFL)", GeometricMedian(nu=0.1, max_iter=3, eps=0.0, init="reference", weights="uniform")),
         ("centered_clipping", CenteredClipping()),
         ("clipped_gossip", ClippedGossip()),
         *[(name, build_preagg(OmegaConf.create(cfg), FedAvg(), run)) for name, cfg in preaggs],
     ]
+
+
+class Distances(Strategy):
+    """The ``[K, K]`` squared distances alone (float64 Gram about the median, far clusters measured directly)."""
+
+    def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: dict) -> tuple[torch.Tensor, dict]:
+        return pairwise_sq_distances(models), state
 
 
 def stack(k: int, p: int, f: int) -> torch.Tensor:
@@ -109,6 +118,8 @@ def main() -> None:
     print(f"| {'rule':<32} | {'seconds':>9} | {'x FedAvg':>9} |")
     print(f"|{'-' * 34}|{'-' * 10}:|{'-' * 10}:|")
     base = None
+    took = seconds(Distances(), models, info(k, p, f, gossip=False), args.repeats)
+    print(f"| {'pairwise distances (K x K)':<32} | {took:>9.4f} | {'':>9} |", flush=True)
     for name, rule in rules():
         took = seconds(rule, models, info(k, p, f, gossip=name == "clipped_gossip"), args.repeats)
         base = took if base is None else base

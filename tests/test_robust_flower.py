@@ -68,10 +68,10 @@ class OneShotBulyan(Bulyan):
     """Bulyan with Flower's message-API selection: the theta lowest Krum scores of one scoring."""
 
     def aggregate(self, models, info, state):
-        from strategies.robust.common import mean_of_closest, median_of_sorted, pairwise_sq_distances, sort_columns
+        from strategies.robust.common import mean_of_nearest, median_of_sorted, pairwise_sq_distances, sort_columns
         from strategies.robust.distance import krum_scores
 
         f, n = self.f, len(models)
         scores = krum_scores(pairwise_sq_distances(models), n - f - 2)
-        ordered = sort_columns(models[torch.argsort(scores)[: n - 2 * f]])
-        return mean_of_closest(ordered, median_of_sorted(ordered), n - 4 * f), state
+        selected = models[torch.argsort(scores, stable=True)[: n - 2 * f]]
+        return mean_of_nearest(selected, median_of_sorted(sort_columns(selected)), n - 4 * f), state

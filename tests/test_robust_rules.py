@@ -58,6 +58,15 @@ def test_meamed_averages_the_n_minus_f_values_nearest_the_median():
     assert run(MeaMed(f=1), [[0], [1], [2], [3], [4], [50], [60]]) == [10.0]  # median 3: drops 60
 
 
+def test_meamed_keeps_the_nearest_values_when_equal_values_sit_at_one_end():
+    # median 0; the four nearest are 0, 0.5, 2 and one -3 (2 is nearer than the second -3): ByzFL's -0.125
+    assert run(MeaMed(f=1), [[-3], [-3], [0], [0.5], [2]]) == [-0.125]
+    assert run(MeaMed(f=1), [[3], [3], [0], [-0.5], [-2]]) == [0.125]  # the mirror image
+    # Bulyan's last step (n = 9, f = 1): the Krum picks are 0, -3, 0.5, -3, 0.5, -3, 40 (median 0); its five
+    # nearest are 0, 0.5, 0.5 and two -3s: -1 (Flower too); a run ending at the third -3 would drop a 0.5: -1.7
+    assert run(Bulyan(f=1), [[40], [-3], [0], [-3], [0.5], [50], [-3], [0.5], [0.5]]) == pytest.approx([-1.0])
+
+
 def test_krum_scores_with_the_papers_and_byzfls_neighbour_counts():
     points = [[0], [1], [3], [10], [20]]  # f = 1, n = 5
     # paper: 2 nearest others; scores 0: 1+9, 1: 1+4, 3: 4+9, 10: 49+81, 20: 100+289 -> the point 1
@@ -75,7 +84,7 @@ def test_bulyan_selects_by_repeated_krum_then_trims_around_the_median():
 
 
 def test_geometric_median_of_points_on_a_line_is_their_median():
-    out = run(GeometricMedian(eps=0.0), [[0, 0], [1, 0], [2, 0], [3, 0], [100, 0]])
+    out = run(GeometricMedian(eps=0.0, max_iter=100, nu=1e-7), [[0, 0], [1, 0], [2, 0], [3, 0], [100, 0]])
     assert out == pytest.approx([2.0, 0.0], abs=1e-6)
 
 
@@ -93,6 +102,23 @@ def test_centered_clipping_clips_around_the_last_aggregate():
     assert second.tolist() == pytest.approx([1.2, 0.8 / 3])  # one unit from the last aggregate
     from_reference, _ = CenteredClipping(tau=1.0, center="reference").aggregate(t([[6, 8]]), info(1), state)
     assert from_reference.tolist() == pytest.approx([0.6, 0.8])  # one unit from the reference 0, not the state
+
+
+def test_centered_clipping_in_fl_clips_around_the_last_aggregate_update():
+    # FL: round 1 from global 0, round 2 from global [1, 0]; the stack holds models, tau = 1
+    rule = CenteredClipping(tau=1.0)
+    state = rule.init_state(torch.zeros(2), 2)
+    first, state = rule.aggregate(t([[3, 4], [3, 4]]), info(2), state)
+    assert first.tolist() == pytest.approx([0.6, 0.8])  # both clipped to unit length from the zero update
+    assert state["center"].tolist() == pytest.approx([0.6, 0.8])  # the aggregate update, not the model
+    second, state = rule.aggregate(t([[1, 0], [1, 0]]), info(2, reference=t([1, 0])), state)
+    # centre = global + last update = [1.6, 0.8]; the zero updates are 1 away: v = [1.6, 0.8] + [-0.6, -0.8]
+    assert second.tolist() == pytest.approx([1.0, 0.0])
+    # center=last: around the previous output model [0.6, 0.8], whatever the new global model
+    old = CenteredClipping(tau=1.0, center="last")
+    _, kept = old.aggregate(t([[3, 4], [3, 4]]), info(2), old.init_state(torch.zeros(2), 2))
+    moved, _ = old.aggregate(t([[5, 0.8], [5, 0.8]]), info(2, reference=t([5, 0.8])), kept)
+    assert moved.tolist() == pytest.approx([1.6, 0.8])
 
 
 def test_clipped_gossip_fixed_and_adaptive_radius():
@@ -158,6 +184,8 @@ def test_an_infinite_model_is_never_krums_choice_and_the_median_ignores_it():
         ("krum", "scoring", "pape"),
         ("geometric_median", "nu", float("inf")),
         ("geometric_median", "max_iter", 0),
+        ("geometric_median", "weights", "size"),
+        ("centered_clipping", "center", "previous"),
         ("centered_clipping", "tau", 0),
         ("clipped_gossip", "tau", "abc"),
         ("clipped_gossip", "weights", "conservative"),
@@ -180,8 +208,8 @@ def test_every_robust_config_builds_with_its_name():
         assert build_strategy(OmegaConf.load(f"configs/strategy/{name}.yaml")).name == name
 
 
-def test_mean_of_closest_equals_a_top_k_for_every_run_length():
-    from strategies.robust.common import mean_of_closest, sort_columns
+def test_mean_of_nearest_equals_a_top_k_for_every_count():
+    from strategies.robust.common import mean_of_nearest
 
     g = torch.Generator().manual_seed(0)
     for n in range(1, 10):
@@ -190,7 +218,7 @@ def test_mean_of_closest_equals_a_top_k_for_every_run_length():
             center = torch.randn(20, generator=g, dtype=torch.float64)
             nearest = torch.topk((models - center).abs(), count, dim=0, largest=False).indices
             expected = torch.gather(models, 0, nearest).mean(dim=0)
-            torch.testing.assert_close(mean_of_closest(sort_columns(models), center, count), expected)
+            torch.testing.assert_close(mean_of_nearest(models, center, count), expected)
 
 
 # ---- an infinite input (attack=infinity) leaves clipping and NNM finite -----------------------------------

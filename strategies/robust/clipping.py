@@ -11,27 +11,35 @@ from ..base import AggregationInfo, State
 from ..gossip import merge_weights
 from .common import RobustRule, clip_scales, zero_nonfinite_rows
 
-CC_CENTER = ("last", "reference")
+CC_CENTER = ("last_update", "last", "reference")
 CLIPPED_GOSSIP_WEIGHTS = ("mixing", "uniform")
 
 
 class CenteredClipping(RobustRule):
     """Centered clipping (Karimireddy, He & Jaggi 2021): ``L`` times ``v <- v + mean_k clip(x_k - v, tau)``.
 
-    ``center``: ``last`` starts from the rule's previous output, kept in the state (the paper, and
-    ByzFL's ``CenteredClipping``, which keeps ``self.m``); the first call starts from
-    ``info.reference`` (the global model in FL, the node's own model in gossip), the model-space
-    counterpart of ByzFL's zero start on gradients. ``reference`` starts every call from
-    ``info.reference``. In FL the two coincide, because the previous output is the global model the
-    round started from (unless a server optimizer moved it).
+    The paper clips momenta (gradients, in the FL version of Karimireddy, He & Jaggi 2022 the clients'
+    updates) around the previous aggregate of the same kind. Here the stack holds models, so the
+    ``center`` option says what "previous" means:
 
-    Defaults are ByzFL's (tau = 100, L = 1). Karimireddy et al. need f / n below a constant; the
-    check asks n > 2f, as for the other rules, since ByzFL states none.
+    - ``last_update`` (default): around ``info.reference`` plus the previous aggregate *update*
+      (previous output minus the reference it was computed for), kept in the state. In FL that is
+      the global model plus the last round's aggregate step: ByzFL's ``CenteredClipping`` object kept
+      across rounds in its gradient path (``update_model_with_gradients``), called on the clients'
+      updates, with momentum 0. The first call starts from the zero update, as ByzFL's ``m = 0``.
+    - ``last``: around the previous output *model* (ByzFL's weights path). In FL the previous output
+      is the global model the round starts from, so every round clips around a zero update: static
+      clipping of each update around the global model, not CC. Kept for gossip and comparisons.
+    - ``reference``: around ``info.reference`` every call (no memory).
+
+    The state (``center``: the last update or model, empty before the first call) is strategy state,
+    saved in checkpoints and reloaded on resume. Defaults are ByzFL's (tau = 100, L = 1). Karimireddy et
+    al. need f / n below a constant; the check asks n > 2f, as for the other rules, since ByzFL states none.
     """
 
     name = "centered_clipping"
 
-    def __init__(self, f: int | None = None, tau: float = 100.0, iterations: int = 1, center: str = "last"):
+    def __init__(self, f: int | None = None, tau: float = 100.0, iterations: int = 1, center: str = "last_update"):
         super().__init__(f)
         self.tau = number("strategy.tau", tau, 0, lo_open=True, allowed="a finite number > 0 (the clipping radius)")
         self.iterations = integer("strategy.iterations", iterations, 1)
@@ -42,13 +50,20 @@ class CenteredClipping(RobustRule):
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         self.tolerated_f(models, info)
+        reference = info.reference.to(models.dtype)
         last = state.get("center")
-        start = last if self.center == "last" and last is not None and last.numel() == models.shape[1] else None
-        v = (info.reference if start is None else start).to(models.dtype).clone()
+        if self.center == "reference" or last is None or last.numel() != models.shape[1]:
+            v = reference.clone()
+        elif self.center == "last_update":
+            v = reference + last.to(device=models.device, dtype=models.dtype)
+        else:
+            v = last.to(device=models.device, dtype=models.dtype).clone()
         for _ in range(self.iterations):  # v + mean_k clip(x_k - v) as one product, not a clipped copy of the stack
             deltas = zero_nonfinite_rows(models - v)
             v = v + (clip_scales(deltas, self.tau) / len(models)) @ deltas
-        return v, ({**state, "center": v.clone()} if self.center == "last" else state)
+        if self.center == "reference":
+            return v, state
+        return v, {**state, "center": (v - reference) if self.center == "last_update" else v.clone()}
 
 
 class ClippedGossip(RobustRule):

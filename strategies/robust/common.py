@@ -99,52 +99,96 @@ def coordinate_median(models: torch.Tensor) -> torch.Tensor:
     return median_of_sorted(sort_columns(models))
 
 
-def mean_of_closest(ordered: torch.Tensor, center: torch.Tensor, count: int) -> torch.Tensor:
+def mean_of_nearest(models: torch.Tensor, center: torch.Tensor, count: int) -> torch.Tensor:
     """Per coordinate, the mean of the ``count`` values nearest ``center`` (MeaMed, Bulyan's last step).
 
-    ``ordered`` holds each coordinate's values sorted. The ``count`` values nearest a point are a run
-    of consecutive sorted values, the run whose farther end is nearest; of the K - count + 1 runs the
-    first such one is taken (ByzFL and Flower break ties between equally near values arbitrarily
-    too). Every run contains the rows from K - count to count - 1, so only the rows outside those
-    are masked per coordinate, and ``where`` (not a product with the mask) keeps an inf outside the
-    run from turning the sum into NaN.
+    The ``count`` smallest ``|x - center|`` per column, picked as ByzFL's ``Meamed`` and Flower's
+    ``_aggregate_n_closest_weights`` pick them: ``np.argpartition`` of the distances, rows in the
+    order given. Equal values at one end are then kept only as far as they are nearer than the
+    other end's (column [-3, -3, 0, 0.5, 2], median 0, four kept: 0, 0.5, 2 and one -3), and a tie
+    between two values equally far on either side goes the way numpy's selection goes, so the mean
+    equals ByzFL's and Flower's also then. Off the CPU, ``torch.topk`` (ties arbitrary).
+    Columns are taken in blocks so the distance and index buffers stay small next to the stack.
     """
-    n = len(ordered)
-    spare = n - count  # the run starts at 0..spare
-    reach = torch.maximum(center - ordered[: spare + 1], ordered[count - 1 :] - center)  # [spare + 1, P]
-    first = torch.argmin(reach, dim=0)
-    if spare == 0:
-        return ordered.mean(dim=0)
-    if count <= spare:  # short runs: no row is in every run, mask them all
-        row = torch.arange(n, device=ordered.device)[:, None]
-        return torch.where((row >= first) & (row < first + count), ordered, 0).sum(dim=0) / count
-    edge = torch.arange(spare, device=ordered.device)[:, None]
-    low = torch.where(edge >= first, ordered[:spare], 0).sum(dim=0)  # rows 0..spare-1: in when >= first
-    high = torch.where(edge < first, ordered[count:], 0).sum(dim=0)  # rows count..n-1: in when < first + count
-    return (ordered[spare:count].sum(dim=0) + low + high) / count
+    if count >= len(models):
+        return models.mean(dim=0)
+    if models.device.type != "cpu" or models.requires_grad:
+        nearest = torch.topk((models - center).abs(), count, dim=0, largest=False).indices
+        return torch.gather(models, 0, nearest).mean(dim=0)
+    rows = models.numpy()
+    out = np.empty(rows.shape[1], dtype=rows.dtype)
+    step = max(1, (1 << 22) // len(rows))
+    mid = center.numpy()
+    for lo in range(0, rows.shape[1], step):
+        block = rows[:, lo : lo + step]
+        picks = np.argpartition(np.abs(block - mid[lo : lo + step]), count - 1, axis=0)[:count]
+        out[lo : lo + step] = np.take_along_axis(block, picks, axis=0).mean(axis=0)
+    return torch.from_numpy(out)
+
+
+#: a pair whose squared distance from the Gram matrix is below this share of its squared norms (about the
+#: centre) has lost digits to cancellation and is measured again by a direct difference
+CANCELLATION = 1e-2
 
 
 def pairwise_sq_distances(models: torch.Tensor) -> torch.Tensor:
-    """``[K, K]`` squared Euclidean distances from one Gram matrix (one ``[K, P] @ [P, K]`` product).
+    """``[K, K]`` squared Euclidean distances, float64, exact to rounding whatever the scale of other rows.
 
-    The stack is centred first: the distances do not change, and ``|a|^2 + |b|^2 - 2ab`` then
-    subtracts numbers of the size of the spread rather than of the models, which keeps float32
-    accurate. A row with an inf or NaN is infinitely far from every other row (the "infinity"
-    attack must not turn every distance into NaN); its distance to itself is 0.
+    ``|a - c|^2 + |b - c|^2 - 2 (a - c)(b - c)`` from one float64 Gram matrix about the coordinate-wise
+    median ``c``: the median stays with the bulk of the rows however far a few others are (a mean
+    would follow one row of 1e6 and erase every distance among ordinary rows), and float64 keeps the
+    digits that float32 loses. Pairs that are much nearer each other than to ``c`` (a cluster away
+    from the bulk, e.g. identical crafted rows) would still cancel, so those are measured again as
+    ``|a - b|^2`` directly (``CANCELLATION``). A row with an inf or NaN is infinitely far from every
+    other row (the "infinity" attack must not turn every distance into NaN); its distance to itself is 0.
     """
     k = len(models)
-    finite = torch.isfinite(models.sum(dim=1))  # a row sum is inf or NaN when an entry is (or when it overflows)
-    dist = torch.full((k, k), float("inf"), dtype=models.dtype, device=models.device)
+    finite = torch.isfinite(models).all(dim=1)
+    dist = torch.full((k, k), float("inf"), dtype=torch.float64, device=models.device)
     if finite.any():
         rows = models[finite] if not finite.all() else models
-        centred = rows - rows.mean(dim=0)
-        gram = centred @ centred.T
+        gram = gram_about(rows, median_of_sorted(sort_columns(rows)))
         sq = gram.diagonal()
-        inner = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0)
+        norms = sq[:, None] + sq[None, :]
+        inner = (norms - 2 * gram).clamp_min_(0)
+        left, right = torch.triu_indices(len(rows), len(rows), 1, device=rows.device)
+        lost = inner[left, right] < CANCELLATION * norms[left, right]
+        if bool(lost.any()):
+            i, j = left[lost], right[lost]
+            direct = direct_sq_distances(rows, i, j)
+            inner[i, j] = direct
+            inner[j, i] = direct
         index = finite.nonzero().squeeze(1)
         dist[index[:, None], index[None, :]] = inner
     dist.fill_diagonal_(0)
     return dist
+
+
+def column_blocks(rows: torch.Tensor, elements: int = 1 << 22) -> list[slice]:
+    """Column slices of ``rows`` holding about ``elements`` values each (float64 copies stay a few MB)."""
+    step = max(1, elements // max(len(rows), 1))
+    return [slice(lo, lo + step) for lo in range(0, rows.shape[1], step)]
+
+
+def gram_about(rows: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``[K, K]`` inner products of ``rows - centre`` in float64, a block of columns at a time."""
+    gram = torch.zeros((len(rows), len(rows)), dtype=torch.float64, device=rows.device)
+    for cols in column_blocks(rows):
+        block = rows[:, cols].to(torch.float64) - centre[cols].to(torch.float64)
+        gram.addmm_(block, block.T)
+    return gram
+
+
+def direct_sq_distances(rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``|rows[i] - rows[j]|^2`` per pair, differences taken in float64, in blocks of pairs and columns."""
+    out = torch.zeros(len(i), dtype=torch.float64, device=rows.device)
+    pairs = max(1, (1 << 22) // max(rows.shape[1], 1))
+    for lo in range(0, len(i), pairs):
+        a, b = i[lo : lo + pairs], j[lo : lo + pairs]
+        for cols in column_blocks(rows[: len(a)]):
+            diff = rows[a, cols].to(torch.float64) - rows[b, cols].to(torch.float64)
+            out[lo : lo + pairs] += (diff * diff).sum(dim=1)
+    return out
 
 
 def clip_scales(deltas: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:

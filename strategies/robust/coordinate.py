@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..base import AggregationInfo, State
-from .common import RobustRule, mean_of_closest, median_of_sorted, sort_columns
+from .common import RobustRule, mean_of_nearest, median_of_sorted, sort_columns
 
 
 class CoordinateMedian(RobustRule):
@@ -48,12 +48,14 @@ class TrimmedMean(RobustRule):
 class MeaMed(RobustRule):
     """Mean around the median (Xie et al. 2018): per coordinate, the mean of the n - f values nearest the median.
 
-    Needs n > 2f (as ByzFL's ``Meamed`` checks). Same numbers as ByzFL's ``Meamed``.
+    Needs n > 2f (as ByzFL's ``Meamed`` checks). Same numbers as ByzFL's ``Meamed``, also where equal values
+    sit at one end of a column (crafted Byzantine rows are identical): ``mean_of_nearest`` keeps the
+    n - f nearest values, not a run that ends at the farthest one.
     """
 
     name = "meamed"
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         f = self.tolerated_f(models, info)
-        ordered = sort_columns(models)
-        return mean_of_closest(ordered, median_of_sorted(ordered), len(models) - f), state
+        center = median_of_sorted(sort_columns(models))
+        return mean_of_nearest(models, center, len(models) - f), state

@@ -1,7 +1,8 @@
 """Rules that pick inputs by their pairwise distances: Krum, Multi-Krum and Bulyan.
 
-One ``[K, K]`` matrix of squared distances (a Gram product, see ``pairwise_sq_distances``) serves
-every score; the rest are sorts of K x K numbers, whatever the model size.
+One ``[K, K]`` matrix of squared distances (a float64 Gram product about the coordinate median, see
+``pairwise_sq_distances``) serves every score; the rest are sorts of K x K numbers, whatever the model
+size. Exact ties between scores go to the lower index (``argmin``, stable ``argsort``), as in Flower.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from sim.errors import ConfigError
 from sim.validation import choice, integer
 
 from ..base import AggregationInfo, State
-from .common import RobustRule, mean_of_closest, median_of_sorted, pairwise_sq_distances, sort_columns
+from .common import RobustRule, mean_of_nearest, median_of_sorted, pairwise_sq_distances, sort_columns
 
 KRUM_SCORING = ("paper", "byzfl")
 
@@ -104,5 +105,5 @@ class Bulyan(RobustRule):
             best = int(torch.argmin(scores))
             chosen.append(best)
             left[best] = False
-        ordered = sort_columns(models[torch.tensor(chosen, device=models.device)])
-        return mean_of_closest(ordered, median_of_sorted(ordered), beta), state
+        selected = models[torch.tensor(chosen, device=models.device)]  # in the order picked, as Flower keeps them
+        return mean_of_nearest(selected, median_of_sorted(sort_columns(selected)), beta), state
