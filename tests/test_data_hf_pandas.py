@@ -86,15 +86,33 @@ def test_the_arrow_struct_with_string_paths_reads_bytes_and_files(tmp_path):
     assert seen == list(range(8)) and pool.inputs.shape == (3, 4, 5)
 
 
-def test_a_struct_that_is_not_images_names_the_fix(tmp_path):
-    frame = pd.DataFrame({"point": [{"x": float(i), "y": 1.0} for i in range(6)], "label": [i % 2 for i in range(6)]})
-    frame.to_parquet(tmp_path / "p.parquet")
+def test_a_struct_of_file_paths_alone_is_an_image_column(tmp_path):
+    for i in range(6):
+        Image.fromarray(_pixels(i)).save(tmp_path / f"{i}.png")
+    cells = [{"path": str(tmp_path / f"{i}.png")} for i in range(6)]
+    pd.DataFrame({"image": cells, "label": [i % 2 for i in range(6)]}).to_parquet(tmp_path / "paths.parquet")
+    pool = _pool(tmp_path / "paths.parquet", val_fraction=0.0, test_fraction=0.0)
+    assert pool.inputs.kind == "image" and sorted(_which(row, 6) for row in pool.x) == list(range(6))
+
+
+@pytest.mark.parametrize(
+    "cells,shown",
+    [
+        ([{"x": float(i), "y": 1.0} for i in range(6)], "struct {x: float64, y: float64}"),
+        ([{"bytes": i, "path": None} for i in range(6)], "struct {bytes: int64, path: null}"),  # bytes not binary
+        ([{"bytes": _png(i), "path": None, "size": 5} for i in range(6)], "struct {bytes: binary, path: null, size"),
+        ([_png(i) for i in range(6)], "(binary)"),  # raw PNG bytes, not wrapped in a dict
+        ([{"path": None} for i in range(6)], "struct {path: null}"),  # nothing to read
+    ],
+)
+def test_a_column_that_is_not_images_names_the_fix(tmp_path, cells, shown):
+    pd.DataFrame({"point": cells, "label": [i % 2 for i in range(6)]}).to_parquet(tmp_path / "p.parquet")
     for extra in ({}, {"features": "point"}, {"features": "point", "input_kind": "image"}):
         with pytest.raises(ConfigError) as info:
             _pool(tmp_path / "p.parquet", **extra)
         assert info.value.field == "dataset.features"
         message = str(info.value)
-        assert "struct {x: float64, y: float64}" in message  # the column's real type, not "dict"
+        assert shown in message  # the column's real type, not "dict"
         assert "'bytes': <PNG/JPEG bytes>" in message and "cast_column('img', datasets.Image())" in message
 
 

@@ -29,13 +29,16 @@ IMAGE_FIX = (
 
 
 def is_image_struct(feature: Any) -> bool:
-    """A struct of ``bytes`` (and optionally ``path``), as ``pandas.DataFrame.to_parquet`` writes a column of
-    ``{"bytes": ..., "path": ...}`` dicts: ``datasets`` reads it back as a dict of Values, not as an Image."""
+    """A struct of ``bytes`` and/or ``path``, as ``pandas.DataFrame.to_parquet`` writes a column of
+    ``{"bytes": ..., "path": ...}`` dicts: ``datasets`` reads it back as a dict of Values, not as an Image.
+    A struct of only ``path`` must hold strings (file names), not nulls."""
     import datasets
 
-    if not isinstance(feature, dict) or "bytes" not in feature or not set(feature) <= set(IMAGE_STRUCT):
+    if not isinstance(feature, dict) or not feature or not set(feature) <= set(IMAGE_STRUCT):
         return False
-    return all(isinstance(f, datasets.Value) and f.dtype in IMAGE_STRUCT[k] for k, f in feature.items())
+    if not all(isinstance(f, datasets.Value) and f.dtype in IMAGE_STRUCT[k] for k, f in feature.items()):
+        return False
+    return "bytes" in feature or feature["path"].dtype != "null"
 
 
 def describe(feature: Any) -> str:
