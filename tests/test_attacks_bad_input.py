@@ -1,9 +1,7 @@
 """Bad attack settings are refused before any work, naming the field: composed exactly as ``python -m sim`` does."""
 
-import subprocess
-import sys
-
 import pytest
+from forked_cli import run_module
 from hydra import initialize_config_module
 
 from sim.cli import _compose
@@ -76,12 +74,8 @@ def test_label_flip_needs_training_that_noop_train_skips():
 
 
 def test_command_line_refuses_too_many_byzantine_clients_before_any_work(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "sim", "num_clients=4", "attack=sign_flip", "attack.f=4", f"hydra.run.dir={tmp_path}/r"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
+    result = run_module(
+        "sim", ["num_clients=4", "attack=sign_flip", "attack.f=4", f"hydra.run.dir={tmp_path}/r"], tmp_path
     )
     assert result.returncode == 2, result.stderr
     assert "attack.f" in result.stderr and "Traceback" not in result.stderr

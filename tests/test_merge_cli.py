@@ -1,12 +1,11 @@
 """python -m sim.merge: merge saved checkpoints, score them, and refuse bad files."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from forked_cli import run_module
 
 from sim.checkpoint import load_checkpoint, save_checkpoint
 from sim.merge import main
@@ -105,13 +104,7 @@ def test_mismatched_layouts_name_the_first_tensor(sweep, tmp_path):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["progress=false", *SMALL, "model.hidden=[8]"])
     run_experiment(cfg, other)
-    proc = subprocess.run(
-        [sys.executable, "-m", "sim.merge", str(sweep / "0"), str(other)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-    )
+    proc = run_module("sim.merge", [str(sweep / "0"), str(other)], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "net.0.weight [16, 64] against net.0.weight [8, 64]" in proc.stderr
 

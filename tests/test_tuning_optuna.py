@@ -1,15 +1,15 @@
 """A fair comparison end to end: Optuna tunes each strategy with the same budget, the report compares them.
 
 Real ``python -m sim -m hydra/sweeper=optuna`` sweeps (3 trials each, tiny runs), then
-``python -m sim.report --tuned`` on the sweep folders.
+``python -m sim.report --tuned`` on the sweep folders; each a process of its own, forked from a server that imported
+torch once (forked_cli.py).
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forked_cli import run_module
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 pytestmark = pytest.mark.slow
@@ -39,17 +39,11 @@ def _trials(folder: Path) -> list[dict]:
 def test_optuna_tunes_every_strategy_on_validation_with_one_budget_and_the_report_compares_them(tmp_path):
     # Prepare / Execute: the same trial budget, sampler seed and run seed for each strategy
     for strategy in ("fedavg", "fedavgm"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "sim", "-m", *TUNE, f"strategy={strategy}", f"hydra.sweep.dir=tune/{strategy}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        proc = run_module(
+            "sim", ["-m", *TUNE, f"strategy={strategy}", f"hydra.sweep.dir=tune/{strategy}"], tmp_path, timeout=600
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
-    report = subprocess.run(
-        [sys.executable, "-m", "sim.report", "tune", "--tuned"], cwd=tmp_path, capture_output=True, text=True
-    )
+    report = run_module("sim.report", ["tune", "--tuned"], tmp_path)
     # Assert: 3 trials each inside the interval; the first trial (the sampler's seeded start) is the same
     assert report.returncode == 0, report.stderr[-2000:]
     trials = {s: _trials(tmp_path / "tune" / s) for s in ("fedavg", "fedavgm")}
