@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from .errors import ConfigError, GossipsoupError, RunInterrupted
 from .schema import CONFIG_MODULE, check_keys, group_options
+from .sweep_stop import in_sweep, run_command, sweep_job
 from .validation import choice
 
 CONFIG_NAME = "config"
@@ -186,6 +187,7 @@ def _discard_output_dir(out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name=CONFIG_NAME)
+@sweep_job
 def hydra_main(cfg: DictConfig) -> float:
     from .run import run_experiment
 
@@ -206,6 +208,8 @@ def hydra_main(cfg: DictConfig) -> float:
                 _discard_output_dir(hydra_dir)  # the run continues in its own folder
         summary = run_experiment(cfg, out_dir, resume_state=resume_state)
     except RunInterrupted as exc:
+        if in_sweep():
+            raise  # the sweep's launcher says once how to resume the whole sweep (sim/sweep_stop.py)
         print(str(exc), file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except GossipsoupError as exc:
@@ -281,4 +285,4 @@ def main() -> None:
     except GossipsoupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    hydra_main()
+    run_command(hydra_main, sys.argv)

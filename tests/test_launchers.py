@@ -50,25 +50,35 @@ def _assert_same_numbers(sweep: Path, basic: dict[str, pd.DataFrame]) -> None:
 
 @pytest.mark.slow
 def test_joblib_sweep_matches_the_basic_launcher_and_is_one_mlflow_parent_with_four_children(tmp_path, basic_sweep):
-    # Prepare
+    # Prepare: a SQLite store that does not exist yet (two jobs at once create and migrate it without the lock)
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     # Execute
-    proc = _sweep(tmp_path, "sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=mlflow")
-    # Assert
+    proc = _sweep(
+        tmp_path,
+        "sweep",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "logger=mlflow",
+        f"logger.tracking_uri={uri}",
+    )
+    # Assert: the numbers of the basic launcher; one parent, closed when the sweep ended; files beside the store
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     _assert_same_numbers(tmp_path / "sweep", basic_sweep)
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("gossipsoup").experiment_id])
     parents = [r for r in runs if "gossipsoup.sweep_key" in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 4 and len(runs) == 5
+    assert parents[0].info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2", "3"]
+    assert {c.info.artifact_uri.rsplit("/", 3)[0] for c in children} == {(tmp_path / "store" / "mlartifacts").as_uri()}
+    assert not (tmp_path / "mlruns").exists()
 
 
 def _free_port() -> int:

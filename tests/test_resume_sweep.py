@@ -1,13 +1,18 @@
-"""``resume=true`` on a killed sweep, and a Ray run that loses its driver: both end as if never interrupted.
+"""``resume=true`` on a killed or interrupted sweep, and a Ray run that loses its driver: all end as if never
+interrupted.
 
-Real ``python -m sim`` processes, killed with SIGKILL at seeded moments; the files are compared byte
-for byte (times aside) with those of an uninterrupted launch in another folder.
+Real ``python -m sim`` processes, killed with SIGKILL at seeded moments (the files are compared byte
+for byte, times aside, with those of an uninterrupted launch in another folder), or sent SIGINT /
+SIGTERM as a process group, as Ctrl-C and a batch system do.
 """
 
 import json
+import os
 import random
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from tests.test_resume import COMMON, _argv, _run, assert_same_run, kill_then_re
 
 pytestmark = pytest.mark.slow
 
-SWEEP = (*COMMON, "strategy=fedadam", "participation=markov", "rounds=60", "checkpoint.every=2")
+SWEEP = (*COMMON, "strategy=fedadam", "participation=markov", "rounds=40", "checkpoint.every=2")
 
 
 def _job_folders(cwd: Path) -> dict[int, Path]:
@@ -78,3 +83,129 @@ def test_a_ray_run_that_loses_its_driver_resumes_to_the_uninterrupted_result(tmp
     # the driver alone is killed; Ray's processes it started are stopped with its process group afterwards
     args = (*COMMON, "backend=ray", "backend.num_actors=2", "strategy=fedadam", "participation=markov")
     kill_then_resume(tmp_path, (*args, "rounds=40", "checkpoint.every=1"), seed=1, spread=0.3, new_session=True)
+
+
+TINY = ("num_clients=6", "participation.clients_per_round=3", "model.hidden=[16]", "progress=false")
+JOBLIB = ("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "checkpoint.every=null")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc): the launcher's joblib workers and their helpers."""
+    parent_of = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _interrupt_sweep(cwd: Path, args: tuple, sig: signal.Signals) -> tuple[int, str]:
+    """Start the sweep as its own process group; once two jobs are in their rounds, send ``sig`` to the group.
+
+    Returns the exit code and stderr; asserts that no process the sweep started outlives it.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _argv(*args),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while len(list(cwd.glob("multirun/*/*/*/metrics.csv"))) < 2:
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        assert time.monotonic() < deadline, "the jobs never started their rounds"
+        time.sleep(0.05)
+    started = _descendants(proc.pid)
+    assert len(started) >= 2, "joblib's workers run the jobs"
+    os.killpg(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        time.sleep(1)  # a worker that would survive has had time to be reparented; none may be left
+        left = sorted(pid for pid in started if _alive(pid))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], f"processes of the sweep outlived it: {left}"
+    return proc.returncode, err
+
+
+def _mlflow_runs(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gossipsoup").experiment_id])
+    parents = [r for r in runs if "gossipsoup.sweep_key" in r.data.tags]
+    return parents, [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+
+
+def test_ctrl_c_on_a_joblib_sweep_says_once_how_to_resume_and_the_resume_completes_it_in_its_folder(tmp_path):
+    # Prepare: 4 jobs on 2 workers, tracked in MLflow's default store
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("mlflow")
+    args = (*JOBLIB, "strategy=fedavg,fedadam", "seed=1,2", "rounds=40", "logger=mlflow")
+    # Execute: Ctrl-C (SIGINT to the process group) once two jobs run their rounds
+    code, err = _interrupt_sweep(tmp_path, args, signal.SIGINT)
+    # Assert: exit 130, no traceback, one line naming the same command with resume=true; the parent KILLED
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and "leaked" not in err, err[-3000:]
+    resume_lines = [line for line in err.splitlines() if "Resume it with" in line]
+    assert resume_lines == [
+        f"interrupted by SIGINT; the sweep is saved. Resume it with: python -m sim {shlex.join(args)} resume=true"
+    ]
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    parents, _ = _mlflow_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")}
+    assert "interrupted" in statuses.values() and len(statuses) <= 3, statuses
+    # Execute: the command that line gives
+    command = shlex.split(resume_lines[0].split("Resume it with: ", 1)[1])
+    again = subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    # Assert: every job completed in the first launch's folder, under the one parent run, now FINISHED
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(tmp_path.glob("multirun/*/*")) == [sweep]
+    done = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert sorted(done) == ["0", "1", "2", "3"] and {s["status"] for s in done.values()} == {"completed"}
+    assert {(s["strategy"], s["seed"]) for s in done.values()} == {
+        (a, b) for a in ("fedavg", "fedadam") for b in (1, 2)
+    }
+    parents, children = _mlflow_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_sigterm_to_a_joblib_sweep_leaves_no_process_and_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    args = (*JOBLIB, "seed=1,2", "rounds=400")
+    code, err = _interrupt_sweep(tmp_path, args, signal.SIGTERM)
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err and "leaked" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if "resume" in line] == [
+        f"interrupted by SIGTERM; the sweep is saved. Resume it with: python -m sim {shlex.join(args)} resume=true"
+    ]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/summary.json")]
+    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]  # saved at a round boundary

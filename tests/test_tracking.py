@@ -5,7 +5,10 @@ with the run folder's metrics.csv, summary.json and files, which stay the source
 """
 
 import math
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -187,3 +190,34 @@ def test_a_run_that_fails_is_marked_failed_with_its_rows_so_far(make_cfg, tmp_pa
     logged = {m.step for m in client.get_metric_history(runs[0].info.run_id, "round")}
     assert logged == set(_csv_columns(tmp_path / "run")["round"])
     assert "summary.json" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+def _docs_read_back() -> str:
+    """The read-back code of docs/tracking.md, as written there (the python block after its marker)."""
+    text = (Path(__file__).parents[1] / "docs" / "tracking.md").read_text()
+    block = text.split("<!-- read-back -->", 1)[1].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_the_default_store_is_sqlite_beside_the_command_and_reads_back_as_the_docs_show(
+    make_cfg, tmp_path, monkeypatch
+):
+    # Prepare: a run with logger=mlflow and no tracking_uri, started in tmp_path (the launch folder)
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_experiment(make_cfg(*SMALL, "logger=mlflow"), tmp_path / "run")
+    # Execute: the docs' code, verbatim, in a fresh process without MLFLOW_ALLOW_FILE_STORE
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    shown = subprocess.run(
+        [sys.executable, "-c", _docs_read_back()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    # Assert: the store is ./mlflow.db, the files are in ./mlartifacts beside it, the numbers are metrics.csv's
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    name, accuracy, files = shown.stdout.strip().splitlines()
+    assert name.endswith("FINISHED fedavg")
+    expected = [(r, round(v, 4)) for r, v in sorted(_csv_columns(tmp_path / "run")["test_accuracy"].items())]
+    assert accuracy == str(expected)
+    assert files.startswith((tmp_path / "mlartifacts").as_uri() + "/")
+    assert "'summary.json'" in files and "'metrics.csv'" in files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db", "mlflow.db.lock", "run"]

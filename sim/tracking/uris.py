@@ -16,18 +16,26 @@ from sim.errors import ConfigError
 
 from .common import check_writable_dir
 
-LOCAL_STORE = "mlruns"  # MLflow's own default folder name
+LOCAL_STORE = "mlflow.db"  # MLflow 3's own default store: a SQLite file in the folder the command ran in
+ARTIFACTS = "mlartifacts"  # beside a SQLite store: its runs' files (MLflow would put them in ./mlruns of the cwd)
 
 
 def mlflow_uri(value: str | None, launch_dir: Path) -> str:
-    """``null``: ``$MLFLOW_TRACKING_URI`` if set, else ``mlruns/`` in the folder the command started in.
+    """``null``: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the folder the command started in.
 
-    A plain or relative path is a folder relative to that launch folder (not to the run folder, so
-    every job of a sweep and every later run lands in the same store).
+    A SQLite store needs nothing set to be read back (MLflow 3 refuses its file store unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``). A plain or relative path is a file store folder, and a relative
+    ``sqlite:///`` path a database file, relative to that launch folder (not to the run folder, so every
+    job of a sweep and every later run lands in the same store).
     """
     if value is None:
-        value = os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE
+        value = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{LOCAL_STORE}"
     parsed = urlparse(value)
+    if parsed.scheme == "sqlite":
+        store = local_store(value)
+        if store is not None and not store.is_absolute():
+            return f"sqlite:///{(launch_dir / store.expanduser()).resolve()}"
+        return value
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(value)
         return (launch_dir / path.expanduser()).resolve().as_uri()
@@ -40,8 +48,29 @@ def local_store(uri: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme == "sqlite":
-        return Path(unquote(parsed.path)[1:] if parsed.path.startswith("//") else unquote(parsed.path))
+        return Path(unquote(parsed.path)[1:])  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
     return None
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its runs' files: ``mlartifacts/`` beside a SQLite file, else MLflow's choice."""
+    store = local_store(uri)
+    if urlparse(uri).scheme == "sqlite" and store is not None:
+        return (store.parent / ARTIFACTS).as_uri()
+    return None
+
+
+def lock_file(uri: str) -> Path | None:
+    """A file beside a local store that every process using the store locks while it opens it; None for a server.
+
+    Opening a new SQLite store creates and migrates its schema; two processes doing that at once
+    break it ("table _alembic_tmp_tags already exists"), so the client is created under this lock.
+    """
+    store = local_store(uri)
+    if store is None:
+        return None
+    scheme = urlparse(uri).scheme
+    return store / ".gossipsoup.lock" if scheme == "file" else store.with_name(store.name + ".lock")
 
 
 def check_mlflow_uri(field: str, value: str | None, launch_dir: Path) -> str:
