@@ -19,8 +19,8 @@ from strategies import AggregationInfo
 from .attacks import with_byzantine
 from .backends import aggregate_on_backend
 from .checks import check_finite
-from .gossip.nodes import weight_variance_columns
 from .results import MetricsLog
+from .run_metrics import weight_variance_columns
 from .training import evaluate
 
 if TYPE_CHECKING:

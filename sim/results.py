@@ -125,10 +125,22 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str, x_key: str = "round") -> None:
     """Test accuracy (and mean local training loss) against rounds, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(rows, title, x_key)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def accuracy_figure(rows: list[dict[str, Any]], title: str, x_key: str = "round") -> Any:
+    """The figure of :func:`plot_accuracy`: rounds on whole-number ticks (3 rounds get no tick at 0.5)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     evals = [r for r in rows if r.get("test_accuracy") is not None and not math.isnan(r["test_accuracy"])]
     trains = [r for r in rows if r.get("train_loss") is not None and not math.isnan(r["train_loss"])]
@@ -142,9 +154,8 @@ def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str, x_key: str
     ax_loss.set_xlabel(x_key)
     ax_loss.set_ylabel("mean local training loss")
     ax_loss.grid(alpha=0.3)
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return fig

@@ -24,6 +24,7 @@ during the write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 from collections.abc import Iterator
@@ -38,8 +39,13 @@ from .run_state import load_state, save_state
 from .validation import is_int
 
 CHECKPOINT = "checkpoint.safetensors"
-#: config keys a resume may change: the run's length (longer only), the progress bar, resume itself
-RESUME_MAY_CHANGE = ("rounds", "progress", "resume")
+#: config keys a resume may change: the run's length (longer only), resume itself, and what changes how the run is
+#: computed or recorded but not its numbers: the backend and its options (threads included; every backend gives
+#: the same numbers to float tolerance), the progress bar, the logger, the checkpoint cadence, saving the model
+RESUME_MAY_CHANGE = ("rounds", "resume")
+RESUME_MAY_SET = ("backend", "progress", "logger", "checkpoint", "save_model")
+#: backend options that do change the numbers, so a resume must keep them whatever backend it picks
+RESUME_MUST_KEEP = ("backend.noop_train",)
 
 
 def checkpoint_settings(cfg) -> tuple[int | None, int | None]:
@@ -122,26 +128,45 @@ def resumed_config(saved: dict[str, Any], given: dict[str, Any], overridden: lis
     """The saved config with the allowed changes the command line made; ConfigError naming any other.
 
     ``overridden`` are the keys the user set on the command line; each must keep its saved value,
-    except ``rounds`` (at least the rounds already done: a finished run may be extended).
+    except ``rounds`` (at least the rounds already done: a finished run may be extended) and the keys
+    under :data:`RESUME_MAY_SET`, which take the command line's value: ``backend=sequential`` swaps
+    the whole backend block, ``backend.num_threads=2`` only that option of the saved backend.
     """
     changed = []
+    merged = copy.deepcopy(saved)
     for key in overridden:
-        top = key.lstrip("+~").split(".")[0].split("@")[0]
+        dotted = key.lstrip("+~")
+        top = dotted.split(".")[0].split("@")[0]
         if top in RESUME_MAY_CHANGE or top == "hydra":
             continue
-        if _lookup(saved, key.lstrip("+~")) != _lookup(given, key.lstrip("+~")):
-            changed.append(key.lstrip("+~"))
+        if top in RESUME_MAY_SET:
+            _assign(merged, dotted, copy.deepcopy(_lookup(given, dotted)))
+        elif _lookup(saved, dotted) != _lookup(given, dotted):
+            changed.append(dotted)
+    changed += [key for key in RESUME_MUST_KEEP if bool(_lookup(saved, key)) != bool(_lookup(merged, key))]
     if changed:
         raise ConfigError(
             "resume",
             given.get("resume"),
-            "the command of the run it continues (only rounds may grow)",
+            "the command of the run it continues (only rounds may grow; backend, progress, logger, checkpoint "
+            "and save_model may change)",
             f"These settings differ from the saved run: {', '.join(sorted(changed))}.",
         )
     rounds = given.get("rounds", saved["rounds"]) if "rounds" in overridden else saved["rounds"]
     if not (is_int(rounds) and rounds >= done):
         raise ConfigError("rounds", rounds, f"at least {done}, the rounds the saved run has done")
-    return {**saved, "rounds": rounds}
+    return {**merged, "rounds": rounds}
+
+
+def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``cfg[a][b]...`` for ``a.b...``, creating the blocks on the way (a key the saved config lacked)."""
+    *parents, last = dotted.split(".")
+    node = cfg
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
 
 
 def _lookup(cfg: Any, dotted: str) -> Any:

@@ -56,6 +56,58 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"test_accuracy": top["test_accuracy"], "round": top["round"]}
 
 
+#: per-client train sizes are listed in summary.json up to this many clients (min/median/max beyond)
+LIST_CLIENTS = 10_000
+
+
+def given_data(exp) -> dict[str, Any]:
+    """What the run was given: split sizes, classes, each client's train rows, and the Byzantine clients' ids.
+
+    A reader of summary.json can then tell two runs' data apart (a partition that left a client empty, a
+    validation split that took rows from training) without rebuilding the experiment.
+    """
+    data = exp.data
+    sizes = [int(v) for v in data.client_sizes.tolist()]
+    block: dict[str, Any] = {
+        "name": data.name,
+        "train": int(data.y.numel()),
+        "val": int(data.y_val.numel()),
+        "test": int(data.y_test.numel()),
+        "num_classes": int(data.num_classes),
+        "num_clients": data.num_clients,
+    }
+    if len(sizes) <= LIST_CLIENTS:
+        block["client_train_sizes"] = sizes
+    else:
+        ordered = sorted(sizes)
+        block["client_train_sizes_min_median_max"] = [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+    ids = [] if exp.attack is None else [int(i) for i in exp.attack.ids.tolist()]
+    return {"data": block, "byzantine_ids": ids}
+
+
+def data_line(block: dict[str, Any], byzantine: list[int]) -> str:
+    """The log's line about the data: sizes of the splits, classes, clients' train rows (listed for up to 20)."""
+    sizes = block.get("client_train_sizes")
+    if sizes is not None and len(sizes) <= 20:
+        per_client = f"client train sizes {sizes}"
+    else:
+        ordered = sorted(sizes) if sizes is not None else block["client_train_sizes_min_median_max"]
+        per_client = f"client train sizes min {ordered[0]}, median {ordered[len(ordered) // 2]}, max {ordered[-1]}"
+    line = (
+        f"data {block['name']}: {block['train']} train, {block['val']} val, {block['test']} test rows, "
+        f"{block['num_classes']} classes, {block['num_clients']} clients; {per_client}"
+    )
+    return line + (f"; Byzantine clients {byzantine}" if byzantine else "")
+
+
+def accuracy_title(exp, cfg: DictConfig) -> str:
+    """accuracy.png's title: the rule, FL or which gossip, the model, the data, the clients and the seed."""
+    where = f"{exp.topology.name} gossip ({exp.gossip.schedule})" if exp.gossip is not None else "FL"
+    model = cfg.get("model", {})
+    name = model.get("target") or model.get("name") or type(exp.model).__name__  # a custom model: its class path
+    return f"{exp.strategy.name}, {where}, {name}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}"
+
+
 def run_experiment(
     cfg: DictConfig, out_dir: str | Path, progress: bool | None = None, resume_state: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -93,6 +145,8 @@ def run_experiment(
         "config": resolved_config(cfg),
         "versions": package_versions(),
     }
+    summary.update(given_data(exp))
+    log.info("%s", data_line(summary["data"], summary["byzantine_ids"]))
     if gossip:
         summary["topology"] = exp.topology.summary()
     if (dp := getattr(exp.strategy, "accounting", None)) is not None:  # strategies/dp: noise found, assumptions
@@ -203,12 +257,7 @@ def run_experiment(
                 "model": "average of the node models" if gossip else "global model",
             },
         )
-    where = f"{exp.topology.name} gossip ({exp.gossip.schedule})" if gossip else "FL"
-    plot_accuracy(
-        out / "accuracy.png",
-        metrics.rows,
-        f"{exp.strategy.name}, {where}, {exp.data.name}, {exp.data.num_clients} clients, seed {cfg.seed}",
-    )
+    plot_accuracy(out / "accuracy.png", metrics.rows, accuracy_title(exp, cfg))
     write_json(out / "summary.json", summary)
     tracker.finish(summary, out)
     log.info(

@@ -134,8 +134,40 @@ def _compare(given: Any, declared: Any, prefix: str, source: str) -> None:
         _compare(value, declared[key], f"{prefix}{key}.", source)
 
 
+_ABSENT = object()
+
+
+def options_declaring(group: str, dotted: str) -> list[str]:
+    """The options of config group ``group`` whose file declares ``dotted``, a key inside the group's block."""
+    found = []
+    for option in group_options().get(group, ()):
+        content, is_global = _file(f"{group}/{option}")
+        node: Any = content
+        for part in dotted.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if not is_global and node is not _ABSENT:
+            found.append(option)
+    return found
+
+
 def _unknown(field: str, value: Any, keys: list[str], source: str, nested: Mapping[str, str] | None = None) -> None:
-    """Refuse ``field``, suggesting the closest sibling key (or, at the top, the closest key of any block)."""
+    """Refuse ``field``, suggesting the closest sibling key (or, at the top, the closest key of any block).
+
+    A key of another option of the same group (``backend.device`` with the default backend, declared by
+    ``configs/backend/ray.yaml``) is named with the options that have it: the fix is to choose one of them.
+    """
+    group, _, inside = field.partition(".")
+    if inside and source.startswith(f"configs/{group}/"):
+        owners = options_declaring(group, inside)
+        if owners:
+            where = ", ".join(f"{group}={o} (configs/{group}/{o}.yaml)" for o in owners)
+            raise ConfigError(
+                field,
+                value,
+                f"a key declared in {source}: {', '.join(keys)}",
+                f"It is a key of {where}, not of the option this run uses: choose "
+                f"{' or '.join(f'{group}={o}' for o in owners)} to set it.",
+            )
     parent, _, leaf = field.rpartition(".")
     siblings = {f"{parent}.{k}" if parent else k: k for k in keys}
     candidates = {**(nested or {}), **siblings}

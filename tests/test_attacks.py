@@ -215,7 +215,10 @@ def test_sync_gossip_statistics_are_over_honest_nodes_only(make_cfg):
     params = torch.randn(12, exp.layout.size) * 0.1
     params[exp.attack.ids] = 1e3  # Byzantine nodes' own models: nonsense that must not show
     row = loop.evaluate(params)
-    honest = node_metrics(exp.model, exp.layout, params[exp.attack.honest_ids], exp.data.x_test, exp.data.y_test)
+    data = exp.data
+    honest = node_metrics(
+        exp.model, exp.layout, params[exp.attack.honest_ids], data.x_test, data.y_test, None, data.x_val, data.y_val
+    )
     assert row == honest
 
 

@@ -206,6 +206,25 @@ def test_a_key_of_another_option_is_refused():
     assert "configs/strategy/fedavg.yaml" in message
 
 
+@pytest.mark.parametrize(
+    "overrides, field, owners",
+    [
+        # the default backend (auto) lacks Ray's device; every option that has the key is named, none other
+        (("backend.device=cuda",), "backend.device", ["backend=ray"]),
+        (("backend=sequential", "backend.kernel=dense"), "backend.kernel", ["backend=auto", "backend=vectorized"]),
+        (("strategy=fedavg", "+strategy.tau=0.1"), "strategy.tau", ["strategy=fedadam", "strategy=fedyogi"]),
+    ],
+)
+def test_a_key_of_another_option_names_the_options_that_have_it(overrides, field, owners):
+    message = _refused(field, *overrides)
+    named = sorted(set(re.findall(rf"{field.split('.')[0]}=\w+", message.split("is not allowed")[1])))
+    assert set(owners) <= set(named), message
+    assert "No config file has this key" not in message
+    group, key = field.split(".")
+    for option in group_options()[group]:  # named exactly when the option's file declares the key
+        assert (f"{group}={option} (" in message) == (key in _file(f"{group}/{option}")[0]), (option, message)
+
+
 def test_keys_of_the_chosen_option_pass_and_experiments_may_set_group_keys():
     _validate("strategy=fedadam", "strategy.tau=0.01")
     _validate("experiment=fedau", "dataset.size_cap=500")

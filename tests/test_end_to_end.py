@@ -40,6 +40,43 @@ def test_three_round_run_writes_every_result_file(make_cfg, tmp_path):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
+def test_the_summary_and_the_log_record_the_data_the_run_was_given(make_cfg, tmp_path, caplog):
+    from sklearn.datasets import load_digits
+
+    from sim.attacks import byzantine_ids
+
+    # Prepare: digits (1,797 rows, 10 classes) on 6 clients, one of them Byzantine
+    caplog.set_level("INFO", logger="sim")
+    cfg = make_cfg(*SMALL, "rounds=1", "attack=sign_flip", "attack.f=1", "strategy=median")
+    # Execute
+    run_experiment(cfg, tmp_path)
+    # Assert: the splits add up to the whole data set, the clients' rows to the train split
+    data = json.loads((tmp_path / "summary.json").read_text())["data"]
+    assert data["train"] + data["val"] + data["test"] == len(load_digits().target) == 1797
+    assert data["val"] > 0 and data["test"] > 0 and data["num_classes"] == 10 and data["num_clients"] == 6
+    sizes = data["client_train_sizes"]
+    assert len(sizes) == 6 and sum(sizes) == data["train"] and len(set(sizes)) > 1  # Dirichlet: unequal
+    ids = json.loads((tmp_path / "summary.json").read_text())["byzantine_ids"]
+    assert ids == byzantine_ids(6, 1, 0).tolist() and len(ids) == 1
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("data digits"))
+    assert f"{data['train']} train, {data['val']} val, {data['test']} test rows, 10 classes" in line
+    assert str(sizes) in line and f"Byzantine clients {ids}" in line
+
+
+def test_the_accuracy_plot_has_whole_round_ticks_and_names_the_model(make_cfg):
+    from sim.experiment import build_experiment
+    from sim.results import accuracy_figure
+    from sim.run import accuracy_title
+
+    cfg = make_cfg("num_clients=6", "participation.clients_per_round=3", "rounds=3", "model=logreg")
+    rows = [{"round": r, "test_accuracy": 0.5 + r / 10, "train_loss": 1.0 / (r + 1)} for r in range(4)]
+    fig = accuracy_figure(rows, accuracy_title(build_experiment(cfg), cfg))
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert "logreg" in fig._suptitle.get_text() and "fedavg, FL" in fig._suptitle.get_text()
+
+
 def test_eval_every_skips_rounds_but_always_evaluates_the_last(make_cfg, tmp_path):
     run_experiment(make_cfg("num_clients=6", "participation.clients_per_round=3", "rounds=5", "eval_every=2"), tmp_path)
     acc = pd.read_csv(tmp_path / "metrics.csv")["test_accuracy"]

@@ -18,7 +18,7 @@ from sim.layout import Layout
 from sim.results import MetricsLog
 from sim.run import run_experiment
 from sim.seeding import torch_generator
-from sim.training import local_train
+from sim.training import evaluate, local_train
 
 SMALL = ("num_clients=8", "model=logreg", "train.epochs=1", "rounds=3", "partition=iid")
 
@@ -37,6 +37,29 @@ def test_sync_gossip_on_complete_graph_equals_fedavg_with_full_participation(mak
     assert np.allclose(fl["test_loss"], gl["test_loss"], atol=1e-5)
     assert np.allclose(gl["test_accuracy_min"], gl["test_accuracy_max"])  # all nodes agree
     assert (gl["consensus_distance"] < 1e-4).all()
+    assert np.allclose(fl["val_accuracy"], gl["val_accuracy"], atol=1e-6)  # FL's global model is every node's
+    for column in [c for c in fl.columns if c.startswith("weight_var/")]:
+        assert np.allclose(fl[column], gl[column], rtol=1e-4), column
+
+
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_val_accuracy_is_the_evaluated_nodes_mean_on_the_validation_split(make_cfg, schedule):
+    # Prepare: independent inits on a ring, so that the nodes disagree; 3 of the 8 nodes evaluated
+    cfg = make_cfg(*SMALL, "mode=gossip", "topology=ring", "gossip.shared_init=false", "gossip.eval_nodes=3")
+    cfg.gossip.schedule = schedule
+    exp = build_experiment(cfg)
+    exp.backend.setup(exp.setup)
+    loop = (SyncGossip if schedule == "sync" else AsyncGossip)(exp, exp.topology, exp.gossip)
+    log = MetricsLog(Path("unused.csv"))
+    # Execute
+    params = loop.run(log, lambda row: None)
+    # Assert: each evaluated node's model tested alone on the validation split, then averaged
+    data, sample = exp.data, loop.eval_sample
+    assert sample is not None and len(sample) == 3 and len(data.y_val) > 0
+    each = [evaluate(exp.model, exp.layout, params[i], data.x_val, data.y_val)[0] for i in sample.tolist()]
+    assert len(set(each)) > 1  # the nodes disagree, so a mean over other nodes would show
+    assert log.rows[-1]["val_accuracy"] == pytest.approx(float(np.mean(each)), abs=1e-6)
+    assert all(0 <= row["val_accuracy"] <= 1 for row in log.rows if "test_accuracy" in row)
 
 
 @pytest.mark.parametrize("drop_prob", [0.0, 0.4])
@@ -346,3 +369,24 @@ def test_variance_correction_lifts_gossip_off_the_plateau_of_plain_averaging(mak
     start = corrected[var].iloc[0]
     assert plain[var].iloc[-1] < 0.1 * start < 0.9 * start < corrected[var].iloc[-1]
     assert corrected["test_accuracy"].iloc[-1] > plain["test_accuracy"].iloc[-1] + 0.05
+
+
+def test_weight_variance_columns_by_hand_and_as_variance_correction_measures_them():
+    from sim.run_metrics import weight_variance_columns, weight_variances
+    from strategies.variance import layer_variances
+
+    # Prepare: Linear(2, 2) then Linear(2, 1): weights [0:4] and [6:8], biases [4:6] and [8:9] (not counted)
+    layout = Layout.from_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+    models = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 4.0, 9.0, 9.0, 5.0, 7.0, 9.0],  # variances 5/3 and 2
+            [0.0, 0.0, 0.0, 4.0, -9.0, 9.0, 1e6, 1e6, 0.0],  # 4 and 0 (equal values 1e6 apart from the rest)
+        ]
+    )
+    # Execute
+    per_model = weight_variances(layout, models)
+    columns = weight_variance_columns(layout, models)
+    # Assert
+    assert torch.allclose(per_model, torch.tensor([[5 / 3, 2.0], [4.0, 0.0]]))
+    assert torch.equal(per_model, layer_variances(models, layout, ("weight",)))
+    assert columns == pytest.approx({"weight_var/0.weight": (5 / 3 + 4) / 2, "weight_var/1.weight": 1.0})

@@ -8,7 +8,10 @@ leave the result unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ pytest.importorskip("pymetis")
 
 from sim.backends.ray_backend import RayBackend  # noqa: E402
 from sim.experiment import build_experiment  # noqa: E402
-from sim.gossip.partitioned import PartitionedSyncGossip  # noqa: E402
+from sim.gossip.partitioned import PartitionedSyncGossip, round_plan  # noqa: E402
 from sim.gossip.sync import round_messages  # noqa: E402
 from sim.results import MetricsLog  # noqa: E402
 from sim.resume import read_checkpoint  # noqa: E402
@@ -110,12 +113,17 @@ def expected_counts(loop: PartitionedSyncGossip, round_: int) -> list[tuple[int,
 @pytest.mark.parametrize("overrides", [("topology=ring",), ("topology=random_regular", "gossip.drop_prob=0.3")])
 def test_each_actor_receives_exactly_its_cut_edges(make_cfg, tmp_path, ray_session, overrides):
     # Prepare
-    loop = _loop(make_cfg, "strategy=gossip_avg", *overrides)
+    loop = _loop(make_cfg, "strategy=gossip_avg", "eval_every=2", *overrides)
     seen: list[list[dict[str, int]]] = []
+
+    def checkpoint_after_round_one(round_, params, state):
+        if round_ == 1:
+            params(), state()  # what run.py's round_end does when a checkpoint is due: gather every part
+
     try:
         # Execute
         metrics = MetricsLog(tmp_path / "metrics.csv")
-        loop.run(metrics, lambda row: seen.append(loop.received))
+        loop.run(metrics, lambda row: seen.append(loop.received), round_end=checkpoint_after_round_one)
         # Assert
         assert np.bincount(loop.parts, minlength=3).min() > 0
         for round_, received in enumerate(seen, start=1):
@@ -126,9 +134,18 @@ def test_each_actor_receives_exactly_its_cut_edges(make_cfg, tmp_path, ray_sessi
         if overrides == ("topology=ring",):  # a ring of 12 cut into 3 arcs: 3 cut edges, 2 messages per arc
             assert expected_counts(loop, 1) == [(2, 2)] * 3
             assert loop.cut["cut_edges"] == 3
-            # a static graph without losses: the plan goes into the object store once, later rounds send refs
+            # driver_bytes, rounds 1-3 (evaluations after rounds 2 and 3; every model gathered after rounds 1 and 3):
+            # round 1 = plan + stats + gather, round 2 = stats + evaluation, round 3 = stats + evaluation + gather,
+            # since a static graph without losses puts its plan once and later rounds pass references
             driver = [row["driver_bytes"] for row in metrics.rows[1:]]
-            assert driver[1] == driver[2] < driver[0] / 2
+            w, lost = round_messages(loop.topology, 1, 0.0, int(loop.exp.cfg.seed))
+            rows, cols = w.indices()
+            plan = round_plan(rows, cols, w.values(), lost, loop.parts, loop.local, loop.k).nbytes
+            n, k, p = loop.n, loop.k, loop.exp.layout.size
+            gather = driver[2] - driver[1]  # every node's model (float32) and its id
+            assert n * p * 4 <= gather <= n * p * 4 + n * 8 + 100
+            evaluation = driver[2] - driver[0] + plan  # per actor: [P] float64 sums in, the [P] float32 mean out
+            assert k * p * 12 <= evaluation <= k * p * 12 + 1000
     finally:
         loop.exp.backend.close()
 
@@ -162,15 +179,20 @@ def test_a_partition_actor_killed_mid_round_gives_the_fault_free_result(
 @pytest.mark.slow
 def test_checkpoints_are_interchangeable_with_the_sequential_loop(make_cfg, tmp_path, ray_session):
     # Prepare: a stateful rule, 2 rounds partitioned, then 2 more resumed on the sequential backend, and the reverse
+    # (backend is a setting a resume may change: it changes how the numbers are computed, not the numbers)
     base = (*SMALL, *CASES["fedadam_time_varying"], "checkpoint.every=1")
     full = run_metrics(make_cfg, tmp_path / "full", *base, "rounds=4", "backend=sequential")
     run_metrics(make_cfg, tmp_path / "a", *base, "rounds=2", "backend=ray", *THREE)
     run_metrics(make_cfg, tmp_path / "b", *base, "rounds=2", "backend=sequential")
-    # Execute
-    for name, backend in (("a", ("backend=sequential",)), ("b", ("backend=ray", *THREE))):
-        cfg = make_cfg(*base, "rounds=4", *backend, "backend.num_threads=1")
-        run_experiment(cfg, tmp_path / name, None, read_checkpoint(tmp_path / name))
+    # Execute: the Ray checkpoint resumed by the command line, as a user would; the other one through the API
+    argv = [sys.executable, "-m", "sim", f"resume={tmp_path / 'a'}", "rounds=4", "backend=sequential"]
+    proc = subprocess.run([*argv, "backend.num_threads=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cfg = make_cfg(*base, "rounds=4", "backend=ray", *THREE, "backend.num_threads=1")
+    run_experiment(cfg, tmp_path / "b", None, read_checkpoint(tmp_path / "b"))
     # Assert
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert (summary["status"], summary["backend"], summary["config"]["rounds"]) == ("completed", "sequential", 4)
     for name in ("a", "b"):
         assert_same_metrics(full, pd.read_csv(tmp_path / name / "metrics.csv"))
     params = read_checkpoint(tmp_path / "b")["params"]

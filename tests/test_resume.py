@@ -174,3 +174,51 @@ def test_a_damaged_latest_checkpoint_falls_back_to_a_kept_one(tmp_path):
         path.write_bytes(b"garbage")
     proc = _run(tmp_path, "resume=part")
     assert proc.returncode == 2 and "damaged or truncated" in proc.stderr, proc.stderr
+
+
+SAVED = {
+    "rounds": 4,
+    "progress": True,
+    "resume": None,
+    "train": {"lr": 0.1},
+    "backend": {"name": "ray", "num_threads": 1, "num_actors": 3, "noop_train": False},
+    "logger": {"name": "none"},
+    "checkpoint": {"every": 2, "keep_every": None},
+}
+
+
+def _given(**blocks) -> dict:
+    return {**SAVED, "resume": "run", **blocks}
+
+
+def test_a_resume_may_change_how_the_numbers_are_computed_but_not_the_numbers():
+    from sim.errors import ConfigError
+    from sim.resume import resumed_config
+
+    sequential = {"name": "sequential", "num_threads": None}
+    # another backend: its whole block; one backend option: that option of the saved backend only
+    merged = resumed_config(SAVED, _given(backend=sequential), ["resume", "backend"], 2)
+    assert merged["backend"] == sequential and merged["train"] == SAVED["train"]
+    threads = {"name": "auto", "num_threads": 2}  # what the command line composes: the default backend
+    merged = resumed_config(SAVED, _given(backend=threads), ["resume", "backend.num_threads"], 2)
+    assert merged["backend"] == {**SAVED["backend"], "num_threads": 2}
+    merged = resumed_config(
+        SAVED,
+        _given(rounds=6, progress=False, logger={"name": "mlflow"}, checkpoint={"every": 1, "keep_every": None}),
+        ["resume", "rounds", "progress", "logger", "checkpoint.every"],
+        2,
+    )
+    assert (merged["rounds"], merged["progress"], merged["logger"], merged["checkpoint"]["every"]) == (
+        6,
+        False,
+        {"name": "mlflow"},
+        1,
+    )
+    assert SAVED["backend"]["name"] == "ray" and SAVED["progress"] is True  # the saved config is not changed
+    # the numbers' settings are refused, each named: the learning rate, a benchmark backend that skips training
+    for given, overridden, named in (
+        (_given(train={"lr": 0.5}), ["resume", "train.lr"], "train.lr"),
+        (_given(backend={**SAVED["backend"], "noop_train": True}), ["backend.noop_train"], "backend.noop_train"),
+    ):
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            resumed_config(SAVED, given, overridden, 2)

@@ -26,6 +26,9 @@ import numpy as np
 import ray
 import torch
 
+from sim.node_models import initial_node_params, merge_info, received_from_entries
+from sim.run_metrics import weight_variances
+
 from .ray_actors import pick_device, setup_from_payload, shared_tensor
 
 
@@ -49,6 +52,27 @@ def torch_tree(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(torch_tree(v) for v in obj)
     return obj
+
+
+def payload_bytes(obj: Any) -> int:
+    """What a payload weighs: its arrays' bytes plus 8 per number; names, ``None`` and framing are not counted.
+
+    The partitioned loop's ``driver_bytes`` column adds up what passes through the driver with it, so
+    that the figure is the same on every machine (a pickle's framing is not).
+    """
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    if isinstance(obj, (bool, int, float, np.number)):
+        return 8
+    if isinstance(obj, str):
+        return len(obj.encode())
+    return 0
 
 
 def part_snapshot(nodes: np.ndarray, params: torch.Tensor, states: list, extras: dict[str, torch.Tensor]) -> dict:
@@ -94,6 +118,8 @@ class PartitionActor:
         self.sizes = self.setup.data.client_sizes.cpu()
         self.x_test = shared_tensor(test["x"]).to(self.device)
         self.y_test = shared_tensor(test["y"]).to(self.device)
+        self.x_val = shared_tensor(test["x_val"]).to(self.device)
+        self.y_val = shared_tensor(test["y_val"]).to(self.device)
         # global node id -> row: own nodes at 0..n-1, the round's received models after them
         self.lookup = np.full(self.num_nodes, -1, dtype=np.int64)
         self.lookup[self.nodes] = np.arange(len(self.nodes))
@@ -103,8 +129,6 @@ class PartitionActor:
             self.states = [torch_tree(s) for s in snap["states"]]
             self.extras = {k: torch.from_numpy(np.array(v)) for k, v in snap["extras"].items()}
         else:
-            from sim.gossip.nodes import initial_node_params
-
             initial = torch.from_numpy(np.array(start["initial"]))
             self.params = initial_node_params(
                 initial, self.layout, self.num_nodes, start["gossip"], start["seed"], self.nodes.tolist()
@@ -174,8 +198,6 @@ class PartitionActor:
 
     def _merge_all(self, models, rows, cols, values, lost) -> torch.Tensor:
         """``aggregate_all`` over a square matrix on own + received rows (received rows merge nothing)."""
-        from sim.gossip.sync import received_from_entries
-
         size = len(models)
         ghosts = torch.arange(len(self.nodes), size)
         received = received_from_entries(
@@ -190,8 +212,6 @@ class PartitionActor:
 
     def _merge_each(self, models, extras, rows, cols, senders_global, values, lost, round_) -> torch.Tensor:
         """Per-node ``aggregate`` calls, exactly as the driver-side loop makes them."""
-        from sim.gossip.sync import merge_info
-
         new = self.params.clone()
         bounds = torch.searchsorted(rows, torch.arange(len(self.nodes) + 1))
         for r, node in enumerate(self.nodes.tolist()):
@@ -255,7 +275,6 @@ class PartitionActor:
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate(self, sample: np.ndarray | None) -> dict[str, Any]:
         """Test accuracy of the sampled own nodes (all when None) and the sums the driver's columns need."""
-        from sim.gossip.nodes import weight_variances
         from sim.training import evaluate_many
 
         out: dict[str, Any] = {"count": len(self.nodes)}
@@ -265,8 +284,14 @@ class PartitionActor:
                 self.setup.model, self.layout, self.params[rows].to(self.device), self.x_test, self.y_test
             )
             out["acc"], out["loss"] = acc.cpu().numpy(), loss.cpu().numpy()
+            if len(self.y_val):
+                val = evaluate_many(
+                    self.setup.model, self.layout, self.params[rows].to(self.device), self.x_val, self.y_val
+                )
+                out["val_acc"] = val[0].cpu().numpy()
         else:
             out["acc"] = out["loss"] = np.zeros(0, np.float32)
+        out.setdefault("val_acc", np.zeros(0, np.float32))
         out["param_sum"] = self.params.double().sum(0).numpy()
         out["variance_sum"] = weight_variances(self.layout, self.params).double().sum(0).numpy()
         return out

@@ -27,15 +27,35 @@ slot), the evaluated sample of nodes and the data (functions of the seed).
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # events.py imports this module
-    from .events import AsyncGossip
-
 DELIVER = 1  # the one event kind whose data carry a model (events.DELIVER)
+
+
+class AsyncGossip(Protocol):
+    """What :func:`capture` reads and :func:`restore` sets of a :class:`sim.gossip.events.AsyncGossip`.
+
+    A protocol rather than an import: events.py imports this module, which needs no more than these fields.
+    """
+
+    params: torch.Tensor
+    pending: dict[int, tuple[int, torch.Tensor]]
+    next_seq: int
+    first_eval_seq: int
+    queue: list
+    rng: Any  # numpy Generator
+    trained: Any  # numpy int64 [N]
+    states: list
+    online: Any  # numpy bool [N]
+    online_slot: int
+    counts: dict[str, int]
+    last_counts: dict[str, int]
+    backend_stats: dict[str, float]
+    loss_sum: float
+    loss_weight: float
 
 
 def capture(gossip: AsyncGossip, time: float, evaluation: int) -> dict[str, Any]:

@@ -44,13 +44,15 @@ import numpy as np
 import torch
 
 from sim.checks import check_finite
+from sim.node_models import initial_node_params
 from sim.results import MetricsLog
+from sim.run_metrics import node_metrics
 from sim.seeding import numpy_rng
 from strategies import AggregationInfo
 
 from . import async_state
 from .config import GossipConfig
-from .nodes import evaluated_nodes, initial_node_params, node_metrics
+from .nodes import evaluated_nodes
 
 WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE = 0, 1, 2, 3, 4
 
@@ -334,4 +336,13 @@ class AsyncGossip:
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data
-        return node_metrics(self.exp.model, self.exp.layout, self.params, data.x_test, data.y_test, self.eval_sample)
+        return node_metrics(
+            self.exp.model,
+            self.exp.layout,
+            self.params,
+            data.x_test,
+            data.y_test,
+            self.eval_sample,
+            data.x_val,
+            data.y_val,
+        )

@@ -27,7 +27,6 @@ replayed round gives the same numbers); the round's ``retries`` column counts re
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,12 +37,13 @@ import ray
 import torch
 
 from sim.backends.ray_backend import ACTOR_LOST, _reraise
-from sim.backends.ray_partition import numpy_tree, torch_tree
+from sim.backends.ray_partition import numpy_tree, payload_bytes, torch_tree
 from sim.errors import RunError
 from sim.results import MetricsLog
+from sim.run_metrics import accuracy_columns, variance_columns
 
 from .config import GossipConfig
-from .nodes import accuracy_columns, evaluated_nodes, variance_columns
+from .nodes import evaluated_nodes
 from .partition import cut_summary, partition_edges, partition_nodes
 from .sync import exchange_columns, round_messages
 
@@ -113,6 +113,8 @@ class PartitionedSyncGossip:
         self.actors: list[Any] = []
         self.snapshots: list[Any] = []  # per actor: the ObjectRef of its last snapshot, or its start object
         self.stats: dict[str, float] = {}
+        self._eval_bytes = 0  # what the last evaluation moved through the driver
+        self._row: dict[str, Any] | None = None  # the row that a gather (checkpoint, run's end) is counted in
         self.received: list[dict[str, int]] = []  # per actor: the last round's counts (tests read them)
         self._static_plan: tuple[torch.Tensor, RoundPlan] | None = None  # (mixing matrix, its plan) when no loss
         self._gathered: tuple[list, list[dict]] | None = None  # (snapshot refs, their contents) of a checkpoint
@@ -120,7 +122,15 @@ class PartitionedSyncGossip:
     # ---- actors -------------------------------------------------------------------------------
     def _start(self, resume) -> None:
         exp = self.exp
-        test = ray.put({"x": exp.data.x_test.contiguous().numpy(), "y": exp.data.y_test.contiguous().numpy()})
+        data = exp.data
+        test = ray.put(
+            {
+                "x": data.x_test.contiguous().numpy(),
+                "y": data.y_test.contiguous().numpy(),
+                "x_val": data.x_val.contiguous().numpy(),
+                "y_val": data.y_val.contiguous().numpy(),
+            }
+        )
         self._test = test
         parts = []
         for a, nodes in enumerate(self.members):
@@ -262,7 +272,9 @@ class PartitionedSyncGossip:
             start = time.perf_counter() - float(log_.rows[-1]["wall_s"])
         else:
             first, start = 1, time.perf_counter()
-            log_.append({"round": 0, **self.evaluate(), **exchange_columns(0, 0, 0, 0), "wall_s": 0.0})
+            evaluation = self.evaluate()
+            driver = {"driver_bytes": float(self._eval_bytes)}
+            log_.append({"round": 0, **evaluation, **exchange_columns(0, 0, 0, 0), **driver, "wall_s": 0.0})
         for round_ in range(first, rounds + 1):
             plan, sent, lost = self._plan(round_, seed)
             message_bytes = self.bytes_per_model + self.extras_row_bytes  # merge_update: last training's extras
@@ -279,7 +291,7 @@ class PartitionedSyncGossip:
                 "retries": float(replaced),
                 "models_between_actors": float(sum(r["models_received"] for r in self.received)),
                 "bytes_between_actors": float(sum(r["bytes_received"] for r in self.received)),
-                "driver_bytes": float(plan.nbytes + len(pickle.dumps((pub_stats, merge_stats)))),
+                "driver_bytes": float(plan.nbytes + payload_bytes((pub_stats, merge_stats))),
             }
             row = {
                 "round": round_,
@@ -289,11 +301,20 @@ class PartitionedSyncGossip:
             }
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate())
+                row["driver_bytes"] += self._eval_bytes
             row["wall_s"] = time.perf_counter() - start
             log_.append(row)
-            on_round(row)
-            if round_end is not None:
-                round_end(round_, self.node_params, self.carried)
+            # the models gathered after this round (a checkpoint's, the run's end) pass through the driver in it:
+            # they are added to the row before the checkpoint stores it and before on_round reports it
+            self._row = row
+            try:
+                if round_ == rounds:
+                    self._gather()
+                if round_end is not None:
+                    round_end(round_, self.node_params, self.carried)
+            finally:
+                self._row = None
+                on_round(row)
         return self.node_params()
 
     # ---- evaluation and gathering -------------------------------------------------------------
@@ -315,11 +336,16 @@ class PartitionedSyncGossip:
         sample = self.eval_sample
         args = [(None if sample is None else np.intersect1d(nodes, sample.numpy()),) for nodes in self.members]
         parts = self._call_all("evaluate", args)
+        # through the driver: the sample ids out, the accuracies and sums back, the mean model out to every actor
+        # and one distance sum back from each
+        self._eval_bytes = payload_bytes(args) + payload_bytes(parts) + self.k * (self.exp.layout.size * 4 + 8)
         ids = np.concatenate([nodes if a[0] is None else a[0] for nodes, a in zip(self.members, args, strict=True)])
         order = np.argsort(ids, kind="stable")
         acc = torch.from_numpy(np.concatenate([p["acc"] for p in parts])[order])
         loss = torch.from_numpy(np.concatenate([p["loss"] for p in parts])[order])
         row = accuracy_columns(acc, loss)
+        if len(self.exp.data.y_val):  # the evaluated nodes' mean accuracy on the validation split, as node_metrics
+            row["val_accuracy"] = float(torch.from_numpy(np.concatenate([p["val_acc"] for p in parts])[order]).mean())
         mean = (sum(p["param_sum"] for p in parts) / self.n).astype(np.float32)
         row["consensus_distance"] = sum(self._call_all("consensus", [(mean,)] * self.k)) / self.n
         variances = torch.from_numpy(sum(p["variance_sum"] for p in parts) / self.n).to(torch.float32)
@@ -331,6 +357,8 @@ class PartitionedSyncGossip:
         fetched once per round however many callers (a checkpoint wants the models and the states)."""
         if self._gathered is None or self._gathered[0] is not self.snapshots:
             self._gathered = (self.snapshots, [s.get("snapshot", s) for s in ray.get(self.snapshots)])
+            if self._row is not None:  # counted in the round it follows (none: a resumed run's start objects)
+                self._row["driver_bytes"] += payload_bytes(self._gathered[1])
         return self._gathered[1]
 
     def node_params(self) -> torch.Tensor:

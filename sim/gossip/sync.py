@@ -34,12 +34,15 @@ import torch
 from sim.attacks import with_byzantine
 from sim.backends.base import client_extras
 from sim.checks import check_finite
+from sim.node_models import initial_node_params, merge_info, received_from_entries
 from sim.results import MetricsLog
+from sim.run_metrics import node_metrics
 from sim.seeding import numpy_rng
-from strategies import AggregationInfo
 
 from .config import GossipConfig
-from .nodes import evaluated_nodes, initial_node_params, node_metrics
+from .nodes import evaluated_nodes
+
+__all__ = ["SyncGossip", "exchange_columns", "merge_info", "received_from_entries", "received_matrix", "round_messages"]
 
 
 def received_matrix(w: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
@@ -51,20 +54,6 @@ def received_matrix(w: torch.Tensor, lost: torch.Tensor) -> torch.Tensor:
     """
     rows, cols = w.indices()
     return received_from_entries(rows, cols, w.values(), lost, w.shape[0])
-
-
-def received_from_entries(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, lost: torch.Tensor, n: int
-) -> torch.Tensor:
-    """:func:`received_matrix` from the entries of an ``[n, n]`` matrix (a partition actor's local one)."""
-    off = rows != cols
-    keep = off & ~lost
-    self_weight = torch.zeros(n, dtype=values.dtype).index_add_(0, rows[~keep], values[~keep])
-    diag = torch.arange(n)
-    indices = torch.cat([torch.stack([rows[keep], cols[keep]]), torch.stack([diag, diag])], dim=1)
-    return torch.sparse_coo_tensor(
-        indices, torch.cat([values[keep], self_weight]), (n, n), check_invariants=False
-    ).coalesce()
 
 
 def round_messages(topology, round_: int, drop_prob: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,32 +81,6 @@ def exchange_columns(participants: int, sent: int, lost: int, message_bytes: int
         "messages_sent": sent,
         "messages_lost": lost,
     }
-
-
-def merge_info(
-    members: torch.Tensor,
-    num_samples: torch.Tensor,
-    round_: int,
-    num_nodes: int,
-    layout,
-    own: torch.Tensor,
-    mixing_weights: torch.Tensor,
-    extras: dict[str, torch.Tensor],
-    validate=None,
-) -> AggregationInfo:
-    """What a node's merge sees: its own model first (``self_index = 0``), then the models it received."""
-    return AggregationInfo(
-        client_ids=members,
-        num_samples=num_samples,
-        round=round_,
-        num_clients=num_nodes,
-        layout=layout,
-        reference=own,
-        self_index=0,
-        mixing_weights=mixing_weights,
-        validate=validate,
-        extras=extras,
-    )
 
 
 class SyncGossip:
@@ -290,4 +253,6 @@ class SyncGossip:
             if sample is not None:  # the sampled nodes that are honest, as positions among the honest ones
                 sample = torch.nonzero(torch.isin(honest, sample)).flatten()
                 sample = sample if len(sample) else None
-        return node_metrics(self.exp.model, self.exp.layout, params, data.x_test, data.y_test, sample)
+        return node_metrics(
+            self.exp.model, self.exp.layout, params, data.x_test, data.y_test, sample, data.x_val, data.y_val
+        )
