@@ -390,3 +390,35 @@ def test_weight_variance_columns_by_hand_and_as_variance_correction_measures_the
     assert torch.allclose(per_model, torch.tensor([[5 / 3, 2.0], [4.0, 0.0]]))
     assert torch.equal(per_model, layer_variances(models, layout, ("weight",)))
     assert columns == pytest.approx({"weight_var/0.weight": (5 / 3 + 4) / 2, "weight_var/1.weight": 1.0})
+
+
+def test_the_import_circle_finder_sees_circles_through_type_checking_and_not_through_functions(tmp_path):
+    from import_cycles import cycles, import_graph
+
+    files = {
+        "__init__.py": "from .a import A\n",
+        "a.py": "from . import b\nA = 1\n",
+        "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\n",
+        "c.py": "def f():\n    from .d import D\n",  # function level: no edge
+        "d.py": "from pkg import c\nD = 1\n",  # a submodule only: not the package
+    }
+    (tmp_path / "pkg").mkdir()
+    for name, text in files.items():
+        (tmp_path / "pkg" / name).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.d"] == {"pkg.c"} and graph["pkg.c"] == set() and graph["pkg"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_no_import_circles_in_gossip_or_backends_and_no_backend_imports_gossip():
+    import ast
+
+    from import_cycles import cycles, import_graph
+
+    root = Path(__file__).resolve().parent.parent
+    found = cycles(import_graph(root, "sim"))
+    assert not [g for g in found if any(m.startswith(("sim.gossip", "sim.backends")) for m in g)], found
+    for path in sorted((root / "sim" / "backends").glob("*.py")):  # anywhere in the file, functions included
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("sim.gossip", "gossip")), (path.name, node.module)
