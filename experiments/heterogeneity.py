@@ -72,6 +72,26 @@ from heterogeneity_sweep import (  # noqa: E402
 __all__ = ["build_experiment", "compose_config", "kept_findings", "overrides", "per_row_losses", "training_objectives"]
 
 
+def seed_section(runs: pd.DataFrame, seeds: tuple[int, ...], rounds: int, command: str, minutes: float) -> str:
+    """The body of the report's seeds section: the command, what ran, the paired table and the swings."""
+    return "\n".join(
+        [
+            "```bash",
+            f"OMP_NUM_THREADS=1 nice {command}",
+            "```",
+            "",
+            f"{len(runs)} runs, seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}), {rounds} rounds, the settings above;"
+            f" {minutes:.1f} min wall on a shared 2-core machine. Each cell: the rule minus FedAvg on the same seed"
+            " (the same data), mean ± std over seeds, its range, and in how many seeds the rule is better. Losses"
+            " and accuracy are means over the last tenth of the rounds unless marked.",
+            "",
+            *seed_table(runs),
+            "",
+            swing_line(runs),
+        ]
+    )
+
+
 def seed_check(out: Path, seeds: tuple[int, ...], rounds: int, command: str, smoke: bool = False) -> None:
     """Rerun :data:`SEED_CHECK` on ``seeds``; write heterogeneity_seeds.csv and the report's seeds section.
 
@@ -87,24 +107,11 @@ def seed_check(out: Path, seeds: tuple[int, ...], rounds: int, command: str, smo
         runs = pd.concat(done, ignore_index=True)
         runs.to_csv(out / "heterogeneity_seeds.csv", index=False, float_format="%.6g")
         minutes = (time.perf_counter() - start) / 60
-        body = [
-            "```bash",
-            f"OMP_NUM_THREADS=1 nice {command}",
-            "```",
-            "",
-            f"{len(runs)} runs, seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}), {rounds} rounds, the settings above;"
-            f" {minutes:.1f} min wall on a shared 2-core machine. Each cell: the rule minus FedAvg on the same seed"
-            " (the same data), mean ± std over seeds, its range, and in how many seeds the rule is better. Losses"
-            " and accuracy are means over the last tenth of the rounds unless marked.",
-            "",
-            *seed_table(runs),
-            "",
-            swing_line(runs),
-        ]
+        body = seed_section(runs, seeds, rounds, command, minutes)
         md = out / "heterogeneity.md"
         if not md.exists():
             md.write_text("# Unequal local work: FedAvg, FedProx, SCAFFOLD, FedDyn, FedNova\n")
-        replace_section(md, SEEDS_TITLE, "\n".join(body))
+        replace_section(md, SEEDS_TITLE, body)
         print(f"wrote {out / 'heterogeneity_seeds.csv'} and the {SEEDS_TITLE!r} section of {md} ({minutes:.1f} min)")
 
 

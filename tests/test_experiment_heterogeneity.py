@@ -190,3 +190,13 @@ def test_seed_check_smoke_writes_paired_rows_into_the_report(tmp_path):
     ]
     text = (tmp_path / "heterogeneity.md").read_text()
     assert "| synthetic, epochs | fednova |" in text and text.endswith("## Findings\n\nkept\n")
+
+
+def test_swing_line_names_each_rule_and_its_worst_seed():
+    report = _report_module()
+    runs = pd.DataFrame(
+        {"dataset": "s", "regime": "e", "config": ["fedavg", "fedavg", "fednova", "fednova"], "seed": [0, 7, 0, 7],
+         "test_accuracy_swing": [0.01, 0.1, 0.02, 0.2]}
+    )  # fmt: skip
+    line = report.swing_line(runs)
+    assert "s, e, fedavg: 0.055 (seed 7: 0.100)" in line and "s, e, fednova: 0.110 (seed 7: 0.200)" in line
