@@ -8,7 +8,9 @@ and each job prints its own ``resume=RUN`` line. Here instead, on the basic and 
 - the launcher process notes the signal, passes it on to its child processes (joblib's workers),
   and marks the sweep stopped in a file whose path its jobs inherit (``STOP_ENV``);
 - a job that is running stops at its next round boundary and saves a checkpoint (:mod:`sim.run`),
-  then returns instead of ending its process; a job not yet started sees the mark and does not start;
+  marks the sweep stopped too (the basic launcher's jobs take the signal in the launcher's process),
+  then returns instead of ending its process; a job not yet started sees the mark and does not start,
+  so Hydra's sweep ends normally (with its callbacks: the MLflow parent is marked KILLED);
 - the launcher then prints one line, the same command with ``resume=true`` (which continues the sweep
   in its own folder, :func:`sim.resume_folder.earlier_sweep_folder`), shuts joblib's workers down and
   exits with 130 (SIGINT) or 143 (SIGTERM).
@@ -90,23 +92,21 @@ def run_command(task: Callable[[], Any], argv: list[str]) -> None:
     stop_dir = tempfile.mkdtemp(prefix="gossipsoup-sweep-")
     stop_file = Path(stop_dir) / "stop"
     os.environ[STOP_ENV], os.environ[LAUNCHER_ENV] = str(stop_file), str(os.getpid())
-    stopped: list[str] = []
     try:
-        with _signals(stopped, stop_file, blocked=launcher == "joblib"):
+        with _signals(stop_file, blocked=launcher == "joblib"):
             try:
                 task()
-            except SweepStop as exc:
-                stopped.append(exc.signal_name)
+            except SweepStop as exc:  # a signal between two jobs of the basic launcher
+                _mark_stopped(stop_file, exc.signal_name)
             finally:
                 _shut_down_joblib_workers()
+        name = stop_file.read_text().strip() if stop_file.exists() else ""
     finally:
         shutil.rmtree(stop_dir, ignore_errors=True)
         del os.environ[STOP_ENV], os.environ[LAUNCHER_ENV]
-    if stopped:
-        print(
-            f"interrupted by {stopped[0]}; the sweep is saved. Resume it with: {resume_command(args)}", file=sys.stderr
-        )
-        raise SystemExit(130 if stopped[0] == "SIGINT" else 143)
+    if name:
+        print(f"interrupted by {name}; the sweep is saved. Resume it with: {resume_command(args)}", file=sys.stderr)
+        raise SystemExit(130 if name == "SIGINT" else 143)
 
 
 def in_sweep() -> bool:
@@ -120,9 +120,17 @@ def sweep_stopped() -> bool:
     return bool(marker) and Path(str(marker)).exists()
 
 
-def _stop(stopped: list[str], stop_file: Path, signum: int) -> None:
-    stopped.append(signal.Signals(signum).name)
-    stop_file.touch()
+def _mark_stopped(stop_file: Path, name: str) -> None:
+    """Write the signal's name into the stop file, unless an earlier signal did (the first one is reported)."""
+    try:
+        with open(stop_file, "x") as handle:
+            handle.write(name)
+    except FileExistsError:
+        pass
+
+
+def _stop(stop_file: Path, signum: int) -> None:
+    _mark_stopped(stop_file, signal.Signals(signum).name)
     for pid in _children(os.getpid()):  # a signal to the launcher alone still stops its workers' jobs
         try:
             os.kill(pid, signum)
@@ -131,22 +139,22 @@ def _stop(stopped: list[str], stop_file: Path, signum: int) -> None:
 
 
 @contextmanager
-def _signals(stopped: list[str], stop_file: Path, blocked: bool) -> Iterator[None]:
+def _signals(stop_file: Path, blocked: bool) -> Iterator[None]:
     if blocked:  # joblib: signals blocked here and in every worker started from here; a thread receives them
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
         def watch() -> None:
             while True:
-                _stop(stopped, stop_file, signal.sigwait(SIGNALS))
+                _stop(stop_file, signal.sigwait(SIGNALS))
 
         threading.Thread(target=watch, name="sweep-signals", daemon=True).start()
         for s in SIGNALS:  # threads that existed before (torch's) may still take one: note it, raise nothing
-            signal.signal(s, lambda signum, frame: _stop(stopped, stop_file, signum))
+            signal.signal(s, lambda signum, frame: _stop(stop_file, signum))
         yield  # mask and handlers stay: the process ends right after, and a late signal must not kill it mid-cleanup
         return
 
     def handler(signum: int, frame: object) -> None:  # jobs in this process: run.py's handler covers their rounds
-        _stop(stopped, stop_file, signum)
+        _stop(stop_file, signum)
         raise SweepStop(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
@@ -192,13 +200,10 @@ def sweep_job(task: Callable[[Any], float]) -> Callable[[Any], float]:
         try:
             with _job_signals(in_launcher):
                 return task(cfg)
-        except RunInterrupted as exc:  # stopped at a round boundary, checkpoint written
-            if in_launcher:
-                raise SweepStop("SIGINT" if exc.exit_code == 130 else "SIGTERM") from None
+        except RunInterrupted as exc:  # stopped at a round boundary, checkpoint written; no later job starts
+            _mark_stopped(Path(os.environ[STOP_ENV]), "SIGINT" if exc.exit_code == 130 else "SIGTERM")
             return math.nan
-        except SweepStop:  # a worker's job stopped outside its rounds: what a resume finds there is enough
-            if in_launcher:
-                raise
+        except SweepStop:  # stopped outside its rounds: what a resume finds in its folder is enough
             return math.nan
 
     return job

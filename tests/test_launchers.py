@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from sim.errors import ConfigError
 from sim.sweeps import check_plugins, check_ray_address, search_space_values
@@ -77,7 +78,7 @@ def test_joblib_sweep_matches_the_basic_launcher_and_is_one_mlflow_parent_with_f
     assert parents[0].info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2", "3"]
-    assert {c.info.artifact_uri.rsplit("/", 3)[0] for c in children} == {(tmp_path / "store" / "mlartifacts").as_uri()}
+    assert {c.info.artifact_uri.rsplit("/", 2)[0] for c in children} == {(tmp_path / "store" / "mlartifacts").as_uri()}
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -209,3 +210,35 @@ def test_the_config_check_still_covers_every_job_of_a_parallel_sweep(launcher):
 
     with pytest.raises(ConfigError, match="rounds"):
         preflight(["--multirun", launcher, "seed=0,1", "rounds=2,0"])
+
+
+def _sweep_folder(root: Path, name: str, task: list[str], mtime: float) -> Path:
+    folder = root / "multirun" / "2026-01-01" / name
+    folder.mkdir(parents=True)
+    (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    os.utime(folder / "multirun.yaml", (mtime, mtime))
+    return folder
+
+
+def test_resume_true_on_a_sweep_continues_the_newest_launch_of_the_same_overrides(tmp_path):
+    # Prepare: two launches of the command (the second one already resumed once), one of another command
+    from sim.sweep_stop import resume_command, with_earlier_sweep_folder
+
+    task = ["strategy=fedavg,fedadam", "seed=1,2"]
+    _sweep_folder(tmp_path, "10-00-00", task, 1000)
+    newest = _sweep_folder(tmp_path, "11-00-00", [*task[::-1], "resume=true"], 2000)
+    _sweep_folder(tmp_path, "12-00-00", ["strategy=fedavg,fedadam", "seed=1,3"], 3000)
+    args = ["--multirun", "hydra/launcher=joblib", *task, "resume=true"]
+    # Execute / Assert: the newest folder whose overrides are these (in any order, resume= aside)
+    assert with_earlier_sweep_folder(args, tmp_path) == [*args, f"hydra.sweep.dir={newest.resolve()}"]
+    assert with_earlier_sweep_folder(args[:-1], tmp_path) == args[:-1]  # no resume=true: a new sweep
+    other = tmp_path / "sweeps" / "y"  # another launch of the same command beside the fixed folder
+    other.mkdir(parents=True)
+    (other / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    fixed = [*args, "hydra.sweep.dir=sweeps/x"]
+    assert with_earlier_sweep_folder(fixed, tmp_path) == fixed  # a fixed folder: Hydra reuses it as it is
+    assert with_earlier_sweep_folder([*args[:-1], "seed=4", "resume=true"], tmp_path)[-1] == "resume=true"
+    assert (
+        resume_command(["-m", "model.hidden=[16]", "resume=false"])
+        == "python -m sim -m 'model.hidden=[16]' resume=true"
+    )

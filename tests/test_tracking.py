@@ -221,3 +221,18 @@ def test_the_default_store_is_sqlite_beside_the_command_and_reads_back_as_the_do
     assert files.startswith((tmp_path / "mlartifacts").as_uri() + "/")
     assert "'summary.json'" in files and "'metrics.csv'" in files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db", "mlflow.db.lock", "run"]
+
+
+def test_mlflow_stores_resolve_against_the_launch_folder_and_lock_beside_the_store(tmp_path, monkeypatch):
+    from sim.tracking.uris import artifact_root, lock_file, mlflow_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"  # four slashes: an absolute path
+    assert mlflow_uri("sqlite:///db/x.db", tmp_path) == f"sqlite:///{tmp_path}/db/x.db"
+    assert mlflow_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert mlflow_uri("runs", tmp_path) == (tmp_path / "runs").as_uri()
+    assert lock_file("sqlite:////abs/x.db") == Path("/abs/x.db.lock")
+    assert lock_file((tmp_path / "runs").as_uri()) == tmp_path / "runs" / ".gossipsoup.lock"
+    assert lock_file("http://host:5000") is None
+    assert artifact_root("sqlite:////abs/x.db") == "file:///abs/mlartifacts"
+    assert artifact_root((tmp_path / "runs").as_uri()) is None
