@@ -7,9 +7,9 @@ reads its first argument; the bad-input tests start over a hundred of them. A fo
 is still a real process, so exit codes, stderr and "no traceback" are observed exactly as a user would see them.
 Nothing that starts threads or sockets (Ray, gRPC, Flower) is imported here: forking those is unsafe.
 
-Protocol (one JSON object a line): the client sends {"module" or "script", "args", "cwd", "env", "stdout",
-"stderr"}; the server answers {"pid": PID} once the child runs and {"returncode": RC} once it ended (-N: killed by
-signal N).
+Protocol (one JSON object a line): the client sends {"module" or "script", "args", "cwd", "env", "stdout", "stderr",
+"new_session"}; the server answers {"pid": PID} once the child runs and {"returncode": RC} once it ended (-N: killed
+by signal N).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def _child(request: dict) -> None:
     """Become ``python -m MODULE ARGS`` in the request's cwd and environment; never returns."""
     code = 1
     try:
+        if request.get("new_session"):
+            os.setsid()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

@@ -24,21 +24,53 @@ def make_cfg():
     return _make
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray (2 CPUs) for every test of backend=ray: the backend must use it and never stop it."""
+_RAY_STARTED_HERE = False  # whether this process's Ray is the fixture's (started on first use, stopped after the group)
+
+
+def _start_ray():
     import warnings
 
+    global _RAY_STARTED_HERE
     ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
+    if not ray.is_initialized():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             # address="local": a new Ray of our own even where another one runs or a stale session file exists
             ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield ray
-    if started and ray.is_initialized():
-        ray.shutdown()
+        _RAY_STARTED_HERE = True
+    return ray
+
+
+def _stop_ray():
+    global _RAY_STARTED_HERE
+    if _RAY_STARTED_HERE:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _RAY_STARTED_HERE = False
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (2 CPUs) for every test of backend=ray: the backend must use it and never stop it. Started on
+    first use; stopped once the worker's next test is outside the group "ray" (below), so that its processes do not
+    idle beside the rest of the suite."""
+    yield _start_ray()
+    _stop_ray()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if "ray_session" in getattr(item, "fixturenames", ()) and not _RAY_STARTED_HERE:
+        _start_ray()  # the session fixture is cached: a ray_session test after the group stopped Ray starts it again
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # after the item's fixtures (a class's Ray pool, say) are torn down
+    if nextitem is None or not _in_ray_group(nextitem):
+        _stop_ray()
 
 
 # Tests that start Ray (the shared session, a head of their own) or Flower's processes run on one
@@ -46,7 +78,11 @@ def ray_session():
 _RAY_FILES = {"test_ray_backend.py", "test_flower_simulation.py", "test_flower_deployment.py", "test_backend_config.py"}
 
 
+def _in_ray_group(item) -> bool:
+    return item.path.name in _RAY_FILES or "ray_session" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in _RAY_FILES or "ray_session" in getattr(item, "fixturenames", ()):
+        if _in_ray_group(item):
             item.add_marker(pytest.mark.xdist_group("ray"))

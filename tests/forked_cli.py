@@ -21,6 +21,7 @@ from pathlib import Path
 
 _SERVER: subprocess.Popen | None = None
 _PENDING = bytearray()  # bytes read from the server's replies past the last full line
+_IN_FLIGHT: ForkedProcess | None = None
 
 
 def _server() -> subprocess.Popen:
@@ -70,7 +71,7 @@ def run_module(
 ) -> subprocess.CompletedProcess:
     """Run ``python -m module *args`` in ``cwd`` with ``env`` (default: this process's environment); return what
     ``subprocess.run(..., capture_output=True, text=True)`` would."""
-    return _run({"module": module}, ["-m", module], args, cwd, env, timeout)
+    return start_module(module, args, cwd, env).result(timeout)
 
 
 def run_script(
@@ -78,31 +79,87 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """``run_module`` for ``python SCRIPT *args``."""
     script = str(Path(script).resolve())
-    return _run({"script": script}, [script], args, cwd, env, timeout)
+    return ForkedProcess({"script": script}, [script], args, cwd, env).result(timeout)
 
 
-def _run(
-    what: dict[str, str], head: list[str], args: list[str], cwd: Path | str, env: dict[str, str] | None, timeout: float
-) -> subprocess.CompletedProcess:
-    server = _server()
-    with tempfile.TemporaryDirectory(prefix="forked_cli") as tmp:
-        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+def start_module(
+    module: str, args: list[str], cwd: Path | str, env: dict[str, str] | None = None, new_session: bool = False
+) -> ForkedProcess:
+    """``subprocess.Popen([sys.executable, "-m", module, *args], ...)`` with stdout and stderr captured: for tests
+    that signal the run while it works. ``new_session``: the child leads a process group of its own."""
+    return ForkedProcess({"module": module}, ["-m", module], args, cwd, env, new_session)
+
+
+class ForkedProcess:
+    """One forked run in flight (the server forks one at a time): ``pid``, ``poll``, ``send_signal``, ``wait`` and
+    ``communicate`` as ``subprocess.Popen`` has them."""
+
+    def __init__(
+        self,
+        what: dict[str, str],
+        head: list[str],
+        args: list[str],
+        cwd: Path | str,
+        env: dict[str, str] | None,
+        new_session: bool = False,
+    ) -> None:
+        global _IN_FLIGHT
+        assert _IN_FLIGHT is None or _IN_FLIGHT.returncode is not None, "one forked run at a time"
+        self._server = _server()
+        self._tmp = tempfile.TemporaryDirectory(prefix="forked_cli")
+        self._out, self._err = Path(self._tmp.name, "stdout"), Path(self._tmp.name, "stderr")
+        self.args = [sys.executable, *head, *(str(a) for a in args)]
         request = {
             **what,
             "args": [str(a) for a in args],
             "cwd": str(Path(cwd).resolve()),
             "env": dict(os.environ if env is None else env),
-            "stdout": str(out),
-            "stderr": str(err),
+            "stdout": str(self._out),
+            "stderr": str(self._err),
+            "new_session": new_session,
         }
-        server.stdin.write(json.dumps(request) + "\n")
-        server.stdin.flush()
-        pid = json.loads(_read_line(server, 60))["pid"]
+        self.returncode: int | None = None
+        self._server.stdin.write(json.dumps(request) + "\n")
+        self._server.stdin.flush()
+        self.pid: int = json.loads(_read_line(self._server, 60))["pid"]
+        _IN_FLIGHT = self
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = json.loads(_read_line(self._server, 0))["returncode"]
+            except TimeoutError:
+                pass
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = json.loads(_read_line(self._server, timeout))["returncode"]
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self._out.read_text(), self._err.read_text()
+
+    def result(self, timeout: float | None) -> subprocess.CompletedProcess:
+        """Wait (killing the child after ``timeout`` seconds, as ``subprocess.run`` does) and return the outcome."""
         try:
-            returncode = json.loads(_read_line(server, timeout))["returncode"]
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            _read_line(server, 60)
-            raise subprocess.TimeoutExpired([*head, *args], timeout) from None
-        argv = [sys.executable, *head, *request["args"]]
-        return subprocess.CompletedProcess(argv, returncode, out.read_text(), err.read_text())
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait()
+            raise
+        try:
+            return subprocess.CompletedProcess(self.args, self.returncode, *self.communicate())
+        finally:
+            self._tmp.cleanup()
