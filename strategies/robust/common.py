@@ -102,28 +102,45 @@ def coordinate_median(models: torch.Tensor) -> torch.Tensor:
 def mean_of_nearest(models: torch.Tensor, center: torch.Tensor, count: int) -> torch.Tensor:
     """Per coordinate, the mean of the ``count`` values nearest ``center`` (MeaMed, Bulyan's last step).
 
-    The ``count`` smallest ``|x - center|`` per column, picked as ByzFL's ``Meamed`` and Flower's
-    ``_aggregate_n_closest_weights`` pick them: ``np.argpartition`` of the distances, rows in the
-    order given. Equal values at one end are then kept only as far as they are nearer than the
-    other end's (column [-3, -3, 0, 0.5, 2], median 0, four kept: 0, 0.5, 2 and one -3), and a tie
-    between two values equally far on either side goes the way numpy's selection goes, so the mean
-    equals ByzFL's and Flower's also then. Off the CPU, ``torch.topk`` (ties arbitrary).
-    Columns are taken in blocks so the distance and index buffers stay small next to the stack.
+    The ``count`` nearest values of a column are a run of its sorted values. With g(s) = |o_s - c| -
+    |o_{s+count} - c| (how much nearer the value entering is than the one leaving when the run moves
+    from start s to s + 1), g is >= 0, then non-increasing, then <= 0 along s, so the run starts one
+    past the last s with g(s) > 0: column [-3, -3, 0, 0.5, 2], median 0, four kept gives 0, 0.5, 2
+    and one -3 (ByzFL's -0.125; a run ending at the farthest value would keep both -3s). Only where
+    the value leaving and the one entering are equally far on either side of the centre does the
+    choice change the mean; those columns take ByzFL's and Flower's own choice (``np.argpartition``
+    of the distances, rows in the order given), so the result equals theirs there too.
     """
-    if count >= len(models):
+    n = len(models)
+    spare = n - count  # the run starts at 0..spare
+    if spare <= 0:
         return models.mean(dim=0)
-    if models.device.type != "cpu" or models.requires_grad:
-        nearest = torch.topk((models - center).abs(), count, dim=0, largest=False).indices
-        return torch.gather(models, 0, nearest).mean(dim=0)
-    rows = models.numpy()
-    out = np.empty(rows.shape[1], dtype=rows.dtype)
-    step = max(1, (1 << 22) // len(rows))
-    mid = center.numpy()
-    for lo in range(0, rows.shape[1], step):
-        block = rows[:, lo : lo + step]
-        picks = np.argpartition(np.abs(block - mid[lo : lo + step]), count - 1, axis=0)[:count]
-        out[lo : lo + step] = np.take_along_axis(block, picks, axis=0).mean(axis=0)
-    return torch.from_numpy(out)
+    ordered = sort_columns(models)
+    leaving = (ordered[:spare] - center).abs()  # [spare, P]: |o_s - c|
+    entering = (ordered[count:] - center).abs()  # |o_{s+count} - c|
+    steps = torch.arange(1, spare + 1, device=models.device, dtype=torch.int64)[:, None]
+    first = torch.where(leaving > entering, steps, 0).amax(dim=0)  # [P]
+    if count <= spare:  # short runs: no row is in every run, mask them all
+        row = torch.arange(n, device=models.device)[:, None]
+        out = torch.where((row >= first) & (row < first + count), ordered, 0).sum(dim=0) / count
+    else:  # rows spare..count-1 are in every run; only the spare rows at either end are masked
+        low = torch.where(steps - 1 >= first, ordered[:spare], 0).sum(dim=0)  # rows 0..spare-1: in when >= first
+        high = torch.where(steps - 1 < first, ordered[count:], 0).sum(dim=0)  # rows count..n-1: in when < first + count
+        out = (ordered[spare:count].sum(dim=0) + low + high) / count
+    # equally far on either side at or past the start: the run is not unique and the choice moves the mean
+    even = (leaving == entering) & (ordered[:spare] != ordered[count:]) & (steps - 1 >= first)
+    tie = even.any(dim=0)
+    if bool(tie.any()):
+        columns = tie.nonzero().squeeze(1)
+        out[columns] = nearest_as_numpy(models[:, columns], center[columns], count)
+    return out
+
+
+def nearest_as_numpy(models: torch.Tensor, center: torch.Tensor, count: int) -> torch.Tensor:
+    """ByzFL's ``Meamed`` selection on a few columns: ``np.argpartition`` of ``|x - c|`` along the rows."""
+    rows, mid = models.detach().cpu().numpy(), center.detach().cpu().numpy()
+    picks = np.argpartition(np.abs(rows - mid), count - 1, axis=0)[:count]
+    return torch.from_numpy(np.take_along_axis(rows, picks, axis=0).mean(axis=0)).to(models.device)
 
 
 #: a pair whose squared distance from the Gram matrix is below this share of its squared norms (about the
