@@ -276,3 +276,123 @@ def test_option_only_keys_are_not_repeated_in_setting_labels():
         "participation.name=markov, participation.q=0.05",
         "participation.name=markov, participation.q=0.2",
     ]
+
+
+def test_keys_of_the_other_mode_are_not_compared_or_listed():
+    from sim.reporting.labels import setting_labels
+
+    gossip_block = {"schedule": "sync", "clock": "exponential", "drop_prob": 0.0}
+    configs = [
+        {
+            "mode": "federated",
+            "participation": {"name": "uniform"},
+            "topology": {"name": "star"},
+            "gossip": gossip_block,
+        },
+        {"mode": "gossip", "participation": {"name": "uniform"}, "topology": {"name": "ring"}, "gossip": gossip_block},
+        {
+            "mode": "gossip",
+            "participation": {"name": "bernoulli"},  # gossip ignores participation: not a different setting
+            "topology": {"name": "ring"},
+            "gossip": {**gossip_block, "drop_prob": 0.1, "clock": "periodic"},  # clock: async only
+        },
+        {"mode": "federated", "participation": {"name": "bernoulli"}, "gossip": {**gossip_block, "drop_prob": 0.5}},
+    ]
+    assert [label for label, _ in setting_labels(configs)] == [
+        "mode=federated, participation.name=uniform",
+        "gossip.drop_prob=0, mode=gossip",
+        "gossip.drop_prob=0.1, mode=gossip",
+        "mode=federated, participation.name=bernoulli",
+    ]
+    # asynchronous runs read the clock; an FL run never lists it
+    asynchronous = [
+        {**c, "gossip": {**c["gossip"], "schedule": "async"}} if c["mode"] == "gossip" else c for c in configs
+    ]
+    labels = [label for label, _ in setting_labels(asynchronous)]
+    assert labels[2] == "gossip.clock=periodic, gossip.drop_prob=0.1, mode=gossip"
+    assert "clock" not in labels[0] and "clock" not in labels[3]
+
+
+def test_two_different_runs_never_share_a_label():
+    from sim.reporting.labels import setting_labels, strategy_labels
+
+    # b lacks a key a has (another version's config): compared among the runs that have it, model.dropout
+    # takes one value, yet a and b differ, so it must be named
+    configs = [
+        {"model": {"name": "mlp", "dropout": 0.5}},
+        {"model": {"name": "mlp"}},
+        {"model": {"name": "mlp", "dropout": 0.5}},
+    ]
+    assert [label for label, _ in setting_labels(configs)] == [
+        "model.dropout=0.5",
+        "model.dropout=unset",
+        "model.dropout=0.5",
+    ]
+    strategies = [{"strategy": {"name": "krum", "f": 1}}, {"strategy": {"name": "krum"}}]
+    assert [label for label, _ in strategy_labels(strategies)] == ["krum(f=1)", "krum(f=unset)"]
+
+
+def test_node_spread_tick_labels_tell_runs_apart(tmp_path: Path) -> None:
+    from sim.reporting.nodes import tick_labels
+    from sim.reporting.runs import Run
+
+    empty = pd.DataFrame()
+    runs = [Run(tmp_path / name, {"seed": seed}, {}, empty, "round") for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    assert tick_labels(runs, ["x", "x", "x"]) == ["x, seed 0 (a)", "x, seed 0 (b)", "x, seed 1"]
+
+
+def test_optuna_sweep_counted_against_its_trials(multirun: Path) -> None:
+    from sim.reporting.sweep_jobs import check_sweep
+
+    target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    (multirun / "multirun.yaml").write_text(f"hydra:\n  sweeper:\n    _target_: {target}\n    n_trials: 9\n")
+    found = check_sweep(multirun)
+    assert found is not None and (found.expected, found.found, found.missing) == (9, 7, [])  # 6 completed + 1 failed
+    assert found.message().endswith("asked for 9 job(s) in its multirun.yaml but holds 7.")
+    (multirun / "multirun.yaml").write_text(f"hydra:\n  sweeper:\n    _target_: {target}\n    n_trials: 7\n")
+    assert check_sweep(multirun) is None
+
+
+def test_a_key_that_follows_its_group_option_is_not_repeated():
+    from sim.reporting.labels import setting_labels
+
+    # each topology has its own mixing: naming mixing would only repeat topology.name
+    ring, torus = {"name": "ring", "mixing": "uniform"}, {"name": "torus", "mixing": "metropolis_hastings"}
+    configs = [{"mode": "gossip", "topology": ring}, {"mode": "gossip", "topology": torus}]
+    assert [label for label, _ in setting_labels(configs)] == ["topology.name=ring", "topology.name=torus"]
+    # mixing varies within ring: then it must be named
+    configs.append({"mode": "gossip", "topology": {**ring, "mixing": "max_degree"}})
+    assert [label for label, _ in setting_labels(configs)] == [
+        "topology.mixing=uniform, topology.name=ring",
+        "topology.mixing=metropolis_hastings, topology.name=torus",
+        "topology.mixing=max_degree, topology.name=ring",
+    ]
+
+
+def _scripted_sweep(root: Path, task: list[str], jobs: dict[str, list[str]]) -> Path:
+    """A basic-sweeper multirun.yaml with ``task`` overrides and job folders with those recorded overrides."""
+    target = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    hydra = {"sweep": {"subdir": "${hydra.job.num}"}, "sweeper": {"_target_": target}, "overrides": {"task": task}}
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text(json.dumps({"hydra": hydra}))  # JSON is YAML
+    for name, overrides in jobs.items():
+        write_run(root / name / "run", config(FEDAVG_CFG, 0), FEDAVG[0])  # nested: found recursively
+        (root / name / "run" / ".hydra").mkdir()
+        (root / name / "run" / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+    return root
+
+
+def test_missing_jobs_ignore_resume_and_name_none_when_overrides_are_spelled_otherwise(tmp_path: Path) -> None:
+    from sim.reporting.sweep_jobs import check_sweep
+
+    # a sweep rerun with resume=true: its jobs are the same jobs, with or without that override
+    jobs = {"0": ["seed=0"], "1": ["seed=1", "resume=true"]}
+    found = check_sweep(_scripted_sweep(tmp_path / "a", ["seed=0,1,2", "resume=true"], jobs))
+    assert found is not None and found.missing == ["seed=2"]
+    sweep = _scripted_sweep(tmp_path / "b", ["seed=0,1,2", "rounds=5"], {"0": ["seed=1", "rounds=5"]})
+    found = check_sweep(sweep)
+    assert found is not None and found.missing == ["seed=0", "seed=2"]  # only the swept key is named
+    # a recorded job that matches no expected one (written otherwise): the count is known, which jobs are not
+    sweep = _scripted_sweep(tmp_path / "c", ["seed=0,1,2"], {"0": ["seed=0"], "1": ["+seed=1"]})
+    found = check_sweep(sweep)
+    assert found is not None and (found.expected, found.found, found.missing) == (3, 2, [])

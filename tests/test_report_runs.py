@@ -28,8 +28,8 @@ FL_LABELS = {
     "dp.name=none, mode=federated, preagg.name=none",
 }
 GOSSIP_LABELS = {
-    "gossip_avg, dp.name=none, gossip.schedule=async, mode=gossip, preagg.name=none",
-    "gossip_avg, dp.name=none, gossip.schedule=sync, mode=gossip, preagg.name=none",
+    "gossip_avg, gossip.schedule=async, mode=gossip, preagg.name=none",
+    "gossip_avg, gossip.schedule=sync, mode=gossip, preagg.name=none",
 }
 
 
@@ -76,12 +76,14 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
     report = _report(tmp_path, [sweeps["fl"], sweeps["gossip"]], plots=["dp_epsilon"])
     labels = [line.label for line in report.lines]
     assert len(labels) == 6 and set(labels) == {f"fedavg, {x}" for x in FL_LABELS} | GOSSIP_LABELS
-    # keys of the other mode are not listed: FL rows name no gossip/topology key, gossip rows no participation
+    # keys of the other mode are not listed: FL rows name no gossip/topology key, gossip rows no participation/dp
     settings = dict(zip(report.runs_df["run_dir"], report.runs_df["setting"], strict=True))
     for job in range(4):
         assert "gossip." not in settings[str(sweeps["fl"] / str(job))]
         assert "topology" not in settings[str(sweeps["fl"] / str(job))]
-    assert not any("participation" in settings[str(sweeps["gossip"] / str(j))] for j in range(2))
+    for job in range(2):
+        assert "participation" not in settings[str(sweeps["gossip"] / str(job))]
+        assert "dp." not in settings[str(sweeps["gossip"] / str(job))]
 
     panels = _panels(report.figures["comparison.png"])
     assert [ax.get_xlabel() for ax in panels] == [
@@ -98,7 +100,7 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
         assert set(drawn) == set(labels)
         assert {k: to_hex(v.get_color()) for k, v in drawn.items()} == colour
     # simulated time: only the asynchronous gossip run has it
-    assert set(_drawn(panels[3])) == {g for g in GOSSIP_LABELS if "async" in g}
+    assert set(_drawn(panels[3])) == {g for g in GOSSIP_LABELS if "schedule=async" in g}
     assert "5 of 6" in panels[3].get_title()
     # round ticks are whole numbers (2 rounds: no 0.5)
     ticks = [t for t in panels[0].get_xticks() if panels[0].get_xlim()[0] <= t <= panels[0].get_xlim()[1]]
@@ -110,7 +112,7 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
     assert list(line.get_xdata()) == list((fl_none["bytes_up"] + fl_none["bytes_down"]).cumsum())
     assert np.allclose(line.get_ydata(), fl_none["test_accuracy"])
     sync = _metrics(sweeps["gossip"] / "0")
-    line = _drawn(panels[2])[next(g for g in GOSSIP_LABELS if "sync" in g)]
+    line = _drawn(panels[2])[next(g for g in GOSSIP_LABELS if "schedule=sync" in g)]
     assert list(line.get_xdata()) == list(sync["messages_sent"].cumsum())
     assert list(line.get_xdata())[1] == 12  # a ring of 6 nodes: 2 messages per node and round
 
@@ -126,8 +128,8 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
     nodes = report.figures["node_accuracy.png"].axes[0]
     ticks = [t.get_text().replace("\n", " ") for t in nodes.get_xticklabels()]
     assert ticks == [
-        "gossip_avg dp.name=none gossip.schedule=async mode=gossip preagg.name=none seed 0",
-        "gossip_avg dp.name=none gossip.schedule=sync mode=gossip preagg.name=none seed 0",
+        "gossip_avg gossip.schedule=async mode=gossip preagg.name=none seed 0",
+        "gossip_avg gossip.schedule=sync mode=gossip preagg.name=none seed 0",
     ]
     dots = nodes.get_lines()
     assert [to_hex(d.get_color()) for d in dots] == [colour[g] for g in sorted(GOSSIP_LABELS)]

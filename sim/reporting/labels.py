@@ -24,10 +24,10 @@ STRATEGY_NOT_OPTIONS = frozenset({"name"})
 MISSING = object()  # a key that one run's config lacks
 
 # Config groups that only one mode reads: FL is gossip on a fixed star (``topology`` says nothing more),
-# gossip nodes all take part every round (no ``participation``), and a synchronous gossip run never reads
-# the asynchronous schedule's clock, delays and churn.
+# gossip nodes all take part every round (no ``participation``) and refuse every DP layer (``dp`` must be
+# none), and a synchronous gossip run never reads the asynchronous schedule's clock, delays and churn.
 GOSSIP_ONLY_GROUPS = frozenset({"gossip", "topology"})
-FL_ONLY_GROUPS = frozenset({"participation"})
+FL_ONLY_GROUPS = frozenset({"participation", "dp"})
 ASYNC_ONLY = frozenset(
     f"gossip.{k}"
     for k in (
@@ -166,7 +166,7 @@ def setting_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
     """(label, sort key) per run; the label is "default" when no setting key differs.
 
     Keys that do not apply to a run's mode (``gossip.*`` and ``topology.*`` in FL, ``participation.*`` and
-    the asynchronous schedule's keys in synchronous gossip) are not compared or listed for it.
+    ``dp.*`` in gossip, the asynchronous schedule's keys in synchronous gossip) are not compared or listed for it.
     """
     flats = [{k: v for k, v in flatten(c).items() if not ignored(k) and applies(k, c)} for c in configs]
     return _distinct_labels(flats, "default")

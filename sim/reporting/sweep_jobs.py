@@ -80,8 +80,6 @@ def _found_jobs(sweep: Path, hydra: dict) -> tuple[int, list[tuple[str, ...]], s
     count, recorded, numbers = 0, [], set()
     for summary in sweep.rglob("summary.json"):
         job_dir = summary.parent
-        if job_dir == sweep:
-            continue
         count += 1
         overrides = _load(job_dir / ".hydra" / "overrides.yaml")
         if isinstance(overrides, list):
