@@ -1,29 +1,18 @@
-"""The benchmark scripts run end to end at tiny sizes (their figures are for people, not asserts)."""
+"""The benchmark scripts run end to end at tiny sizes (their figures are for people, not asserts); each a process of
+its own, forked from a server that imported torch once (forked_cli.py)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forked_cli import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_bench_scale_smoke_prints_its_tables():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "bench_scale.py"),
-            "--smoke",
-            "--parts",
-            "w2",
-            "scale",
-            "aggregate",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_script(
+        ROOT / "experiments" / "bench_scale.py", ["--smoke", "--parts", "w2", "scale", "aggregate"], ROOT, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -34,12 +23,7 @@ def test_bench_scale_smoke_prints_its_tables():
 
 @pytest.mark.slow
 def test_bench_byo_smoke_prints_its_table():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "bench_byo.py"), "--smoke", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script(ROOT / "experiments" / "bench_byo.py", ["--smoke", "--rounds", "1"], ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| resnet8", "| lenet"))]
     assert len(rows) == 4 and all("x |" in row for row in rows)
@@ -47,12 +31,7 @@ def test_bench_byo_smoke_prints_its_table():
 
 @pytest.mark.slow
 def test_bench_checkpoint_smoke_prints_its_table():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "bench_checkpoint.py"), "--smoke", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script(ROOT / "experiments" / "bench_checkpoint.py", ["--smoke", "--repeats", "1"], ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("|") for line in proc.stdout.splitlines() if "(smoke)" in line]
     assert len(rows) == 6  # two workloads x (none, every 10, every 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forked_cli import run_module
 
 from sim.errors import ConfigError
 from sim.experiment import build_experiment
@@ -22,7 +23,7 @@ from sim.gossip.events import DELIVER, EVALUATE, REQUEST, WAKE
 from sim.resume import read_checkpoint
 from sim.run import run_experiment
 from sim.run_state import load_state, save_state
-from tests.test_resume import _run, assert_same_run, interrupt_with_sigint, kill_then_resume
+from tests.test_resume import assert_same_run, interrupt_with_sigint, kill_then_resume
 
 BASE = (
     "num_clients=12",
@@ -181,6 +182,12 @@ def test_an_extended_run_equals_the_longer_run_in_process(make_cfg, tmp_path):
 
 
 # ---- real processes: SIGKILL, SIGINT, extension on the command line -------------------------------
+
+
+def _run(cwd: Path, *args: str):
+    """``python -m sim ARGS`` in a process of its own, forked from a server that imported torch once."""
+    return run_module("sim", list(args), cwd)
+
 
 KILLS = [("push_pull_sessions", 0), ("push_pull_sessions", 1), ("fedadam_pull_probability", 0), ("fedau_unbatched", 0)]
 
