@@ -210,3 +210,15 @@ def test_runs_the_driver_loop_where_partitions_cannot_hold_the_run(make_cfg):
     assert "Byzantine" in partitioned_reason(exp)
     exp = build_experiment(make_cfg(*SMALL, "topology=ring", "backend=ray"))
     assert partitioned_reason(exp) is None
+
+
+def test_payload_bytes_counts_arrays_and_eight_bytes_per_number():
+    from sim.backends.ray_partition import payload_bytes
+
+    payload = {
+        "acc": np.zeros(3, np.float32),  # 12
+        "stats": [1, 2.5, True, None, "xy", np.float64(1.0)],  # 8 + 8 + 8 + 0 + 2 + 8
+        "sum": torch.zeros(2, dtype=torch.float64),  # 16
+        "nested": ({"ids": np.arange(4, dtype=np.int64)},),  # 32
+    }
+    assert payload_bytes(payload) == 12 + 34 + 16 + 32
