@@ -215,6 +215,9 @@ def test_a_resume_may_change_how_the_numbers_are_computed_but_not_the_numbers():
         1,
     )
     assert SAVED["backend"]["name"] == "ray" and SAVED["progress"] is True  # the saved config is not changed
+    older = {k: v for k, v in SAVED.items() if k != "checkpoint"}  # a saved config without the block
+    merged = resumed_config(older, _given(checkpoint={"every": 1}), ["checkpoint.every"], 2)
+    assert merged["checkpoint"] == {"every": 1}
     # the numbers' settings are refused, each named: the learning rate, a benchmark backend that skips training
     for given, overridden, named in (
         (_given(train={"lr": 0.5}), ["resume", "train.lr"], "train.lr"),
