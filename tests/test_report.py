@@ -396,3 +396,13 @@ def test_missing_jobs_ignore_resume_and_name_none_when_overrides_are_spelled_oth
     sweep = _scripted_sweep(tmp_path / "c", ["seed=0,1,2"], {"0": ["seed=0"], "1": ["+seed=1"]})
     found = check_sweep(sweep)
     assert found is not None and (found.expected, found.found, found.missing) == (3, 2, [])
+
+
+def test_runs_logging_only_time_get_no_second_time_axis(tmp_path: Path) -> None:
+    from sim.reporting.axes import simulated_time, x_axes
+    from sim.reporting.runs import load_runs
+
+    write_run(tmp_path / "g" / "0", config({"name": "gossip_avg"}, 0), [0.2, 0.6, 0.91, 0.93], x="time")
+    runs, _ = load_runs([tmp_path / "g"])
+    assert runs[0].x == "time" and simulated_time(runs[0]) is None  # time is already its x axis
+    assert [a.name for a in x_axes(runs, "time")] == ["round", "bytes", "messages"]

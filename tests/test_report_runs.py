@@ -123,6 +123,8 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
     assert set(eps) == {f"fedavg, {x}" for x in FL_LABELS if "central_fixed" in x}
     assert {k: to_hex(v.get_color()) for k, v in eps.items()} == {k: colour[k] for k in eps}
     assert len(report.warnings) == 1 and report.warnings[0].startswith("--plot dp_epsilon: 4 of 6 run(s)")
+    legend = [t.get_text() for t in report.figures["plot_dp_epsilon.png"].legends[0].get_texts()]
+    assert sorted(legend) == sorted(eps)  # the legend lists only the lines drawn
 
     # node spread: one bar per gossip run, in its line's colour, labelled by line and seed
     nodes = report.figures["node_accuracy.png"].axes[0]
