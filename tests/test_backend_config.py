@@ -185,10 +185,16 @@ def test_a_refused_connection_says_what_failed_and_what_to_check(make_cfg, schem
     assert "ray start --head" in message and "is not allowed" not in message
 
 
+#: Ray Client's connection retries (environment variables of ray.util.client.worker), 1 s each instead of 5, 10, 15 s
+SHORT_RAY_CLIENT_RETRIES = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "1"}
+
+
 @pytest.mark.slow
 def test_a_port_that_is_not_a_ray_head_says_what_ray_init_said(tmp_path):
-    """Something accepts TCP there but speaks no Ray Client: Ray gives up after its own ~30 s."""
+    """Something accepts TCP there but speaks no Ray Client: Ray gives up after its retries (5 + 10 + 15 s by default;
+    Ray's own environment variables shorten them to 1 s each here, the message is the same)."""
     pytest.importorskip("ray")
+    import os
     import socket
     import subprocess
     import sys
@@ -219,6 +225,11 @@ def test_a_port_that_is_not_a_ray_head_says_what_ray_init_said(tmp_path):
                 f"hydra.run.dir={tmp_path / 'run'}",
             ],
             cwd=Path(__file__).resolve().parent.parent,
+            env={
+                **os.environ,
+                "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1",
+                "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "1",
+            },
             capture_output=True,
             text=True,
             timeout=180,

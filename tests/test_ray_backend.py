@@ -1,8 +1,8 @@
 """The ray backend: same numbers as the sequential reference, balanced chunks, faults, clusters, bad input.
 
 Every test that starts actors uses the one local Ray of the ``ray_session`` fixture (2 CPUs); the
-backend must use it as it is and never shut it down. The cluster test starts its own head with
-``ray start`` in a process group of its own and stops exactly that group.
+backend must use it as it is and never shut it down; the cluster tests' "existing cluster" is that Ray too, joined
+by its GCS address (a ``ray start`` head of their own cost 10-15 s each).
 """
 
 from __future__ import annotations
@@ -273,61 +273,33 @@ def _processes_of(group: int, marker: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def separate_head(env: dict[str, str] | None = None):
-    """A Ray head of its own (1 CPU, 127.0.0.1), started by ``ray start`` in a process group of its own;
-    yields (GCS port, its temp root). Stops exactly that group and whatever else ran under its temp root
-    (never `ray stop`, which would stop every Ray of this user). Its temp dir is ``ROOT/ray``, so a
-    process with ``RAY_TMPDIR=ROOT`` finds the head's ``ray_current_cluster`` file as a plain
-    ``ray.init()`` finds that of a ``ray start`` in /tmp/ray."""
+def ray_root(cluster: str):
+    """A temp root whose ``ray/ray_current_cluster`` names ``cluster``, as ``ray start`` writes it: a process with
+    ``RAY_TMPDIR=ROOT`` finds it as a plain ``ray.init()`` finds that of a ``ray start`` in /tmp/ray. Afterwards
+    kills whatever still runs under the root (never `ray stop`, which would stop every Ray of this user)."""
     root = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, client, agent, agent_grpc, metrics, env_agent = (free_port() for _ in range(6))
-    head = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            f"--temp-dir={root}/ray",
-            "--block",
-            "--disable-usage-stats",
-            f"--ray-client-server-port={client}",
-            f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--runtime-env-agent-port={env_agent}",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    left: list[str] = []
     try:
-        deadline = time.monotonic() + 90
-        recorded = Path(root) / "ray" / "ray_current_cluster"  # written once the head is completely up
-        while not recorded.is_file():
-            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-            time.sleep(0.2)
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        yield port, root
+        (Path(root) / "ray").mkdir()
+        (Path(root) / "ray" / "ray_current_cluster").write_text(cluster)
+        yield root
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        deadline = time.monotonic() + 20
-        while _processes_of(head.pid, root) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = _processes_of(head.pid, root)
+        left = _processes_of(-1, root)
         for line in left:
             os.kill(int(line.split()[0]), signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
     assert not left, left
+
+
+def _gcs_address(ray) -> str:
+    """HOST:PORT of the running Ray's GCS, as another driver joins it."""
+    return ray.get_runtime_context().gcs_address
+
+
+def _jobs() -> int:
+    """How many drivers have joined this process's Ray (itself included), from its GCS job table."""
+    from ray._private import state
+
+    return len(state.jobs())
 
 
 def run_cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -343,11 +315,14 @@ def run_cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> su
 
 
 @pytest.mark.slow
-def test_runs_on_an_existing_cluster_by_address(make_cfg, tmp_path):
+def test_runs_on_an_existing_cluster_by_address(make_cfg, tmp_path, ray_session):
+    # the existing cluster is the tests' shared Ray (a head of its own cost ~10 s more); a job of another driver
+    # appears in its job table only if the run joined it
     run = ("num_clients=6", "model.hidden=[8]", "rounds=2", "participation.clients_per_round=4")
-    with separate_head() as (port, _):
-        result = run_cli(tmp_path / "cluster", *run, "backend=ray", f"backend.address=127.0.0.1:{port}")
-        assert result.returncode == 0, result.stderr[-3000:]
+    jobs_before = _jobs()
+    result = run_cli(tmp_path / "cluster", *run, "backend=ray", f"backend.address={_gcs_address(ray_session)}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _jobs() == jobs_before + 1
     seq = run_metrics(make_cfg, tmp_path / "seq", *run, "backend=sequential")
     assert_same_metrics(seq, pd.read_csv(tmp_path / "cluster" / "metrics.csv"))
 
@@ -364,27 +339,21 @@ def _assert_own_local_ray(result: subprocess.CompletedProcess, out: Path) -> Non
 
 
 @pytest.mark.slow
-def test_address_null_starts_its_own_ray_while_another_runs(tmp_path):
-    with separate_head() as (_, root):
-        # root/ray/ray_current_cluster names the head: a plain ray.init() with RAY_TMPDIR=root would join it
+def test_address_null_starts_its_own_ray_while_another_runs(tmp_path, ray_session):
+    # the other Ray is the tests' shared one (a `ray start` head of its own cost ~15 s more), named by the root's
+    # cluster file: a plain ray.init() with RAY_TMPDIR=root would join it and add a job to its table
+    with ray_root(_gcs_address(ray_session)) as root:
+        jobs_before = _jobs()
         result = run_cli(tmp_path / "run", *NULL_RUN, env={"RAY_TMPDIR": root})
         _assert_own_local_ray(result, tmp_path / "run")
+        assert _jobs() == jobs_before
 
 
 @pytest.mark.slow
 def test_address_null_ignores_a_stale_session_file(tmp_path):
-    root = tempfile.mkdtemp(prefix="gsray", dir="/tmp")
-    try:
-        (Path(root) / "ray").mkdir()
-        (Path(root) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # a head long gone
+    with ray_root(f"127.0.0.1:{free_port()}") as root:  # a head long gone
         result = run_cli(tmp_path / "run", *NULL_RUN, env={"RAY_TMPDIR": root})
         _assert_own_local_ray(result, tmp_path / "run")
-    finally:
-        left = _processes_of(-1, root)
-        for line in left:
-            os.kill(int(line.split()[0]), signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-    assert not left, left
 
 
 # ---- bad input ---------------------------------------------------------------------------------
