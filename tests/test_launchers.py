@@ -1,17 +1,13 @@
 """Sweeps on Hydra's joblib and Ray launchers give the basic launcher's numbers; bad sweep settings fail early.
 
 The sweeps are real ``python -m sim --multirun`` processes (4 jobs, 2 rounds, 6 clients); the Ray one
-joins a ``ray start --head`` on 127.0.0.1 that the test starts on a free port and stops itself.
+joins the tests' shared local Ray (tests/conftest.py, ``ray_session``) by its GCS address.
 """
 
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -88,55 +84,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, head: subprocess.Popen, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if head.poll() is not None:
-            stderr = head.stderr.read().decode(errors="replace") if head.stderr else ""
-            raise AssertionError(f"ray start exited with {head.returncode}: {stderr[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"Ray head on port {port} did not come up in {timeout} s")
-
-
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
-def test_ray_launcher_on_a_local_head_matches_the_basic_launcher(tmp_path, basic_sweep):
-    # Prepare: a head of our own (--block: stopping this one process stops everything it started)
+def test_ray_launcher_on_a_local_head_matches_the_basic_launcher(tmp_path, basic_sweep, ray_session):
+    # Prepare: the head is the tests' shared local Ray (2 CPUs), joined by its GCS address (a `ray start` head of
+    # its own cost ~15 s more); a sweep that ran on it adds a driver to its job table
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    port = _free_port()
-    head_cmd = ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"]
-    # a short temp dir of our own: Ray's socket paths inside it must stay under the 107-byte limit
-    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")
-    head_cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    head = subprocess.Popen(
-        head_cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _wait_for_port(port, head)
-        # Execute
-        proc = _sweep(
-            tmp_path, "sweep", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"
-        )
-        # Assert
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "Ray Launcher is launching 4 jobs" in proc.stdout + proc.stderr
-        _assert_same_numbers(tmp_path / "sweep", basic_sweep)
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        if head.stderr:
-            head.stderr.close()
-        with pytest.raises(ProcessLookupError):  # nothing of the head's process group is left
-            time.sleep(2)
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    from ray._private import state
+
+    address = ray_session.get_runtime_context().gcs_address
+    jobs_before = len(state.jobs())
+    # Execute
+    proc = _sweep(tmp_path, "sweep", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}")
+    # Assert
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray Launcher is launching 4 jobs" in proc.stdout + proc.stderr
+    _assert_same_numbers(tmp_path / "sweep", basic_sweep)
+    assert len(state.jobs()) == jobs_before + 1
 
 
 def test_a_launcher_or_sweeper_that_is_not_installed_names_the_extra(monkeypatch):
