@@ -3,9 +3,10 @@
 The test starts one ``flower-superlink`` and two ``flower-supernode`` processes (insecure, free ports
 on 127.0.0.1, a temporary FLWR_HOME holding the SuperLink connection), submits the app with
 ``flwr run ... --stream``, and reads the per-round test accuracy the ServerApp writes to
-``result-path``. Every process it starts gets its own process group (the SuperLink and SuperNodes
-spawn ServerApp / ClientApp children) and the whole group is stopped in the fixture's teardown,
-whatever happened; nothing is stopped by name.
+``result-path``. One round: each round costs two ClientApp processes (one per message) and Flower's
+3 s polls; state across rounds is the simulation test's and the adapter tests' job. Every process it
+starts gets its own process group (the SuperLink and SuperNodes spawn ServerApp / ClientApp children)
+and the whole group is stopped in the fixture's teardown, whatever happened; nothing is stopped by name.
 """
 
 import json
@@ -23,7 +24,7 @@ import pytest
 pytest.importorskip("flwr")
 
 APP = Path(__file__).resolve().parents[1] / "experiments" / "flower_app"
-ROUNDS = 2
+ROUNDS = 1
 
 
 def free_port() -> int:
@@ -56,23 +57,28 @@ def signal_quietly(kill, target: int, sig: int) -> None:
         pass
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process we started and everything it started, then reap it.
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Stop processes we started and everything they started, then reap them.
 
-    SIGTERM to its process group (``start_new_session=True`` made the group id its pid), up to 10 s
-    to exit, then SIGKILL to the group and, by pid, to descendants that left the group (the SuperLink
-    starts its SuperExec in a new session; the SuperExec also exits on its own when its parent does).
+    SIGTERM to each one's process group (``start_new_session=True`` made the group id its pid), all at
+    once so that their shutdowns overlap, up to 10 s in all to exit, then SIGKILL to each group and, by
+    pid, to descendants that left the group (the SuperLink starts its SuperExec in a new session; the
+    SuperExec also exits on its own when its parent does).
     """
-    spawned = descendants(proc.pid)
-    signal_quietly(os.killpg, proc.pid, signal.SIGTERM)
-    try:
+    spawned = {proc.pid: descendants(proc.pid) for proc in procs}
+    for proc in procs:
+        signal_quietly(os.killpg, proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        signal_quietly(os.killpg, proc.pid, signal.SIGKILL)
+        for pid in spawned[proc.pid] + descendants(proc.pid):
+            signal_quietly(os.kill, pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    signal_quietly(os.killpg, proc.pid, signal.SIGKILL)
-    for pid in spawned + descendants(proc.pid):
-        signal_quietly(os.kill, pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -148,8 +154,7 @@ def deployment(tmp_path):
             )
         yield env, "test-deployment", tmp_path
     finally:
-        for proc in reversed(started):
-            stop(proc)
+        stop(started[::-1])
 
 
 @pytest.mark.slow
@@ -183,5 +188,5 @@ def test_example_app_runs_on_a_real_superlink_and_supernodes(deployment):
     assert report["status"] == "completed" and report["strategy"] == "fedau"
     accuracy = [row["test_accuracy"] for row in report["rounds"]]
     assert len(accuracy) == ROUNDS + 1
-    assert accuracy[-1] > accuracy[0] + 0.3, accuracy  # digits: ~0.13 at init, > 0.6 after two rounds
+    assert accuracy[-1] > accuracy[0] + 0.3, accuracy  # digits, seed 0: 0.13 at init, 0.64 after one round
     assert report["nodes"] == 2 and report["rejected_replies"] == 0 and report["failed_replies"] == 0
