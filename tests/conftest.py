@@ -74,11 +74,15 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 # Tests that start Ray (the shared session, a head of their own) or Flower's processes run on one
-# pytest-xdist worker, one after another: two Rays at once would each claim both cores.
-_RAY_FILES = {"test_ray_backend.py", "test_flower_simulation.py", "test_flower_deployment.py", "test_backend_config.py"}
+# pytest-xdist worker, one after another: two Rays at once would each claim both cores. A test of these files
+# marked with another xdist group (one whose subprocess starts a small Ray of its own) runs beside them instead.
+_RAY_FILES = {"test_ray_backend.py", "test_flower_simulation.py", "test_flower_deployment.py"}
 
 
 def _in_ray_group(item) -> bool:
+    marker = item.get_closest_marker("xdist_group")
+    if marker is not None:
+        return (marker.args[0] if marker.args else marker.kwargs.get("name")) == "ray"
     return item.path.name in _RAY_FILES or "ray_session" in getattr(item, "fixturenames", ())
 
 

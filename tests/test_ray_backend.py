@@ -350,6 +350,7 @@ def test_address_null_starts_its_own_ray_while_another_runs(tmp_path, ray_sessio
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("own_ray")  # its run's small Ray of its own may run beside the group "ray" (conftest.py)
 def test_address_null_ignores_a_stale_session_file(tmp_path):
     with ray_root(f"127.0.0.1:{free_port()}") as root:  # a head long gone
         result = run_cli(tmp_path / "run", *NULL_RUN, env={"RAY_TMPDIR": root})
