@@ -145,14 +145,12 @@ def test_a_target_epsilon_run_records_its_noise_and_final_epsilon(tmp_path):
     """``python -m sim`` with dp.target_epsilon: the noise found is in summary.json and the log, the final
     epsilon in summary.json's ``final`` and in the report's tables; dp_clip_norm is filled under fixed clipping."""
     import json
-    import subprocess
-    import sys
+
+    from forked_cli import run_module  # a real `python -m` process without 2-3 s of imports
 
     args = ("dataset=digits", "model=logreg", "num_clients=20", "participation.clients_per_round=5", "rounds=2")
     args += ("progress=false", "dp=central_fixed", "dp.target_epsilon=4", "dp.clipping_norm=0.5", "hydra.run.dir=run")
-    done = subprocess.run(
-        [sys.executable, "-m", "sim", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    done = run_module("sim", list(args), tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
@@ -165,8 +163,7 @@ def test_a_target_epsilon_run_records_its_noise_and_final_epsilon(tmp_path):
     assert summary["final"]["dp_epsilon"] > 3.9  # the search stops within 0.1% of the noise needed
     assert metrics["dp_clip_norm"].iloc[1:].eq(0.5).all()
 
-    report = subprocess.run([sys.executable, "-m", "sim.report", "run", "--out", "report"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = run_module("sim.report", ["run", "--out", "report"], tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "report" / "runs.parquet")
     assert runs["dp_epsilon"].iloc[0] == pytest.approx(summary["final"]["dp_epsilon"], rel=1e-12)

@@ -2,11 +2,11 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from forked_cli import run_module
 
 from sim.run import run_experiment
 
@@ -106,8 +106,8 @@ def test_save_model_writes_a_checkpoint_that_reproduces_the_final_accuracy(make_
 
 
 def _sim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "sim", *sorted(args, key=lambda a: not a.startswith("-")), "progress=false"]
-    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    """``python -m sim ARGS`` as a real process forked from a server that imported torch once (tests/forked_cli.py)."""
+    return run_module("sim", [*sorted(args, key=lambda a: not a.startswith("-")), "progress=false"], tmp_path)
 
 
 @pytest.mark.slow
