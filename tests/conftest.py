@@ -86,6 +86,7 @@ def _in_ray_group(item) -> bool:
     return item.path.name in _RAY_FILES or "ray_session" in getattr(item, "fixturenames", ())
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marker into the "@ray" that groups items
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _in_ray_group(item):
