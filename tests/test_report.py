@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from forked_cli import run_module
 
 from sim.report import main
 
@@ -249,14 +248,7 @@ def test_errors_exit_2_and_write_nothing(args, fragment, multirun, tmp_path, cap
 
 def test_module_entry_point(multirun: Path, tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run(
-        [sys.executable, "-m", "sim.report", str(tmp_path / "nowhere")],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = run_module("sim.report", [str(tmp_path / "nowhere")], root, timeout=60)  # a real, forked `python -m`
     assert res.returncode == 2 and res.stderr.startswith("error: DIR=") and res.stdout == ""
 
 

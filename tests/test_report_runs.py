@@ -8,13 +8,12 @@ Two tiny sweeps (digits, 6 clients, 2 rounds) are run once for the module.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from forked_cli import run_module
 from matplotlib.colors import to_hex
 
 from sim.report import build_report, main
@@ -34,14 +33,8 @@ GOSSIP_LABELS = {
 
 
 def _sweep(folder: Path, *overrides: str) -> Path:
-    res = subprocess.run(
-        [sys.executable, "-m", "sim", "--multirun", f"hydra.sweep.dir={folder}", *COMMON, *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    """A real ``python -m sim --multirun`` process, forked from a server that imported torch once."""
+    res = run_module("sim", ["--multirun", f"hydra.sweep.dir={folder}", *COMMON, *overrides], ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return folder
 
