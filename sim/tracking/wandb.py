@@ -108,3 +108,19 @@ class WandbTracker(BaseTracker):
         for path in artifact_paths(out_dir):
             self.run.save(str(path), base_path=str(out_dir), policy="now")
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+        _flush_service()
+
+
+def _flush_service() -> None:
+    """Shut wandb's service down when no other run of this process is open, so the log is complete.
+
+    ``run.finish`` only *informs* wandb-core that the run is over; the stream that owns the
+    ``.wandb`` file is closed (and its buffer written) later, by the service, on its own schedule.
+    Under load a reader (``wandb sync``, ``sim.tracking.wandb_records``, a test) could find a log
+    without its last records. Tearing the service down waits for every stream to close. A user's own
+    run left open in the same process keeps the service alive; the next ``wandb.init`` starts a new one.
+    """
+    import wandb
+
+    if wandb.run is None:
+        wandb.teardown()
