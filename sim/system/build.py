@@ -1,0 +1,177 @@
+"""From the ``system`` config group to a :class:`SystemModel`, every value checked before any work.
+
+``validate_system_config`` is what ``validate_config`` runs (no data needed, trace files are read and
+checked there); ``build_system`` draws or reads the per-client quantities. The order of the random
+draws is fixed and documented in docs/system.md: one stream per quantity, ``("system", name)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..schema import config_dict
+from ..validation import choice, number
+from .draws import FAMILIES, Quantity, parse_quantity
+from .links import Links
+from .model import SystemModel
+
+NAMES = ("none", *FAMILIES, "trace")
+#: the per-client quantities of a distribution option: (key, must be > 0)
+CLIENT_QUANTITIES = (("compute_s", True), ("bandwidth_up", True), ("bandwidth_down", True), ("latency_s", False))
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """The checked ``system`` block: what to draw or read, and the FL round rules."""
+
+    name: str
+    seed: int
+    quantities: dict[str, Quantity]
+    link_quantities: dict[str, Quantity]
+    server_bandwidth: float | None
+    deadline_s: float | None
+    over_selection: float | None
+    options: dict[str, Any]
+
+
+def _optional(field: str, value: Any, allowed: str, lo: float = 0.0, lo_open: bool = True) -> float | None:
+    if value is None:
+        return None
+    return number(field, value, lo, lo_open=lo_open, allowed=f"null or {allowed}")
+
+
+def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
+    """Check the ``system`` block (a DictConfig or mapping); ConfigError names the first bad field."""
+    cfg = config_dict(system_cfg) if not isinstance(system_cfg, Mapping) else dict(system_cfg)
+    name = choice("system.name", cfg.get("name", "none"), NAMES)
+    quantities: dict[str, Quantity] = {}
+    links: dict[str, Quantity] = {}
+    if name in FAMILIES:
+        for key, positive in CLIENT_QUANTITIES:
+            quantities[key] = parse_quantity(f"system.{key}", key, cfg.get(key), name, positive)
+        link_cfg = cfg.get("links") or {}
+        for key, positive in (("bandwidth", True), ("latency_s", False)):
+            if link_cfg.get(key) is not None:
+                links[key] = parse_quantity(f"system.links.{key}", f"link_{key}", link_cfg[key], name, positive)
+    over = cfg.get("over_selection")
+    return SystemSpec(
+        name=name,
+        seed=seed,
+        quantities=quantities,
+        link_quantities=links,
+        server_bandwidth=_optional(
+            "system.server_bandwidth", cfg.get("server_bandwidth"), "a finite number of bytes/s > 0"
+        ),
+        deadline_s=_optional("system.deadline_s", cfg.get("deadline_s"), "a finite number of seconds > 0"),
+        over_selection=None
+        if over is None
+        else number("system.over_selection", over, 1, lo_open=True, allowed="null or a finite factor c > 1 (e.g. 1.3)"),
+        options=cfg,
+    )
+
+
+def validate_system_config(system_cfg: Any, num_clients: int, seed: int = 0) -> SystemSpec:
+    """Every check that needs no data, trace files included (they are read here)."""
+    spec = parse_system_config(system_cfg, seed)
+    _client_arrays(spec, num_clients)
+    return spec
+
+
+def _checked(field: str, values: np.ndarray, positive: bool) -> np.ndarray:
+    bad = ~np.isfinite(values) | ((values <= 0) if positive else (values < 0))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ConfigError(
+            field,
+            float(values[k]),
+            f"finite values {'> 0' if positive else '>= 0'} for every client",
+            f"Client {k} drew this value: lower the distribution's spread (sigma) or change its bounds.",
+        )
+    return values
+
+
+def _client_arrays(spec: SystemSpec, num_clients: int) -> dict[str, np.ndarray]:
+    if spec.name == "none":
+        return {}
+    if spec.name == "trace":
+        from .traces import trace_arrays
+
+        return trace_arrays(spec.options, num_clients)
+    return {
+        key: _checked(f"system.{key}", spec.quantities[key].draw_clients(spec.seed, num_clients), positive)
+        for key, positive in CLIENT_QUANTITIES
+    }
+
+
+def _link_draw(spec: SystemSpec, arrays: dict[str, np.ndarray]):
+    if not spec.link_quantities:
+        return None
+    from ..seeding import numpy_rng
+
+    def draw(u: int, v: int) -> tuple[float, float]:
+        values = {}
+        for key in ("bandwidth", "latency_s"):
+            q = spec.link_quantities.get(key)
+            if q is None:  # the other quantity: from the two clients' access links
+                lat = arrays["latency_s"]
+                up, down = arrays["bandwidth_up"], arrays["bandwidth_down"]
+                values[key] = float(min(up[u], down[v])) if key == "bandwidth" else float(lat[u] + lat[v])
+            else:
+                values[key] = float(q.draw(numpy_rng(spec.seed, "system", "link", key, u, v), 1)[0])
+        return values["bandwidth"], values["latency_s"]
+
+    return draw
+
+
+def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
+    """The run's system model. ``cfg`` is the whole run config (its ``system`` block and ``seed``).
+
+    ``graph``: a networkx graph of the gossip topology; its edges' ``bandwidth``/``latency`` attributes,
+    where present, fix those links.
+    """
+    system_cfg = cfg.get("system") if hasattr(cfg, "get") else None
+    seed = int(cfg.get("seed", 0)) if hasattr(cfg, "get") else 0
+    spec = parse_system_config(system_cfg if system_cfg is not None else {"name": "none"}, seed)
+    if spec.name == "none":
+        return SystemModel.unit(num_clients)
+    arrays = _client_arrays(spec, num_clients)
+    table = {}
+    if graph is not None:
+        from .graph_links import graph_link_table
+
+        table = graph_link_table(graph, "the topology graph")
+    path = (spec.options.get("links") or {}).get("path")
+    if path:
+        from .graph_links import read_link_file
+
+        table.update(read_link_file(str(path), num_clients))
+    draw = _link_draw(spec, arrays)
+    availability = None
+    if spec.options.get("availability"):
+        from .traces import read_availability
+
+        availability = read_availability(spec.options, num_clients)
+    return SystemModel(
+        enabled=True,
+        compute_s=arrays["compute_s"],
+        bandwidth_up=arrays["bandwidth_up"],
+        bandwidth_down=arrays["bandwidth_down"],
+        latency_s=arrays["latency_s"],
+        server_bandwidth=spec.server_bandwidth,
+        deadline_s=spec.deadline_s,
+        over_selection=spec.over_selection,
+        availability=availability,
+        links=Links(table, draw) if table or draw else None,
+        name=spec.name,
+    )
+
+
+def over_selected(clients_per_round: int, factor: float | None, num_clients: int) -> int:
+    """How many clients an over-selecting round asks for: ceil(c*K), at most every client."""
+    return clients_per_round if factor is None else min(num_clients, math.ceil(factor * clients_per_round))
