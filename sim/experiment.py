@@ -29,6 +29,7 @@ from .models import build_model, check_model_output, validate_model_config
 from .participation import build_participation
 from .resume import checkpoint_settings
 from .schema import check_keys, config_dict
+from .system.checks import check_system_run
 from .tracking import validate_tracker_config
 from .training import TrainConfig, image_shape
 from .validation import boolean, choice, integer
@@ -81,6 +82,7 @@ def validate_config(cfg: DictConfig) -> None:
     boolean("save_model", cfg.get("save_model"), "(write the final model as model.safetensors)")
     boolean("progress", cfg.get("progress", True), "(one progress bar line per run)")
     checkpoint_settings(cfg)
+    check_system_run(cfg, mode, num_clients)  # simulated time (sim/system/)
     resume = cfg.get("resume")
     if resume is not None and resume is not True and not isinstance(resume, str):
         raise ConfigError(

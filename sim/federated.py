@@ -21,6 +21,7 @@ from .backends import aggregate_on_backend
 from .checks import check_finite
 from .results import MetricsLog
 from .run_metrics import weight_variance_columns
+from .system.fl_clock import FLClock
 from .training import evaluate
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def run_federated(
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
     known_p = getattr(exp.participation, "probabilities", None)
     attack: Attack | None = getattr(exp, "attack", None)
+    clock = FLClock.for_run(exp, bytes_per_model)  # simulated time (sim/system/, docs/system.md)
 
     if resume is None:
         first = 1
@@ -101,33 +103,43 @@ def run_federated(
                 "bytes_up": 0,
                 "bytes_down": 0,
                 "wall_s": 0.0,
+                "time_s": 0.0,
+                "dropped": 0,
+                "failed": 0,
             }
         )
     else:
         first, params, state = resume.round + 1, resume.params.clone(), resume.state
         for done in range(1, first):
-            exp.participation.sample(done)
+            clock.sample(done)
+        clock.resume(log.rows[-1])
         start = time.perf_counter() - float(log.rows[-1]["wall_s"])  # wall time continues where it stopped
     for round_ in range(first, rounds + 1):
-        ids = exp.participation.sample(round_)
+        ids = clock.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
         if attack is not None:
             row["num_byzantine"] = 0
-        if len(ids) == 0:
+        batch = None
+        if len(ids):  # the clock keeps the clients whose updates arrive (all of them with system=none)
+            correction = exp.strategy.client_correction(ids, params, state)
+            batch = exp.backend.train(ids, params, round_, exp.strategy.requires, correction=correction)
+            check_finite(batch.params, batch.client_ids, round_, "models")
+            batch = clock.settle(batch, row)
+        else:
+            row.update(clock.empty_round())
+        if batch is None or len(batch.client_ids) == 0:
+            kept = ids if batch is None else batch.client_ids
             info = AggregationInfo(
-                client_ids=ids,
-                num_samples=ids.clone(),
+                client_ids=kept,
+                num_samples=kept.clone(),
                 round=round_,
                 num_clients=exp.data.num_clients,
                 layout=exp.layout,
                 reference=params,
             )
             params, state = exp.strategy.on_empty_round(info, state)
-            row.update(train_loss=math.nan, bytes_up=0, bytes_down=0)
+            row.update(train_loss=math.nan, bytes_up=0, bytes_down=len(ids) * bytes_per_model)
         else:
-            correction = exp.strategy.client_correction(ids, params, state)
-            batch = exp.backend.train(ids, params, round_, exp.strategy.requires, correction=correction)
-            check_finite(batch.params, batch.client_ids, round_, "models")
             models, num_byzantine = byzantine_rows(attack, batch, params, round_, row)
             info = AggregationInfo(
                 client_ids=batch.client_ids,
@@ -153,7 +165,7 @@ def run_federated(
                 ok &= ~attack.mask[batch.client_ids]
             row["train_loss"] = float((weights[ok] * losses[ok]).sum() / weights[ok].sum()) if ok.any() else math.nan
             extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
-            row["bytes_up"] = len(ids) * bytes_per_model + extra_bytes
+            row["bytes_up"] = len(batch.client_ids) * bytes_per_model + extra_bytes
             row["bytes_down"] = len(ids) * bytes_per_model
             row.update(batch.stats)
         row.update(exp.strategy.round_metrics(state, known_p))

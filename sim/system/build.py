@@ -55,10 +55,12 @@ def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
     if name in FAMILIES:
         for key, positive in CLIENT_QUANTITIES:
             quantities[key] = parse_quantity(f"system.{key}", key, cfg.get(key), name, positive)
+    if name != "none":
         link_cfg = cfg.get("links") or {}
+        family = "constant" if name == "trace" else name
         for key, positive in (("bandwidth", True), ("latency_s", False)):
             if link_cfg.get(key) is not None:
-                links[key] = parse_quantity(f"system.links.{key}", f"link_{key}", link_cfg[key], name, positive)
+                links[key] = parse_quantity(f"system.links.{key}", f"link_{key}", link_cfg[key], family, positive)
     over = cfg.get("over_selection")
     return SystemSpec(
         name=name,
@@ -80,7 +82,21 @@ def validate_system_config(system_cfg: Any, num_clients: int, seed: int = 0) -> 
     """Every check that needs no data, trace files included (they are read here)."""
     spec = parse_system_config(system_cfg, seed)
     _client_arrays(spec, num_clients)
+    _availability(spec, num_clients)
+    path = (spec.options.get("links") or {}).get("path")
+    if path:
+        from .graph_links import read_link_file
+
+        read_link_file(str(path), num_clients)
     return spec
+
+
+def _availability(spec: SystemSpec, num_clients: int):
+    if spec.name == "none" or not spec.options.get("availability"):
+        return None
+    from .traces import read_availability
+
+    return read_availability(spec.options, num_clients)
 
 
 def _checked(field: str, values: np.ndarray, positive: bool) -> np.ndarray:
@@ -152,11 +168,7 @@ def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
 
         table.update(read_link_file(str(path), num_clients))
     draw = _link_draw(spec, arrays)
-    availability = None
-    if spec.options.get("availability"):
-        from .traces import read_availability
-
-        availability = read_availability(spec.options, num_clients)
+    availability = _availability(spec, num_clients)
     return SystemModel(
         enabled=True,
         compute_s=arrays["compute_s"],
