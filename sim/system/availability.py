@@ -4,8 +4,10 @@ FedScale's ``ClientMetadata.is_active`` (fedscale/cloud/internal/client_metadata
 into the trace's period, ``t mod finish_time``, and calls the client online when
 ``active[i] <= t <= inactive[i]`` for some interval i; the trace thus repeats every ``finish_time``
 seconds. FedScale keeps a cursor ``behavior_index`` that moves forward one interval per call, so its
-answer depends on the history of queries; here the interval is found by binary search, which gives
-FedScale's answer for queries in increasing time and the same answer whatever the order.
+answer depends on the history of queries, and it does not go back to the first interval when a period
+restarts (from the second period on it reports the early intervals as offline). Here the interval is
+found by binary search: FedScale's answer within the first period for queries in increasing time, the
+trace repeated every ``finish_time`` after it, and the same answer whatever the order of queries.
 """
 
 from __future__ import annotations
