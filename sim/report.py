@@ -1,15 +1,17 @@
-"""Compare finished runs: ``python -m sim.report DIR [DIR...] [--out OUT] [--target ACC]``.
+"""Compare finished runs: ``python -m sim.report DIR [DIR...] [--out OUT] [--target ACC] [--x AXIS]``.
 
 Finds every run (a folder with ``summary.json``) under the DIRs, skips the ones that did not
 complete, refuses (exit 2, naming the file) a completed run whose summary.json or metrics.csv is
 garbled, groups the rest by strategy and setting (the config keys that differ between runs, seed
-aside), prints a markdown table of mean ± std over seeds (time: the rounds' loop, without setup and
+aside), prints a markdown table of mean ± std over seeds (rounds, simulated seconds ``time_s`` and bytes
+to reach ``--target``: sim/reporting/to_target.py; loop time: the rounds' loop, without setup and
 process warm-up), and writes ``report.parquet`` (groups),
 ``runs.parquet`` (one row per run), ``report.md`` and ``comparison.png`` into OUT
 (default ``DIR/report`` of the first DIR).
 
 The plots overlay every (strategy, setting) on shared axes, one panel per x axis: round, bytes sent
-and messages sent (sim/reporting/communication.py) and, when runs log it, simulated time; each line is
+and messages sent (sim/reporting/communication.py) and, when runs log it, simulated time ``time_s``
+(``--x`` picks some of these panels, sim/reporting/axes.py); each line is
 labelled by what differs between the lines only and keeps its colour in every plot
 (sim/reporting/lines.py). For gossip runs, ``node_accuracy.png`` shows the spread of node accuracies.
 ``--plot COLUMN`` (repeatable) draws any metrics.csv column the same way as ``plot_COLUMN.png`` (runs
@@ -62,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare each strategy at its best setting: chosen by --select, reported on --metric",
     )
     p.add_argument("--select", default="val_accuracy", help="metrics.csv column that picks the best setting")
+    p.add_argument(
+        "--x",
+        action="append",
+        default=None,
+        metavar="AXIS",
+        help="x axes of the plots: round, bytes, messages, time (simulated seconds); repeatable or comma-separated "
+        "(default: every axis some run has)",
+    )
     return p
 
 
@@ -89,7 +99,7 @@ class Report:
 def _check_inputs(dirs: list[Path], out: Path, target: float) -> tuple[list, list]:
     from sim.reporting.runs import load_runs
 
-    if not 0.0 <= target <= 1.0:  # also rejects NaN
+    if not 0.0 <= target <= 1.0:  # also rejects NaN and inf
         raise ConfigError("--target", target, "a fraction between 0 and 1 (0.9 means 90%)")
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a folder (it is created if missing)", "A file of that name exists.")
@@ -138,9 +148,12 @@ def build_report(
     plots: list[str] | None = None,
     tuned: bool = False,
     select: str = "val_accuracy",
+    x: list[str] | None = None,
 ) -> Report:
-    """Check the inputs and compute every table and figure; writes nothing (an error leaves no files)."""
-    from sim.reporting.axes import x_axes
+    """Check the inputs and compute every table and figure; writes nothing (an error leaves no files).
+
+    ``x``: the ``--x`` values (None: every axis some run has)."""
+    from sim.reporting.axes import parse_axes, pick_axes, x_axes
     from sim.reporting.lines import make_lines
     from sim.reporting.nodes import plot_node_spread
     from sim.reporting.plot import plot_lines
@@ -148,30 +161,32 @@ def build_report(
     from sim.reporting.sweep_jobs import missing_jobs
     from sim.reporting.tables import group_table, runs_table, to_markdown, x_axis_name
 
+    x_names = parse_axes(x)
     runs, skipped = _check_inputs(dirs, out, target)
     check_metric(runs, metric)
     runs_df = runs_table(runs, metric, target)
     groups = group_table(runs_df)
-    x = x_axis_name(runs)
+    x_name = x_axis_name(runs)
     n_settings = runs_df["setting"].nunique()
-    to_target = "rounds" if x == "round" else x
+    to_target = "rounds" if x_name == "round" else x_name
     incomplete = missing_jobs(dirs)
     warnings = [m.message() for m in incomplete]
     title = (
         f"# Report: {metric}, target {target:g}\n\n"
         f"{len(runs_df)} completed run(s), {len(groups)} group(s) over {n_settings} setting(s); "
         f"{len(skipped)} skipped. Mean ± std over seeds (ddof=1, — for one run); "
-        f"{to_target} to target averaged over the runs that reached it.\n\n"
+        f"{to_target}, simulated seconds (time_s) and bytes sent to target: at the first evaluation that "
+        "reached it, averaged over the runs that reached it.\n\n"
     )
     if incomplete:
         title += "".join(f"**Warning: {w}**\n\n" for w in warnings)
-    markdown = title + to_markdown(groups, metric, target, x)
+    markdown = title + to_markdown(groups, metric, target, x_name)
     # Runs are labelled in runs_df order; plot in that order too.
     by_dir = {str(r.path): r for r in runs}
     ordered = [by_dir[d] for d in runs_df["run_dir"]]
     strategies, settings = list(runs_df["strategy"]), list(runs_df["setting"])
     lines = make_lines(ordered, strategies, settings)
-    axes = x_axes(ordered, x)
+    axes = pick_axes(x_axes(ordered, x_name), x_names)
     figures = {"comparison.png": plot_lines(lines, metric, target, axes)}
     line_of = {id(r): line for line in lines for r in line.runs}
     spread = plot_node_spread(ordered, [line_of[id(r)].label for r in ordered], [line_of[id(r)].color for r in ordered])
@@ -196,12 +211,13 @@ def run_report(
     plots: list[str] | None = None,
     tuned: bool = False,
     select: str = "val_accuracy",
+    x: list[str] | None = None,
 ) -> int:
     from sim.results import atomic_write_text as write_text_atomic
     from sim.results import write_atomic
 
     out = out if out is not None else dirs[0] / "report"
-    report = build_report(dirs, out, target, metric, plots, tuned, select)
+    report = build_report(dirs, out, target, metric, plots, tuned, select, x)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a usage error argparse has already printed
         return e.code if isinstance(e.code, int) else 2
     try:
-        return run_report(args.dirs, args.out, args.target, args.metric, args.plot, args.tuned, args.select)
+        return run_report(args.dirs, args.out, args.target, args.metric, args.plot, args.tuned, args.select, args.x)
     except GossipsoupError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

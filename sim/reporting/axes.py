@@ -1,8 +1,9 @@
 """The x axes every run of a report is drawn on together: round, bytes sent, messages sent, simulated time.
 
 Each axis maps a run to the same run with its x column replaced, or to None when the run's metrics.csv
-lacks what the axis needs (an FL run has no simulated time). An axis is drawn when at least one run has
-it; runs without it are left out of that panel only.
+lacks what the axis needs (runs written before ``time_s`` existed have no simulated time, asynchronous
+gossip excepted). An axis is drawn when at least one run has it; runs without it are left out of that
+panel only. ``--x`` picks some of them (:func:`pick_axes`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from sim.errors import ConfigError
 from sim.reporting.communication import AXES, with_cost_axis
 from sim.reporting.runs import Run
 
-# Asynchronous gossip logs the simulated clock (in units of gossip.wake_interval) beside its fractional round.
+# Every mode logs time_s (simulated seconds, issue 25); asynchronous gossip written before it logged only its
+# clock `time` (in units of gossip.wake_interval) beside its fractional round.
 SIM_TIME_COLUMNS = ("time_s", "time")
+AXIS_NAMES = ("round", "bytes", "messages", "time")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,46 @@ def x_axes(runs: list[Run], x_name: str) -> list[XAxis]:
                     unit="B" if kind == "bytes" else None,
                 )
             )
-    if any(simulated_time(r) is not None for r in runs):
-        axes.append(XAxis("time", "simulated time (units of gossip.wake_interval)", simulated_time))
+    timed = [moved.x for r in runs if (moved := simulated_time(r)) is not None]
+    if timed:
+        labels = {
+            frozenset({"time_s"}): "simulated time (s)",
+            frozenset({"time"}): "simulated time (units of gossip.wake_interval)",
+            frozenset({"time_s", "time"}): "simulated time (s; runs without time_s: gossip.wake_interval units)",
+        }
+        axes.append(XAxis("time", labels[frozenset(timed)], simulated_time))
     return axes
+
+
+def parse_axes(values: list[str] | None) -> list[str] | None:
+    """``--x`` values (repeatable, each a comma list) as axis names in AXIS_NAMES order; None: every axis."""
+    if not values:
+        return None
+    names = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in AXIS_NAMES]
+    if bad or not names:
+        raise ConfigError(
+            "--x",
+            ",".join(values),
+            "x axes among " + ", ".join(AXIS_NAMES) + " (repeat --x or separate them by commas)",
+            f"{bad[0]!r} is none of them." if bad else "",
+        )
+    return [n for n in AXIS_NAMES if n in names]
+
+
+def pick_axes(axes: list[XAxis], names: list[str] | None) -> list[XAxis]:
+    """The axes named by ``--x`` (all when None); ConfigError when no run has data on one of them."""
+    if names is None:
+        return axes
+    have = {a.name for a in axes}
+    for name in names:
+        if name not in have:
+            need = {
+                "time": "a time_s column (or, for asynchronous gossip, time) in metrics.csv",
+                "bytes": "bytes_up (and for FL bytes_down) columns in metrics.csv",
+                "messages": "messages_sent (gossip) or num_participants (FL) columns in metrics.csv",
+            }.get(name, "")
+            raise ConfigError(
+                "--x", name, f"an x axis at least one run has data for; {name} needs {need}", "No run has it."
+            )
+    return [a for a in axes if a.name in names]

@@ -37,12 +37,19 @@ def _per_row(run: Run, kind: str) -> pd.Series | None:
     return None
 
 
+def cumulative(run: Run, kind: str) -> pd.Series | None:
+    """The running total of ``kind`` ("bytes" or "messages") at each metrics.csv row, in file order; None when the
+    run lacks the counts. Rows without an evaluation still count what they sent."""
+    per_row = _per_row(run, kind)
+    return None if per_row is None else per_row.cumsum()
+
+
 def with_cost_axis(run: Run, kind: str) -> Run | None:
     """The run with its x axis replaced by the running total of ``kind`` ("bytes" or "messages"); None
     when its metrics.csv lacks the counts."""
-    per_row = _per_row(run, kind)
-    if per_row is None:
+    total = cumulative(run, kind)
+    if total is None:
         return None
     metrics = run.metrics.copy()
-    metrics[AXES[kind]] = per_row.cumsum()
+    metrics[AXES[kind]] = total
     return replace(run, metrics=metrics, x=AXES[kind])

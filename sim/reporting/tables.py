@@ -9,6 +9,7 @@ import pandas as pd
 
 from sim.reporting.labels import setting_labels, strategy_labels
 from sim.reporting.runs import Run, curve
+from sim.reporting.to_target import to_target
 
 RUN_COLUMNS = [
     "strategy",
@@ -17,6 +18,9 @@ RUN_COLUMNS = [
     "final_acc",
     "best_acc",
     "rounds_to_target",
+    "time_to_target",
+    "bytes_to_target",
+    "has_time_s",
     "loop_s",
     "loop_s_from",
     "run_dir",
@@ -31,6 +35,10 @@ GROUP_COLUMNS = [
     "best_acc_mean",
     "best_acc_std",
     "rounds_to_target_mean",
+    "time_to_target_mean",
+    "time_to_target_std",
+    "bytes_to_target_mean",
+    "time_s_runs",
     "reached",
     "loop_s_mean",
     "loop_s_from",
@@ -58,7 +66,7 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
     rows, keys = [], []
     for run, (setting, skey), (strategy, tkey) in zip(runs, settings, strategies, strict=True):
         c = curve(run, metric)
-        reached = c[c["y"] >= target]
+        hit = to_target(run, metric, target)
         seconds, source = loop_seconds(run)
         seed = run.config.get("seed")
         rows.append(
@@ -68,7 +76,10 @@ def runs_table(runs: list[Run], metric: str, target: float) -> pd.DataFrame:
                 "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else pd.NA,
                 "final_acc": float(c["y"].iloc[-1]) if len(c) else math.nan,
                 "best_acc": float(c["y"].max()) if len(c) else math.nan,
-                "rounds_to_target": float(reached["x"].iloc[0]) if len(reached) else math.nan,
+                "rounds_to_target": hit.rounds,
+                "time_to_target": hit.time_s,  # simulated seconds (time_s) at the first reaching row
+                "bytes_to_target": hit.bytes,
+                "has_time_s": hit.has_time,
                 "loop_s": seconds,
                 "loop_s_from": source,
                 "run_dir": str(run.path),
@@ -100,6 +111,7 @@ def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (strategy, setting), g in runs_df.groupby(["strategy", "setting"], sort=False):
         hit = g["rounds_to_target"].dropna()
+        timed = g["time_to_target"].dropna()  # NaN for runs without time_s
         rows.append(
             {
                 "strategy": strategy,
@@ -110,6 +122,10 @@ def group_table(runs_df: pd.DataFrame) -> pd.DataFrame:
                 "best_acc_mean": g["best_acc"].mean(),
                 "best_acc_std": g["best_acc"].std(ddof=1),
                 "rounds_to_target_mean": hit.mean() if len(hit) else math.nan,
+                "time_to_target_mean": timed.mean() if len(timed) else math.nan,
+                "time_to_target_std": timed.std(ddof=1) if len(timed) else math.nan,
+                "bytes_to_target_mean": g["bytes_to_target"].dropna().mean() if len(hit) else math.nan,
+                "time_s_runs": int(g["has_time_s"].sum()),
                 "reached": f"{len(hit)}/{len(g)}",
                 "loop_s_mean": g["loop_s"].mean(),
                 "loop_s_from": WHOLE_JOB if (g["loop_s_from"] == WHOLE_JOB).any() else g["loop_s_from"].iloc[0],
@@ -127,6 +143,43 @@ def _pm(mean: float, std: float) -> str:
     return f"{_num(mean, 4)} ± {_num(std, 4)}"
 
 
+def _eng(v: float) -> str:
+    """Bytes in engineering notation: 950 B, 12.3 kB, 4.56 MB."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def _reached(r: Any) -> int:
+    return int(str(r.reached).split("/")[0])
+
+
+def _rounds_cell(r: Any) -> str:
+    return "not reached" if _reached(r) == 0 else _num(r.rounds_to_target_mean, 1)
+
+
+def _time_cell(r: Any) -> str:
+    """Simulated seconds to target, mean ± std over the runs that reached it and log time_s."""
+    if r.time_s_runs == 0:
+        return "no time_s"
+    if _reached(r) == 0:
+        return "not reached"
+    if pd.isna(r.time_to_target_mean):  # only runs without time_s reached it
+        return "no time_s"
+    std = "—" if pd.isna(r.time_to_target_std) else f"{r.time_to_target_std:.3g}"
+    cell = f"{r.time_to_target_mean:.4g} ± {std}"
+    if r.time_s_runs < r.runs:
+        cell += f" ({r.runs - r.time_s_runs} without time_s)"
+    return cell
+
+
+def _bytes_cell(r: Any) -> str:
+    if _reached(r) == 0:
+        return "not reached"
+    return "—" if pd.isna(r.bytes_to_target_mean) else _eng(r.bytes_to_target_mean)
+
+
 def _cell(v: object) -> str:
     return str(v).replace("|", "\\|")
 
@@ -141,10 +194,12 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
         f"final {metric}",
         f"best {metric}",
         f"{to_target} to ≥ {target:g} (mean)",
+        f"time_s to ≥ {target:g} (mean ± std)",
+        f"bytes to ≥ {target:g} (mean)",
         "reached",
         "loop s (mean)",
     ]
-    right = [False, False, True, True, True, True, True, True]
+    right = [False, False, True, True, True, True, True, True, True, True]
     body = [
         [
             _cell(r.strategy),
@@ -152,7 +207,9 @@ def to_markdown(groups: pd.DataFrame, metric: str, target: float, x: str) -> str
             str(r.runs),
             _pm(r.final_acc_mean, r.final_acc_std),
             _pm(r.best_acc_mean, r.best_acc_std),
-            _num(r.rounds_to_target_mean, 1),
+            _rounds_cell(r),
+            _time_cell(r),
+            _bytes_cell(r),
             r.reached,
             _num(r.loop_s_mean, 1) + (" †" if r.loop_s_from == WHOLE_JOB else ""),
         ]
