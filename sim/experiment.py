@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from strategies import Strategy, build_strategy
 
+from .async_fl.config import check_async_fl_run, check_async_fl_strategy, is_async_fl
 from .attacks import Attack, AttackConfig, flip_labels
 from .attacks.tolerance import check_fl_tolerance, check_gossip_tolerance
 from .backends import Backend, TrainingSetup, build_backend
@@ -77,6 +78,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_gossip_run(gossip, rounds, active=mode == "gossip")
     attack = AttackConfig.from_config(cfg.get("attack"), num_clients)
     _check_attack_run(attack, cfg, mode, gossip)
+    check_async_fl_run(cfg)  # federated.schedule (any mode) and, when async, the async_fl block (sim/async_fl)
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "seed", 0)
     boolean("save_model", cfg.get("save_model"), "(write the final model as model.safetensors)")
@@ -116,9 +118,11 @@ def validate_config(cfg: DictConfig) -> None:
             "sync for a strategy that changes local training",
             f"Strategy {strategy.name} adds a term to every local gradient; asynchronous gossip trains without it.",
         )
-    if mode == "federated":  # gossip nodes all take part; its clients_per_round may exceed a small num_clients
+    # gossip nodes all take part (its clients_per_round may exceed a small num_clients); asynchronous FL draws its own
+    if mode == "federated" and not is_async_fl(cfg):
         build_participation(cfg.participation, num_clients, cfg.seed, rounds=rounds)
         check_fl_tolerance(strategy, cfg.participation, num_clients, attack.num_byzantine)
+    check_async_fl_strategy(cfg, strategy)
     build_backend(cfg.backend)
 
 
@@ -287,7 +291,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         train=train,
         strategy=strategy,
         participation=None
-        if gossip
+        if gossip or is_async_fl(cfg)
         else build_participation(cfg.participation, int(cfg.num_clients), seed, counts, int(cfg.rounds)),
         backend=build_backend(cfg.backend),
         topology=topology,

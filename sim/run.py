@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from .async_fl import checkpoint_writer, is_async_fl, row_count, run_async_fl
 from .checkpoint import save_checkpoint
 from .errors import GossipsoupError, RunInterrupted
 from .experiment import build_experiment, resolved_config
@@ -132,6 +133,8 @@ def run_experiment(
     gossip = exp.gossip is not None
     asynchronous = gossip and exp.gossip.schedule == "async"
     bar_total = evaluation_count(int(cfg.rounds), exp.gossip) if asynchronous else int(cfg.rounds)
+    if is_async_fl(cfg):  # asynchronous FL: a row every eval_every server updates (sim/async_fl)
+        bar_total = row_count(int(cfg.rounds), int(cfg.eval_every))
     metrics = MetricsLog(out / "metrics.csv")
     for saved_row in (resume_state or {}).get("rows", []):
         metrics.append(saved_row)
@@ -208,6 +211,9 @@ def run_experiment(
                     exp, metrics, on_round, resume=resume, round_end=round_end, eval_end=evaluation_end
                 )
                 final_params = node_params.mean(0)  # the nodes' average model is what gets saved
+            elif is_async_fl(cfg):
+                writer = checkpoint_writer(out, every, keep_every, stop, metrics, summary["config"], bar_total)
+                final_params = run_async_fl(exp, metrics, on_round, resume=resume, row_end=writer)
             else:
                 final_params = run_federated(exp, metrics, on_round, resume=resume, round_end=round_end)
     except GossipsoupError as exc:
