@@ -17,7 +17,11 @@ of the run reads exactly the following, which :func:`capture` takes and :func:`r
 - ``states``: every node's strategy state;
 - the churn state: ``online`` flags and, for ``probability`` churn, the slot they were drawn for;
 - the counters behind a row's message and training columns, the backend's figures, and the loss
-  accumulators of the next row's ``train_loss`` (all reset by the evaluation, kept for exactness).
+  accumulators of the next row's ``train_loss`` (all reset by the evaluation, kept for exactness);
+- with a system model (simulated time, :mod:`sim.gossip.timing`): ``busy_until``, when each node's
+  running training ends, and ``staged``, the models those trainings end with (installed by their
+  TRAINED events, which are in the queue). A checkpoint without them (written before simulated time)
+  resumes with no training running.
 
 The node models themselves travel as the checkpoint's ``params`` ``[N, P]``. Not stored: the topology
 (a function of the seed and the period), probability churn's draws (a function of the seed and the
@@ -56,6 +60,8 @@ class AsyncGossip(Protocol):
     backend_stats: dict[str, float]
     loss_sum: float
     loss_weight: float
+    busy_until: Any  # numpy float64 [N]
+    staged: dict[int, torch.Tensor]
 
 
 def capture(gossip: AsyncGossip, time: float, evaluation: int) -> dict[str, Any]:
@@ -78,6 +84,11 @@ def capture(gossip: AsyncGossip, time: float, evaluation: int) -> dict[str, Any]
         "backend_stats": dict(gossip.backend_stats),
         "loss_sum": gossip.loss_sum,
         "loss_weight": gossip.loss_weight,
+        "busy_until": gossip.busy_until.copy(),
+        "staged_nodes": np.array(sorted(gossip.staged), dtype=np.int64),
+        "staged": torch.stack([gossip.staged[k] for k in sorted(gossip.staged)])
+        if gossip.staged
+        else gossip.params.new_zeros((0, gossip.params.shape[1])),
     }
 
 
@@ -96,6 +107,10 @@ def restore(gossip: AsyncGossip, state: dict[str, Any], params: torch.Tensor) ->
     gossip.last_counts = dict(state["last_counts"])
     gossip.backend_stats = dict(state["backend_stats"])
     gossip.loss_sum, gossip.loss_weight = float(state["loss_sum"]), float(state["loss_weight"])
+    if "busy_until" in state:
+        gossip.busy_until = np.asarray(state["busy_until"], dtype=np.float64).copy()
+        nodes = np.asarray(state["staged_nodes"], dtype=np.int64).tolist()
+        gossip.staged = {k: state["staged"][j].clone() for j, k in enumerate(nodes)}
 
 
 def pack_queue(queue: list, params: torch.Tensor) -> dict[str, Any]:

@@ -53,8 +53,9 @@ from strategies import AggregationInfo
 from . import async_state
 from .config import GossipConfig
 from .nodes import evaluated_nodes
+from .timing import enabled_system, training_samples
 
-WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE = 0, 1, 2, 3, 4
+WAKE, DELIVER, REQUEST, TOGGLE, EVALUATE, TRAINED = 0, 1, 2, 3, 4, 5
 
 #: called after every evaluation with (its index, node models, a function returning the carried state)
 EvaluationEnd = Callable[[int, torch.Tensor, Callable[[], dict[str, Any]]], None]
@@ -87,6 +88,10 @@ class AsyncGossip:
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.batch_sizes: list[int] = []  # deliveries trained per backend call (for benchmarks)
         self.loss_sum, self.loss_weight = 0.0, 0.0  # size-weighted training losses since the last evaluation
+        # a system model (sim/system): trainings take compute_time, messages link_time (sim/gossip/timing.py)
+        self.system = enabled_system(exp)
+        self.busy_until = np.zeros(self.n)  # with a system model: when each node's current training ends
+        self.staged: dict[int, torch.Tensor] = {}  # node -> the model its running training ends with
 
     # ---- scheduling ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, *data) -> None:
@@ -98,7 +103,10 @@ class AsyncGossip:
             return t + self.rng.exponential(self.cfg.wake_interval)
         return t + self.cfg.wake_interval
 
-    def delay(self) -> float:
+    def delay(self, sender: int, receiver: int, nbytes: int) -> float:
+        """A message's delay: the link's time with a system model, else a draw of the ``gossip.delay`` options."""
+        if self.system is not None:
+            return self.system.link_time(sender, receiver, nbytes)
         c = self.cfg
         if c.delay == "constant":
             return c.delay_value
@@ -112,6 +120,8 @@ class AsyncGossip:
             if slot != self.online_slot:
                 self.online = numpy_rng(self.exp.cfg.seed, "churn", slot).random(self.n) < self.cfg.online_prob
                 self.online_slot = slot
+        if self.system is not None and self.online[node]:  # the churn options and the system's availability
+            return self.system.available(node, t)
         return bool(self.online[node])
 
     # ---- node actions ----------------------------------------------------------------------------
@@ -124,9 +134,9 @@ class AsyncGossip:
             self.counts["lost"] += 1
             return
         if model is None:
-            self.push(t + self.delay(), REQUEST, sender, receiver)
+            self.push(t + self.delay(sender, receiver, 0), REQUEST, sender, receiver)
         else:
-            self.push(t + self.delay(), DELIVER, sender, receiver, model)
+            self.push(t + self.delay(sender, receiver, self.bytes_per_model), DELIVER, sender, receiver, model)
 
     def train_nodes(self, nodes: list[int], starts: torch.Tensor) -> torch.Tensor:
         """Train ``starts[j]`` on node ``nodes[j]``'s data, at the node's next count of trainings; a
@@ -178,8 +188,34 @@ class AsyncGossip:
         if not self.cfg.batch_exchanges:
             self.flush()
 
+    def start_training(self, t: float, node: int, sender: int, model: torch.Tensor) -> None:
+        """With a system model: a delivery waits while its node trains, then the node trains for
+        ``compute_time``; its new model replaces the old one when that training ends (a TRAINED event).
+        A delivery whose training would outlast the node's availability is lost."""
+        assert self.system is not None
+        if self.busy_until[node] > t:  # in the node's inbox until its current training ends
+            self.push(float(self.busy_until[node]), DELIVER, sender, node, model)
+            return
+        trainings = 1 if self.cfg.order == "merge_update" else 2
+        count = int(self.trained[node])
+        samples = training_samples(
+            self.sizes,
+            self.exp.train,
+            int(self.exp.cfg.seed),
+            [count + k for k in range(trainings)],
+            [node] * trainings,
+        )
+        end = t + sum(self.system.compute_time(node, s) for s in samples.tolist())
+        if not self.system.available_through(node, t, end):
+            self.counts["lost"] += 1
+            return
+        self.busy_until[node] = end
+        self.push(end, TRAINED, node)
+        self.receive(node, sender, model)
+
     def reads(self, node: int) -> None:
-        """An event is about to read ``node``'s model: apply the deliveries waiting for it first."""
+        """An event is about to read ``node``'s model: apply the deliveries waiting for it first (with a
+        system model, a delivery's result shows only at its TRAINED event, which is the one reader that flushes)."""
         if node in self.pending:
             self.flush()
 
@@ -195,13 +231,20 @@ class AsyncGossip:
             starts = [self.merge(n, self.params[n], m, s) for n, m, s in zip(nodes, models, senders, strict=True)]
             trained = self.train_nodes(nodes, torch.stack(starts))
             for k, n in enumerate(nodes):
-                self.params[n] = trained[k]
+                self.store(n, trained[k])
         else:  # update_merge: every node trains its own model, then the received one, in one call
             trained = self.train_nodes(nodes + nodes, torch.stack([self.params[n] for n in nodes] + models))
             k = len(nodes)
             for j, (n, s) in enumerate(zip(nodes, senders, strict=True)):
-                self.params[n] = self.merge(n, trained[j], trained[k + j], s)
+                self.store(n, self.merge(n, trained[j], trained[k + j], s))
         self.batch_sizes.append(len(nodes))
+
+    def store(self, node: int, model: torch.Tensor) -> None:
+        """A delivery's result: the node's model at once, or with a system model when its training ends."""
+        if self.system is None:
+            self.params[node] = model
+        else:
+            self.staged[node] = model
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(
@@ -229,19 +272,26 @@ class AsyncGossip:
             if t > horizon:
                 break
             if kind == WAKE:
-                if self.cfg.protocol != "pull":
+                if self.cfg.protocol != "pull" and self.system is None:
                     self.reads(data[0])  # a push sends the node's current model
                 self.wake(t, data[0])
             elif kind == DELIVER:
                 sender, receiver, model = data
-                if self.is_online(receiver, t):
+                if not self.is_online(receiver, t):
+                    self.counts["lost"] += 1
+                elif self.system is None:
                     self.receive(receiver, sender, model)
                 else:
-                    self.counts["lost"] += 1
+                    self.start_training(t, receiver, sender, model)
+            elif kind == TRAINED:
+                if data[0] in self.pending:  # its training's result is computed (a collected delivery: now)
+                    self.flush()
+                self.params[data[0]] = self.staged.pop(data[0])
             elif kind == REQUEST:
                 asker, asked = data
                 if self.is_online(asked, t):
-                    self.reads(asked)
+                    if self.system is None:
+                        self.reads(asked)
                     self.send(t, asked, asker, self.params[asked].clone())
                 else:
                     self.counts["lost"] += 1
@@ -257,6 +307,7 @@ class AsyncGossip:
                     "time": t,
                     **self.evaluate(),
                     **self.count_row(),
+                    "time_s": t,
                     "wall_s": time.perf_counter() - start,
                 }
                 log.append(row)
@@ -286,7 +337,8 @@ class AsyncGossip:
         self.first_eval_seq = self.next_seq
         for k in range(1, evaluation_count(int(exp.cfg.rounds), cfg) + 1):
             self.push(k * cfg.eval_interval, EVALUATE, k)
-        log.append({"round": 0.0, "time": 0.0, **self.evaluate(), **self.count_row(), "wall_s": 0.0})
+        row0 = {"round": 0.0, "time": 0.0, **self.evaluate(), **self.count_row(), "time_s": 0.0, "wall_s": 0.0}
+        log.append(row0)
 
     def resume(self, params: torch.Tensor, state: dict[str, Any]) -> None:
         """Continue from a checkpoint; a run extended to more rounds gets its further evaluation events.

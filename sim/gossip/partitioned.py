@@ -46,6 +46,7 @@ from .config import GossipConfig
 from .nodes import evaluated_nodes
 from .partition import cut_summary, partition_edges, partition_nodes
 from .sync import exchange_columns, round_messages
+from .timing import RoundClock
 
 log = logging.getLogger("sim.gossip")
 
@@ -118,6 +119,8 @@ class PartitionedSyncGossip:
         self.received: list[dict[str, int]] = []  # per actor: the last round's counts (tests read them)
         self._static_plan: tuple[torch.Tensor, RoundPlan] | None = None  # (mixing matrix, its plan) when no loss
         self._gathered: tuple[list, list[dict]] | None = None  # (snapshot refs, their contents) of a checkpoint
+        self.clock = RoundClock(exp, cfg.order)  # simulated seconds per round, as the driver-side loop counts them
+        self.messages: tuple[torch.Tensor, torch.Tensor] | None = None  # the last plan's (mixing matrix, lost entries)
 
     # ---- actors -------------------------------------------------------------------------------
     def _start(self, resume) -> None:
@@ -193,6 +196,7 @@ class PartitionedSyncGossip:
         returns (plan, messages sent, messages lost). A static graph without losses has one plan for the
         whole run: it is cut and put once, and later rounds send the actors nothing but references."""
         w, lost_mask = round_messages(self.topology, round_, self.cfg.drop_prob, seed)
+        self.messages = (w, lost_mask)
         rows, cols = w.indices()
         sent, lost = int((rows != cols).sum()), int(lost_mask.sum())
         if not lost and self._static_plan is not None and self._static_plan[0] is w:
@@ -270,11 +274,13 @@ class PartitionedSyncGossip:
         if resume is not None:
             first = resume.round + 1
             start = time.perf_counter() - float(log_.rows[-1]["wall_s"])
+            clock = float(log_.rows[-1].get("time_s", resume.round))  # a checkpoint from before time_s: unit rounds
         else:
-            first, start = 1, time.perf_counter()
+            first, start, clock = 1, time.perf_counter(), 0.0
             evaluation = self.evaluate()
             driver = {"driver_bytes": float(self._eval_bytes)}
-            log_.append({"round": 0, **evaluation, **exchange_columns(0, 0, 0, 0), **driver, "wall_s": 0.0})
+            row0 = {"round": 0, **evaluation, **exchange_columns(0, 0, 0, 0), "time_s": 0.0, **driver, "wall_s": 0.0}
+            log_.append(row0)
         for round_ in range(first, rounds + 1):
             plan, sent, lost = self._plan(round_, seed)
             message_bytes = self.bytes_per_model + self.extras_row_bytes  # merge_update: last training's extras
@@ -283,6 +289,8 @@ class PartitionedSyncGossip:
             if cfg.order == "update_merge":
                 message_bytes = self.bytes_per_model + trained[0].get("extras_row_bytes", 0)
             self.extras_row_bytes = trained[0].get("extras_row_bytes", self.extras_row_bytes)
+            assert self.messages is not None
+            clock += self.clock.round_time(round_, *self.messages, message_bytes)
             weight_sum = sum(s["weight_sum"] for s in trained)
             self.received = [
                 {k: int(s[k]) for k in ("models_received", "messages_received", "bytes_received")} for s in merge_stats
@@ -298,6 +306,7 @@ class PartitionedSyncGossip:
                 "train_loss": sum(s["loss_sum"] for s in trained) / weight_sum if weight_sum else np.nan,
                 **exchange_columns(self.n, sent, lost, message_bytes),
                 **self.stats,
+                "time_s": clock,
             }
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate())

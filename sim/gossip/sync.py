@@ -41,6 +41,7 @@ from sim.seeding import numpy_rng
 
 from .config import GossipConfig
 from .nodes import evaluated_nodes
+from .timing import RoundClock
 
 __all__ = ["SyncGossip", "exchange_columns", "merge_info", "received_from_entries", "received_matrix", "round_messages"]
 
@@ -100,6 +101,8 @@ class SyncGossip:
         self._received: tuple[torch.Tensor, torch.Tensor] | None = None
         self.attack = getattr(exp, "attack", None)  # Byzantine nodes (sim/attacks), or None
         self.byzantine_messages = 0  # crafted or label-flipped models that reached honest nodes in the last mix
+        self.clock = RoundClock(exp, cfg.order)  # simulated seconds per round (sim/gossip/timing.py)
+        self.messages: tuple[torch.Tensor, torch.Tensor] | None = None  # the last mix's (mixing matrix, lost entries)
 
     def train(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
         # a node trains towards its own start model (FedProx); rules with per-client state need a server
@@ -121,6 +124,7 @@ class SyncGossip:
     def mix(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, int, int]:
         """Merge every node with its neighbours; returns (new params, messages sent, messages lost)."""
         w, lost_mask = round_messages(self.topology, round_, self.cfg.drop_prob, int(self.exp.cfg.seed))
+        self.messages = (w, lost_mask)
         rows, cols = w.indices()
         values = w.values()
         off_diag = rows != cols
@@ -194,11 +198,12 @@ class SyncGossip:
             first, params = resume.round + 1, resume.params.clone()
             self.states, self.extras = resume.state["states"], resume.state["extras"]
             start = time.perf_counter() - float(log.rows[-1]["wall_s"])
+            clock = float(log.rows[-1].get("time_s", resume.round))  # a checkpoint from before time_s: unit rounds
         else:
             first = 1
             params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
-            start = time.perf_counter()
-            row0 = {"round": 0, **self.evaluate(params), **exchange_columns(0, 0, 0, 0)}
+            start, clock = time.perf_counter(), 0.0
+            row0 = {"round": 0, **self.evaluate(params), **exchange_columns(0, 0, 0, 0), "time_s": 0.0}
             log.append({**row0, **self.attack_columns(), "wall_s": 0.0})
             if cfg.order == "merge_update" and exp.strategy.requires:
                 self.extras = self.initial_extras(params)
@@ -211,6 +216,8 @@ class SyncGossip:
                 message_bytes = self.bytes_per_message()
                 params, sent, lost = self.mix(params, round_)
                 params, losses = self.train(params, round_)
+            assert self.messages is not None
+            clock += self.clock.round_time(round_, *self.messages, message_bytes)
             ok = ~torch.isnan(losses)
             if self.attack is not None:  # the honest nodes' training loss
                 ok &= ~self.attack.mask
@@ -221,6 +228,7 @@ class SyncGossip:
                 **exchange_columns(self.n, sent, lost, message_bytes),
                 **self.attack_columns(),
                 **self.stats,
+                "time_s": clock,
             }
             if round_ % eval_every == 0 or round_ == rounds:
                 row.update(self.evaluate(params))
