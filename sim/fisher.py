@@ -56,5 +56,5 @@ def diagonal_fisher(
     finally:
         model.train(was_training)
     fisher = total / len(x)
-    trainable = layout.trainable_mask()
+    trainable = layout.trainable_mask(device=fisher.device)
     return torch.where(trainable, fisher.clamp_min(floor), torch.zeros_like(fisher))

@@ -99,9 +99,9 @@ class Layout:
     def of_kind(self, *kinds: Kind) -> list[TensorSpec]:
         return [s for s in self.specs if s.kind in kinds]
 
-    def trainable_mask(self) -> torch.Tensor:
-        """Boolean ``[P]``: True where the entry is a parameter (not a buffer)."""
-        mask = torch.zeros(self.size, dtype=torch.bool)
+    def trainable_mask(self, device: torch.device | None = None) -> torch.Tensor:
+        """Boolean ``[P]``: True where the entry is a parameter (not a buffer); built on ``device``."""
+        mask = torch.zeros(self.size, dtype=torch.bool, device=device)
         for s in self.of_kind("weight", "bias"):
             mask[s.slice] = True
         return mask

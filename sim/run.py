@@ -169,6 +169,8 @@ def run_experiment(
     if gossip and uses_partitions(exp):  # the partition actors replace the ray backend's training pool
         exp.backend.defer_pool = True  # type: ignore[attr-defined]
     exp.backend.setup(exp.setup)
+    if (mover := getattr(exp.backend, "mover", None)) is not None:  # backend.device: the start model goes there once
+        exp.initial_params = mover.to_device(exp.initial_params)
     chosen = getattr(exp.backend, "chosen", None)  # backend=auto says which backend it picked
     if chosen is not None:
         summary["backend"] = f"auto: {chosen.name}"
@@ -227,6 +229,8 @@ def run_experiment(
         bar.close()
         exp.backend.close()
     metrics.flush()
+    if mover is not None:  # in-process backends: where they trained and what crossed between host and device
+        summary.update(device=str(mover.device), host_device_bytes=mover.host_device_bytes)
     last = metrics.rows[-1]
     summary.update(
         status="completed",

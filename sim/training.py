@@ -10,6 +10,7 @@ dampening, no Nesterov).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import overload
 
@@ -242,14 +243,17 @@ def local_train(
     steps: int | None = None,
     prox: float = 0.0,
     offset: torch.Tensor | None = None,
+    move: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``.
 
     ``steps``: this client's own number of local steps (unequal local work); ``prox`` and ``offset``
     (``[P]``): a strategy's :class:`ClientCorrection` for this client, added to every gradient.
+    The schedule and augmentation are drawn on the CPU (the same numbers on every device) and, when ``x``
+    lives on another device, go there in one piece through ``move`` (a backend's byte-counting mover).
     """
     buffers = layout.of_kind("buffer")
-    trainable = layout.trainable_mask() if buffers else None
+    trainable = layout.trainable_mask(device=params.device) if buffers else None
     p = params.detach().clone()
     buf = None
     losses = []
@@ -260,6 +264,10 @@ def local_train(
     # randomness inside the model (dropout) comes from torch's global generator: seed it from this
     # client's stream, after every other draw, so that such a model also reproduces per client and round
     model_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    if batches and batches[0].device != x.device:  # one upload of the whole schedule, not one per step
+        to_x = move if move is not None else (lambda t: t.to(x.device))
+        batches = list(to_x(torch.cat(batches)).split([len(b) for b in batches]))
+        aug = None if aug is None else to_x(aug)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_seed)
         seen = 0
@@ -316,7 +324,7 @@ def per_row_losses(
             F.cross_entropy(functional_call(model, state, (x[part],)), y[part], reduction="none")
             for part in rows.split(chunk)
         ]
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
 
 @torch.no_grad()

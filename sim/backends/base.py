@@ -117,21 +117,22 @@ def start_losses(setup: TrainingSetup, ids: list[int], starts: torch.Tensor) -> 
     from sim.training import per_row_losses
 
     data = setup.data
-    out = torch.full((len(ids),), float("nan"), dtype=torch.float32)
+    device = starts.device  # the backend's device (the row numbers are bookkeeping, drawn on the host)
+    out = torch.full((len(ids),), float("nan"), dtype=torch.float32, device=device)
     if not ids:
         return out
     ids_t = torch.as_tensor(ids, dtype=torch.long)
     lo, hi = data.offsets[ids_t].to(torch.long), data.offsets[ids_t + 1].to(torch.long)
-    sizes = hi - lo
+    sizes = (hi - lo).to(device)
     if starts.dim() == 1:
         rows = torch.cat([torch.arange(int(a), int(b)) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
-        owner = torch.repeat_interleave(torch.arange(len(ids)), sizes)
-        losses = per_row_losses(setup.model, setup.layout, starts, data.x, data.y, rows)
-        sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, owner, losses.double())
+        owner = torch.repeat_interleave(torch.arange(len(ids), device=device), sizes)
+        losses = per_row_losses(setup.model, setup.layout, starts, data.x, data.y, rows.to(device))
+        sums = torch.zeros(len(ids), dtype=torch.float64, device=device).index_add_(0, owner, losses.double())
     else:
-        sums = torch.zeros(len(ids), dtype=torch.float64)
+        sums = torch.zeros(len(ids), dtype=torch.float64, device=device)
         for k in range(len(ids)):
-            rows = torch.arange(int(lo[k]), int(hi[k]))
+            rows = torch.arange(int(lo[k]), int(hi[k]), device=device)
             sums[k] = per_row_losses(setup.model, setup.layout, starts[k], data.x, data.y, rows).double().sum()
     ok = sizes > 0
     out[ok] = (sums[ok] / sizes[ok]).float()
@@ -142,7 +143,8 @@ def aggregate_on_backend(backend, strategy, params: torch.Tensor, info, state):
     """Run ``strategy.aggregate`` where the backend wants it (e.g. on a GPU worker).
 
     A backend that defines ``aggregate(strategy, params, info, state)`` gets the call; every other
-    backend aggregates in the driver. Results always come back as CPU tensors.
+    backend aggregates in the driver. Ray's worker aggregation returns CPU tensors; the in-process backends
+    return them on their ``backend.device``, where the trained models are.
     """
     hook = getattr(backend, "aggregate", None)
     return hook(strategy, params, info, state) if hook is not None else strategy.aggregate(params, info, state)

@@ -135,7 +135,7 @@ class TrainingActor:
         configure_threads(num_threads, payload["layout"].size, payload["train"].batch_size)
         self.device = pick_device(device)
         self.noop = noop
-        self.backend = build_backend({"name": inner})
+        self.backend = build_backend({"name": inner, "device": str(self.device)})  # the inner one trains here too
         self.backend.setup(setup_from_payload(payload, self.device))
 
     def ready(self) -> dict[str, Any]:

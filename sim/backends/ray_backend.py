@@ -41,6 +41,7 @@ from sim.validation import boolean, choice, integer, number, optional_integer
 
 from . import ray_cluster
 from .base import ClientBatch, TrainingSetup, check_needs, client_rounds
+from .device import check_device_name
 from .ray_actors import AggregatorActor, TrainingActor, setup_payload, shared_tensor
 from .ray_chunks import balanced_chunks, client_costs
 from .sequential import SequentialBackend
@@ -114,7 +115,15 @@ class RayBackend:
             allowed="a finite number >= 0 (GPUs per actor; 0.25 shares one GPU by four)",
         )
         self.num_threads = check_num_threads(num_threads)
-        self.device = choice("backend.device", device, DEVICES)
+        self.device = check_device_name(device)
+        if self.device not in DEVICES:  # cuda:N: an actor sees only the GPUs Ray gave it
+            raise ConfigError(
+                "backend.device",
+                device,
+                "auto, cpu or cuda with backend=ray",
+                "Ray assigns GPUs to actors (backend.num_gpus) and each actor sees its own as cuda; choose the "
+                "machine's GPUs with CUDA_VISIBLE_DEVICES before Ray starts.",
+            )
         self.aggregate_on = choice("backend.aggregate_on", aggregate_on, AGGREGATE_ON)
         self.aggregator_num_gpus = (
             None
@@ -161,7 +170,7 @@ class RayBackend:
         self.aggregator: Any | None = None  # the aggregator actor's handle with aggregate_on=worker
         self._started = False
         self._setup: TrainingSetup | None = None
-        self._local = SequentialBackend()
+        self._local = SequentialBackend(device="cpu")  # the driver's data and models stay on the host
         self._last: tuple | None = None  # (params, chunk refs, positions, stats) of the last remote round
         self._strategy_ref: tuple | None = None  # (strategy, its ObjectRef)
         self._told_driver_aggregation = False

@@ -108,7 +108,7 @@ class PartitionActor:
         self.device = pick_device(device)
         self.noop = noop
         self.setup = setup_from_payload(payload, self.device)
-        self.backend = build_backend({"name": inner})
+        self.backend = build_backend({"name": inner, "device": str(self.device)})
         self.backend.setup(self.setup)
         self.layout = payload["layout"]
         self.strategy = part["strategy"]

@@ -1,6 +1,8 @@
 """The reference backend: one client after another, in the driver process.
 
-Its code is the definition of what every faster backend must reproduce.
+Its code is the definition of what every faster backend must reproduce. ``device`` (``backend.device``) is
+where it trains: the data set and the model go there once at setup (:mod:`sim.backends.device`), the
+trained models stay there and the loops aggregate and evaluate them there.
 """
 
 from __future__ import annotations
@@ -11,17 +13,34 @@ from sim.threads import check_num_threads
 from sim.training import ClientCorrection, client_local_steps, local_train
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
+from .device import DeviceMover, aggregate_on_device, resolve_device
 
 
 class SequentialBackend:
     name = "sequential"
 
-    def __init__(self, num_threads: int | None = None):
+    def __init__(self, num_threads: int | None = None, device: str = "auto"):
         self.num_threads = check_num_threads(num_threads)  # applied by the run (sim.threads), not here
+        self.mover = DeviceMover(resolve_device(device))
         self._setup: TrainingSetup | None = None
 
+    @property
+    def device(self):
+        return self.mover.device
+
+    @property
+    def host_device_bytes(self) -> int:
+        """Bytes moved between host and device so far (0 on the CPU): the run's summary reports them."""
+        return self.mover.host_device_bytes
+
     def setup(self, setup: TrainingSetup) -> None:
+        self.mover.upload_data(setup.data)
+        self.mover.upload_model(setup.model)
         self._setup = setup
+
+    def aggregate(self, strategy, params: torch.Tensor, info, state):
+        """The FL strategy on the backend's device, where the trained models are (see aggregate_on_backend)."""
+        return aggregate_on_device(self.mover, strategy, params, info, state)
 
     def train(
         self,
@@ -35,6 +54,9 @@ class SequentialBackend:
         assert s is not None, "setup() must run before train()"
         check_needs(self.name, needs)
         ids = client_ids.tolist()
+        start = self.mover.to_device(start)  # the first round's model comes from the host; later ones are here
+        if correction is not None and correction.offsets is not None:
+            correction = ClientCorrection(correction.prox, self.mover.to_device(correction.offsets))
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
         rounds = client_rounds(round_, len(ids))
         steps = client_local_steps(s.train, s.seed, rounds, ids)
@@ -55,6 +77,7 @@ class SequentialBackend:
                     steps=None if steps is None else int(steps[k]),
                     prox=prox,
                     offset=None if offsets is None else offsets[k],
+                    move=self.mover.to_device,  # on a GPU the schedule goes up once per client, counted
                 )
             )
         params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))

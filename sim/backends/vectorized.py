@@ -10,7 +10,9 @@ total number of steps, not ``K x`` the longest client. The SGD update is the sam
 ``sgd_step`` the reference applies, so results agree with ``SequentialBackend`` to float tolerance.
 
 vmap cannot run BatchNorm in training mode (its running statistics are updated in place), so a
-model with BatchNorm layers is refused at ``setup``.
+model with BatchNorm layers is refused at ``setup``. ``device`` (``backend.device``): the data set and the
+model go there once at setup; the schedule is drawn on the CPU (the reference's numbers) and goes up as
+one index tensor per chunk; the trained ``[K, P]`` stack stays on the device (:mod:`sim.backends.device`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 from .dense_kernel import DenseKernel, dense_layers
+from .device import DeviceMover, aggregate_on_device, resolve_device
 from .schedule import stacked_schedule
 
 MAX_CHUNK = 4096
@@ -77,6 +80,18 @@ def activation_bytes(model: nn.Module, example_row: torch.Tensor) -> int:
     return total
 
 
+def client_bytes(s: TrainingSetup) -> int:
+    """Memory one client takes in a vmapped pass (``backend=auto`` sizes GPU chunks with it too)."""
+    sizes = s.data.client_sizes
+    max_batch = int(min(s.train.batch_size, int(sizes.max()) if len(sizes) else 1))
+    p, d = s.layout.size, int(s.data.x[0].numel()) if len(s.data.x) else 1
+    # params, momentum, grad, update temporaries and autograd copies of the weights (~8 x P),
+    # plus the padded batch and, per row, the activations autograd keeps (three times every
+    # layer's output: the saved tensor, its gradient and a temporary), at least a generous floor
+    per_row = max(4 * (d + 4 * max(64, d)), 3 * activation_bytes(s.model, s.data.x[:1]))
+    return 4 * (8 * p + 16) + max_batch * per_row
+
+
 def batchnorm_layers(model: nn.Module) -> list[str]:
     return [
         f"{name or '<root>'!r} ({type(m).__name__})"
@@ -88,11 +103,27 @@ def batchnorm_layers(model: nn.Module) -> list[str]:
 class VectorizedBackend:
     name = "vectorized"
 
-    def __init__(self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto"):
+    def __init__(
+        self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto", device: str = "auto"
+    ):
         self.chunk_size = optional_integer("backend.chunk_size", chunk_size, 1, "pick one from free memory")
         self.kernel = choice("backend.kernel", kernel, KERNELS)
         self.num_threads = check_num_threads(num_threads)  # applied by the run (sim.threads), not here
+        self.mover = DeviceMover(resolve_device(device))
         self._setup: TrainingSetup | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.mover.device
+
+    @property
+    def host_device_bytes(self) -> int:
+        """Bytes moved between host and device so far (0 on the CPU): the run's summary reports them."""
+        return self.mover.host_device_bytes
+
+    def aggregate(self, strategy, params: torch.Tensor, info, state):
+        """The FL strategy on the backend's device, where the trained models are (see aggregate_on_backend)."""
+        return aggregate_on_device(self.mover, strategy, params, info, state)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def setup(self, setup: TrainingSetup) -> None:
@@ -105,10 +136,12 @@ class VectorizedBackend:
                 "sequential for such models)",
                 f"The model has BatchNorm layer(s) {', '.join(bn)}, which vmap cannot run in training mode.",
             )
+        self.mover.upload_data(setup.data)
+        self.mover.upload_model(setup.model)
         self._setup = setup
         self._chunk = self.chunk_size or self._auto_chunk()
         model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
-        self._trainable = layout.trainable_mask() if layout.of_kind("buffer") else None
+        self._trainable = layout.trainable_mask(device=self.device) if layout.of_kind("buffer") else None
         self._image_shape = image_shape(model, setup.train)
 
         def loss(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -148,16 +181,7 @@ class VectorizedBackend:
 
     def _auto_chunk(self) -> int:
         """Clients per pass that fit a quarter of the free memory (read once per run, at setup)."""
-        s = self._require_setup()
-        sizes = s.data.client_sizes
-        max_batch = int(min(s.train.batch_size, int(sizes.max()) if len(sizes) else 1))
-        p, d = s.layout.size, int(s.data.x[0].numel()) if len(s.data.x) else 1
-        # params, momentum, grad, update temporaries and autograd copies of the weights (~8 x P),
-        # plus the padded batch and, per row, the activations autograd keeps (three times every
-        # layer's output: the saved tensor, its gradient and a temporary), at least a generous floor
-        per_row = max(4 * (d + 4 * max(64, d)), 3 * activation_bytes(s.model, s.data.x[:1]))
-        per_client = 4 * (8 * p + 16) + max_batch * per_row
-        return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // per_client)))
+        return int(max(1, min(MAX_CHUNK, (_available_bytes() // 4) // client_bytes(self._require_setup()))))
 
     def train(
         self,
@@ -171,7 +195,10 @@ class VectorizedBackend:
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
         K, P = len(ids), s.layout.size
-        starts = start.detach().expand(K, -1) if start.dim() == 1 else start.detach()
+        start = self.mover.to_device(start.detach())  # the first round's model comes from the host; later ones are here
+        if correction is not None and correction.offsets is not None:
+            correction = ClientCorrection(correction.prox, self.mover.to_device(correction.offsets))
+        starts = start.expand(K, -1) if start.dim() == 1 else start.detach()
         params = starts.new_zeros((K, P))
         losses = torch.full((K,), float("nan"), dtype=torch.float32)
         ids_t = torch.as_tensor(ids, dtype=torch.long)
@@ -220,15 +247,15 @@ class VectorizedBackend:
         if S == 0:
             return starts.clone(), torch.full((K,), float("nan"))
         params = starts.clone()
-        # the schedule is drawn on the CPU (as the reference draws it); a GPU actor trains on its device
+        # the schedule is drawn on the CPU (as the reference draws it) and goes up once per chunk
         device = starts.device
-        index = index.to(device)
-        aug = None if aug is None else aug.to(device)
-        trainable = None if self._trainable is None else self._trainable.to(device)
+        index = self.mover.to_device(index)
+        aug = None if aug is None else self.mover.to_device(aug)
+        trainable = self._trainable
         loss_sum = torch.zeros(K, dtype=torch.float32, device=device)
         lengths = (index >= 0).sum(-1)  # [K, S]
         active_counts = (steps.unsqueeze(0) > torch.arange(S).unsqueeze(1)).sum(1).tolist()  # [S]
-        batch_widths = lengths.max(0).values.tolist()  # [S]; the sort makes row 0 the longest client
+        batch_widths = lengths.max(0).values.tolist()  # [S] (read once per chunk); row 0 is the longest client
         x, y = s.data.x, s.data.y
         buf = None
         prox = correction.prox if correction is not None else 0.0
@@ -272,6 +299,6 @@ class VectorizedBackend:
                     grads.add_(params[:A], alpha=cfg.weight_decay + pull)
                 params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
-        loss_sum = loss_sum.cpu()
+        loss_sum = self.mover.to_host(loss_sum)  # [K] floats for the metrics, once per chunk
         mean_loss = torch.where(steps > 0, loss_sum / steps.clamp_min(1), torch.tensor(float("nan")))
         return params, mean_loss

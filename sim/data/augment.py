@@ -45,12 +45,12 @@ def augment_rows(rows: torch.Tensor, params: torch.Tensor, shape: Sequence[int],
     lead = rows.shape[:-1]
     images = rows.reshape(-1, c, h, w)
     p = params.reshape(-1, 3)
-    n = len(images)
+    n, device = len(images), rows.device  # index tensors built where the rows are (a GPU: no host tensor)
     if crop_padding > 0:
         padded = F.pad(images, (crop_padding,) * 4)
-        ys = p[:, 0:1] + torch.arange(h)  # [n, H] rows of the padded image to keep
-        xs = p[:, 1:2] + torch.arange(w)  # [n, W]
-        picked = padded[torch.arange(n).view(n, 1, 1), :, ys.view(n, h, 1), xs.view(n, 1, w)]  # [n, H, W, C]
+        ys = p[:, 0:1] + torch.arange(h, device=device)  # [n, H] rows of the padded image to keep
+        xs = p[:, 1:2] + torch.arange(w, device=device)  # [n, W]
+        picked = padded[torch.arange(n, device=device).view(n, 1, 1), :, ys.view(n, h, 1), xs.view(n, 1, w)]
         images = picked.permute(0, 3, 1, 2)
     flip = p[:, 2].view(n, 1, 1, 1).bool()
     images = torch.where(flip, images.flip(-1), images)

@@ -50,6 +50,9 @@ class InputSpec:
             if self.mean is not None and self.std is not None:
                 assert self._normalization is not None  # built in __post_init__
                 mean, std = self._normalization
+                if mean.device != out.device:  # rows on a GPU: the constants go there once, then stay
+                    mean, std = mean.to(out.device), std.to(out.device)
+                    object.__setattr__(self, "_normalization", (mean, std))
                 out = (out - mean) / std
         return out.reshape(*rows.shape[:-1], *self.shape)
 
