@@ -44,7 +44,7 @@ def test_auto_and_cpu_resolve_to_the_cpu_here():
     assert not torch.cuda.is_available()  # this suite's machine; a GPU runner checks cuda in gpu_check.sh
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    for name in ("sequential", "vectorized"):
+    for name in ("sequential", "vectorized", "auto"):
         assert build_backend({"name": name, "device": "auto"}).mover.device == torch.device("cpu")
 
 
@@ -65,7 +65,7 @@ def test_other_spellings_are_refused(value):
 
 
 def test_every_backend_validates_the_key_before_any_data():
-    for name in ("sequential", "vectorized"):
+    for name in ("sequential", "vectorized", "auto"):
         with pytest.raises(ConfigError) as info:
             build_backend({"name": name, "device": "cuda"})
         assert info.value.field == "backend.device"

@@ -28,9 +28,13 @@ log = logging.getLogger("sim")
 class AutoBackend:
     name = "auto"
 
-    def __init__(self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto"):
-        self._vectorized = VectorizedBackend(chunk_size=chunk_size, num_threads=num_threads, kernel=kernel)
-        self._sequential = SequentialBackend(num_threads=num_threads)
+    def __init__(
+        self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto", device: str = "auto"
+    ):
+        self._vectorized = VectorizedBackend(
+            chunk_size=chunk_size, num_threads=num_threads, kernel=kernel, device=device
+        )
+        self._sequential = SequentialBackend(num_threads=num_threads, device=device)
         self.chosen: VectorizedBackend | SequentialBackend | None = None
         self.reason = ""  # why ``chosen`` was chosen, as logged
 
@@ -69,6 +73,20 @@ class AutoBackend:
     ) -> ClientBatch:
         assert self.chosen is not None, "setup() must run before train()"
         return self.chosen.train(client_ids, start, round_, needs, correction)
+
+    def aggregate(self, strategy, params: torch.Tensor, info, state):
+        """The chosen backend's aggregation, on its device (see aggregate_on_backend)."""
+        assert self.chosen is not None, "setup() must run before aggregate()"
+        return self.chosen.aggregate(strategy, params, info, state)
+
+    @property
+    def mover(self):
+        """Both choices share one device and one byte count (sim/backends/device.py)."""
+        return (self.chosen or self._vectorized).mover
+
+    @property
+    def host_device_bytes(self) -> int:
+        return self.mover.host_device_bytes
 
     def close(self) -> None:
         if self.chosen is not None:
