@@ -9,7 +9,8 @@ inference cost) for comparison. The merged checkpoint goes to ``--out`` (default
 ``merged_<method>.safetensors`` in the first checkpoint's run folder); its path is printed.
 
 Every option and file is checked before any model is merged or scored: a bad one ends the command
-with ``error: ...`` (exit code 2) and writes nothing.
+with ``error: ...`` (exit code 2) and writes nothing. ``--device`` (``auto | cpu | cuda | cuda:N``, as
+``backend.device``) is where the merge and the scoring run: the data set and the ingredients go there once.
 """
 
 from __future__ import annotations
@@ -49,10 +50,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--shift-pixels", args.shift_pixels, "a whole number >= 0 (images move to the right)")
     if not math.isfinite(args.shift_noise) or args.shift_noise < 0:
         raise ConfigError("--shift-noise", args.shift_noise, "a finite standard deviation >= 0")
+    _check_device_name(args.device)
     for option in ("out", "csv"):
         path = getattr(args, option)
         if path is not None and Path(path).is_dir():
             raise ConfigError(f"--{option}", path, "the path of a file", "An existing folder has that name.")
+
+
+def _check_device_name(value: str) -> None:
+    """The spelling of --device, before torch is imported (whether a GPU exists is asked later)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", value):
+        raise ConfigError("--device", value, "auto (cuda when torch sees a CUDA GPU, else cpu), cpu, cuda or cuda:N")
 
 
 def find_checkpoints(paths: list[str]) -> list[Path]:
@@ -196,7 +206,7 @@ def shifted_test(data, noise: float, pixels: int) -> torch.Tensor:
         x[..., :pixels] = 0.0
     if noise:
         scale = 255.0 if pixels_u8 else 1.0
-        x = x + noise * scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        x = x + noise * scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
     lo, hi = float(data.x.min()), float(data.x.max())
     shifted = x.reshape(len(x), -1).clamp(lo, hi)
     return shifted.round().to(torch.uint8) if pixels_u8 else shifted
@@ -245,9 +255,14 @@ def run(args: argparse.Namespace) -> tuple[list[dict], Path]:
     """(the score table, where the merged checkpoint went)."""
     check_args(args)
     options = strategy_config(args.method, args.set, 0)  # names and types, before torch is even imported
+    import torch
+
     from strategies import build_strategy
 
     strategy = build_strategy(options)  # the values (alpha in [0, 1], ...), before any file is read
+    from .backends.device import DeviceMover, resolve_device
+
+    mover = DeviceMover(resolve_device(args.device, "--device"))  # cuda without a GPU: refused before any file
     if strategy.name in NEEDS_BASE and args.base is None:
         raise ConfigError(
             "--base",
@@ -266,6 +281,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], Path]:
     if exp.layout != layout:
         check_same_layout(paths[0], exp.layout, paths[0], layout)
     check_shift(exp.data, args.shift_pixels)
+    mover.upload_data(exp.data)  # once, in its storage dtype; merging and scoring then read the device copy
+    mover.upload_model(exp.model)
+    stacked = mover.to_device(stacked)
+    base = None if base is None else mover.to_device(base)
     strategy = build_strategy(strategy_config(args.method, args.set, int(exp.cfg.seed)))
     if strategy.needs_validation and exp.validation_fn() is None:
         raise ConfigError(
@@ -274,13 +293,15 @@ def run(args: argparse.Namespace) -> tuple[list[dict], Path]:
             "a method that needs no validation split",
             "The run these checkpoints come from has no validation split (dataset.val_fraction=0).",
         )
-    merged = merge(exp, strategy, layout, stacked, base, args.fisher_rows, paths)
+    with torch.device(mover.device):  # a strategy's own torch.zeros(...) on the device too
+        merged = merge(exp, strategy, layout, stacked, base, args.fisher_rows, paths)
     table = score_table(exp, layout, stacked, paths, base, args, (f"merge: {strategy.name}", merged))
     from .checkpoint import save_checkpoint
 
     save_checkpoint(
         out, layout, merged, {"merge_method": strategy.name, "ingredients": json.dumps([str(p) for p in paths])}
     )
+    print(f"device {mover.device}: {mover.host_device_bytes} bytes moved between host and device", file=sys.stderr)
     return table, out
 
 
@@ -348,7 +369,7 @@ def ensemble_scores(exp, layout, stacked: torch.Tensor, sets: dict) -> dict[str,
             return float("nan")
         probs = sum(
             (torch.softmax(functional_call(exp.model, layout.to_state_dict(m), (x,)), -1) for m in stacked),
-            torch.zeros(()),
+            torch.zeros((), device=x.device),
         )
         return float((probs.argmax(-1) == y).float().mean())
 
@@ -377,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shift-noise", type=float, default=0.0, help="std of Gaussian noise for a shifted test set")
     parser.add_argument("--shift-pixels", type=int, default=0, help="pixels to move test images for a shifted test set")
     parser.add_argument("--csv", help="also write the table as CSV here")
+    parser.add_argument(
+        "--device", default="auto", help="where to merge and score: auto (cuda if there is one), cpu, cuda, cuda:N"
+    )
     return parser
 
 

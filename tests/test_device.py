@@ -8,6 +8,7 @@ the cuda path where a GPU is lent.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +18,11 @@ from sim.backends import build_backend
 from sim.backends.device import DeviceMover, check_device_name, resolve_device
 from sim.backends.sequential import SequentialBackend
 from sim.backends.vectorized import VectorizedBackend
+from sim.checkpoint import load_checkpoint
 from sim.data import FederatedData
 from sim.errors import ConfigError
 from sim.experiment import build_experiment
+from sim.merge import main as merge_main
 from sim.run import run_experiment
 from sim.training import ClientCorrection, TrainConfig, local_train
 from tests.forked_cli import run_module
@@ -107,21 +110,54 @@ def test_sequential_on_cpu_equals_local_train_bit_for_bit(exp):
     assert backend.host_device_bytes == 0
 
 
-def _metrics(tmp_path, name: str, *overrides: str):
-    summary = run_experiment(_cfg("rounds=2", *overrides), tmp_path / name)
-    rows = (tmp_path / name / "metrics.csv").read_text().splitlines()
+def _metrics(folder: Path, *overrides: str):
+    summary = run_experiment(_cfg("rounds=2", "save_model=true", *overrides), folder)
+    rows = (folder / "metrics.csv").read_text().splitlines()
     wall = rows[0].split(",").index("wall_s")
     return summary, [",".join(v for i, v in enumerate(r.split(",")) if i != wall) for r in rows]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Per backend, a two-round run with backend.device=auto and one with cpu (their checkpoints feed merge)."""
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        (backend, device): (
+            root / backend / device,
+            *_metrics(root / backend / device, f"backend={backend}", f"backend.device={device}"),
+        )
+        for backend in ("sequential", "vectorized")
+        for device in ("auto", "cpu")
+    }
+
+
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
-def test_device_cpu_run_equals_the_default_run_and_moves_nothing(tmp_path, backend):
-    default, rows_default = _metrics(tmp_path, "default", f"backend={backend}", "backend.device=auto")
-    cpu, rows_cpu = _metrics(tmp_path, "cpu", f"backend={backend}", "backend.device=cpu")
+def test_device_cpu_run_equals_the_default_run_and_moves_nothing(runs, backend):
+    folder, cpu, rows_cpu = runs[backend, "cpu"]
+    _, default, rows_default = runs[backend, "auto"]
     assert rows_cpu == rows_default  # every logged number, as text: bit for bit
-    saved = json.loads((tmp_path / "cpu" / "summary.json").read_text())
+    saved = json.loads((folder / "summary.json").read_text())
     assert saved["device"] == "cpu" and saved["host_device_bytes"] == 0
     assert default["device"] == "cpu" and default["host_device_bytes"] == 0
+
+
+def test_merge_on_cpu_equals_the_default_and_refuses_cuda(runs, tmp_path, capsys):
+    ingredients = [str(runs["sequential", d][0] / "model.safetensors") for d in ("auto", "cpu")]
+    ingredients.append(str(runs["vectorized", "cpu"][0] / "model.safetensors"))
+    shift = ["--shift-noise", "3", "--shift-pixels", "1"]  # the noise is drawn on the host, then moved
+    out = {}
+    for device in (None, "cpu"):
+        args = [*ingredients, *shift, "--out", str(tmp_path / f"{device}.safetensors")]
+        assert merge_main(args + ([] if device is None else ["--device", device])) == 0
+        out[device] = (capsys.readouterr(), load_checkpoint(tmp_path / f"{device}.safetensors")[1])
+    assert out[None][0].out == out["cpu"][0].out  # the score table, every digit
+    assert torch.equal(out[None][1], out["cpu"][1])
+    assert "device cpu: 0 bytes moved" in out["cpu"][0].err
+    for bad, said in (("cuda", "sees no CUDA GPU"), ("gpu", "cuda:N")):
+        assert merge_main([*ingredients, "--device", bad, "--out", str(tmp_path / "x.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --device='{bad}'") and said in err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.xdist_group("ray")
