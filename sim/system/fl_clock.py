@@ -1,7 +1,7 @@
 """The FL loop's clock: over-selected sampling, the round's timing, and the kept clients' rows.
 
-sim/federated.py calls three things: ``FLClock.for_run`` (builds the system model and refuses a
-deadline no client can meet, before any training), ``sample`` (the participation draw, ``ceil(c*K)``
+sim/federated.py calls three things: ``FLClock.for_run`` (builds the system model and, under
+over-selection, the participation that asks for ``ceil(c*K)``), ``sample`` (the participation draw, ``ceil(c*K)``
 clients under over-selection) and ``settle`` (times the round, returns the batch of the clients whose
 updates arrive). The order of random draws is unchanged: over-selection draws ``ceil(c*K)`` clients
 from the same stream ``("participation", round)`` that draws K without it, and the system model's
@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from ..participation import UniformParticipation
-from ..training import steps_per_client
+from ..training import TrainConfig, steps_per_client
 from .build import build_system, over_selected
 from .fl_round import RoundTiming, fl_round_timing
 from .model import SystemModel
@@ -53,6 +53,30 @@ def subset_batch(batch: ClientBatch, keep: np.ndarray) -> ClientBatch:
     )
 
 
+def check_deadline(cfg: Any, client_sizes: torch.Tensor, train: TrainConfig, bytes_per_model: int) -> None:
+    """Refuse a deadline that even the fastest client's smallest task exceeds (nobody would ever deliver).
+
+    ``build_experiment`` calls it once the data and model exist, before any result file is written.
+    """
+    deadline = (cfg.get("system") or {}).get("deadline_s")
+    if deadline is None or cfg.get("mode") != "federated":
+        return
+    system = build_system(cfg, len(client_sizes))
+    if not system.enabled:
+        return
+    fewest = None if train.local_steps_min is None else torch.full_like(client_sizes, train.local_steps_min)
+    samples = (steps_per_client(client_sizes, train, fewest) * train.batch_size).numpy()
+    n = bytes_per_model
+    fastest = min(system.task_time(k, n, n, float(samples[k])) for k in range(len(samples)))
+    if fastest > deadline:
+        raise ConfigError(
+            "system.deadline_s",
+            deadline,
+            f"at least the fastest client's task time ({fastest:.6g} s)",
+            "No client can download the model, train and upload within it, so every round would drop everyone.",
+        )
+
+
 class FLClock:
     """Simulated time of a synchronous FL run (``time`` is the end of the last round, in seconds)."""
 
@@ -69,28 +93,7 @@ class FLClock:
 
     @classmethod
     def for_run(cls, exp: Experiment, bytes_per_model: int) -> FLClock:
-        clock = cls(exp, build_system(exp.cfg, exp.data.num_clients), bytes_per_model)
-        clock.check_deadline()
-        return clock
-
-    def check_deadline(self) -> None:
-        """Refuse a deadline that even the fastest client's smallest task exceeds (nobody would ever deliver)."""
-        system, deadline = self.system, self.system.deadline_s
-        if not system.enabled or deadline is None:
-            return
-        train = self.exp.train
-        sizes = self.exp.data.client_sizes
-        fewest = None if train.local_steps_min is None else torch.full_like(sizes, train.local_steps_min)
-        samples = (steps_per_client(sizes, train, fewest) * train.batch_size).numpy()
-        n = self.bytes_per_model
-        fastest = min(system.task_time(k, n, n, float(samples[k])) for k in range(len(samples)))
-        if fastest > deadline:
-            raise ConfigError(
-                "system.deadline_s",
-                deadline,
-                f"at least the fastest client's task time ({fastest:.6g} s)",
-                "No client can download the model, train and upload within it, so every round would drop everyone.",
-            )
+        return cls(exp, build_system(exp.cfg, exp.data.num_clients), bytes_per_model)
 
     def resume(self, last_row: dict) -> None:
         self.time = float(last_row.get("time_s", last_row["round"]))
