@@ -246,3 +246,24 @@ def test_converter_writes_fedscale_pickle_as_json_only_when_allowed(tmp_path):
     assert not out.exists()
     assert convert(str(src), str(out), allow_pickle=True) == 1
     assert json.loads(out.read_text()) == {"7": {"computation": 162.0, "communication": 5648.1}}
+
+
+def test_vectorized_task_times_equal_the_scalar_ones_bit_for_bit():
+    s = build_system(
+        {
+            "seed": 1,
+            "system": {
+                **CONSTANT,
+                "name": "lognormal",
+                "server_bandwidth": 1.2,  # a cap of 0.4 per transfer: some clients below it, some above
+                **{
+                    k: {"median": 0.7, "sigma": 1.5}
+                    for k in ("compute_s", "bandwidth_up", "bandwidth_down", "latency_s")
+                },
+            },
+        },
+        6,
+    )
+    ids, up, samples = np.array([5, 0, 3]), np.array([10.0, 1e6, 3e3]), np.array([7.0, 0.0, 1e5])
+    scalar = [s.task_time(int(c), 4e5, float(u), float(n), share=3) for c, u, n in zip(ids, up, samples, strict=True)]
+    assert s.task_times(ids, 4e5, up, samples, 3).tolist() == scalar

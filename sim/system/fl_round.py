@@ -49,13 +49,13 @@ def fl_round_timing(
         return RoundTiming(np.ones(count, dtype=bool), 1.0, 0, 0, np.ones(count))
     if count == 0:
         return RoundTiming(np.ones(0, dtype=bool), system.deadline_s or 0.0, 0, 0, np.zeros(0))
-    times = np.array(
-        [
-            system.task_time(int(c), bytes_down, float(b), float(s), share=count)
-            for c, s, b in zip(clients, samples, bytes_up, strict=True)
-        ]
+    times = system.task_times(
+        clients, bytes_down, np.asarray(bytes_up, np.float64), np.asarray(samples, np.float64), count
     )
-    ok = np.array([system.available_through(int(c), start, start + t) for c, t in zip(clients, times, strict=True)])
+    if system.availability is None:
+        ok = np.ones(count, dtype=bool)
+    else:
+        ok = np.array([system.available_through(int(c), start, start + t) for c, t in zip(clients, times, strict=True)])
     order = np.lexsort((clients, times))  # by time, ties by client id
     order = order[ok[order]]
     deadline = system.deadline_s
