@@ -138,10 +138,10 @@ class SyncGossip:
             self.byzantine_messages = int((off_diag & ~lost_mask & attack.mask[cols] & ~attack.mask[rows]).sum())
         if self.fast_path and hasattr(strategy, "aggregate_all") and not crafted:
             if lost:
-                received = received_matrix(w, lost_mask)
+                received = received_matrix(w, lost_mask).to(params.device)  # backend.device: where the models are
             else:  # a static graph without losses: the same matrix every round, built once
                 if self._received is None or self._received[0] is not w:
-                    self._received = (w, received_matrix(w, lost_mask))
+                    self._received = (w, received_matrix(w, lost_mask).to(params.device))
                 received = self._received[1]
             new = strategy.aggregate_all(received, params, self.exp.layout)
             check_finite(new, self.ids, round_, "the merged parameters")
