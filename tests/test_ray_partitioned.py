@@ -52,11 +52,12 @@ CASES = {
         "topology.time_varying=true",
         "strategy=fedadam",
         "gossip.drop_prob=0.2",
+        "system=lognormal",  # time_s from per-round link times, as the sequential loop counts them
     ),
     # the one-peer exponential graph (a directed permutation per round) with FedProx's client part
     "one_peer_fedprox": ("topology=exponential", "topology.one_peer=true", "strategy=fedprox"),
     # merge before training, with per-model extras that travel with the models (Fisher diagonals)
-    "fisher_merge_update": ("topology=ring", "strategy=fisher_merge", "gossip.order=merge_update"),
+    "fisher_merge_update": ("topology=ring", "strategy=fisher_merge", "gossip.order=merge_update", "system=lognormal"),
 }
 
 

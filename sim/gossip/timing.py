@@ -36,9 +36,14 @@ __all__ = ["RoundClock", "enabled_system", "training_samples"]
 
 
 def enabled_system(exp) -> Any:
-    """The run's system model when it is one that takes time (``system=none`` or none at all: None)."""
+    """The run's system model when it takes time (``system=none``: None): ``exp.system`` where the caller set
+    one, else the one the config's ``system`` block builds (:func:`sim.system.build_system`)."""
     system = getattr(exp, "system", None)
-    return system if system is not None and getattr(system, "enabled", False) else None
+    if system is None:
+        from sim.system import build_system
+
+        system = build_system(exp.cfg, exp.data.num_clients)
+    return system if system.enabled else None
 
 
 def training_samples(
