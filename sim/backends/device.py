@@ -112,12 +112,14 @@ class DeviceMover:
 
 
 def aggregate_on_device(mover: DeviceMover, strategy, params: torch.Tensor, info, state):
-    """``strategy.aggregate`` on the backend's device, the same calls on cpu and cuda.
+    """``strategy.aggregate`` on the backend's device.
 
     Strategies are written for CPU tensors; inside the ``torch.device`` context their own ``torch.zeros(...)``
-    land on the device too, and the round's small host tensors (sample counts, ids) are moved first (on the
-    CPU every move is the identity and the context only names the default device, so the numbers are those
-    of a plain ``strategy.aggregate``).
+    land on the device too, and the round's small host tensors (sample counts, ids) are moved first. On the
+    CPU every move would be the identity and the context would only name the default device, so it is a
+    plain call there (no per-op cost of the context for rules with many small ops, e.g. Krum).
     """
+    if mover.device.type == "cpu":
+        return strategy.aggregate(params, info, state)
     with torch.device(mover.device):
         return strategy.aggregate(params, mover.tree(info), mover.tree(state))  # params: the backend's, already here
