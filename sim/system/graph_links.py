@@ -58,7 +58,7 @@ def read_link_file(path: str, num_nodes: int) -> Table:
             nodes = _sorted_ids(graph.nodes())
             table = graph_link_table(graph, path, field, {n: k for k, n in enumerate(nodes)})
         else:
-            table, ids = {}, set()
+            table, ids = {}, set[int]()
             raw: list[tuple[int, int, tuple[float, float]]] = []
             with open(path, encoding="utf-8") as f:
                 for number, line in enumerate(f, start=1):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,3 @@ def read_records(field: str, path: str, declared: str, columns: tuple[str, ...])
     if fmt == "csv":
         return read_csv(field, path, columns)
     return read_parquet(field, path, columns)
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

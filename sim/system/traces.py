@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..validation import choice, number
+from ..validation import choice, is_number, number
 from .availability import Availability, ClientTrace
-from .trace_files import FORMATS, Record, finite, read_records
+from .trace_files import FORMATS, Record, read_records
 
 CLIENT_MAPS = ("id", "cycle")
 KBIT_BYTES = 1024 / 8  # FedScale's kbit: model bytes / 1024 * 8
@@ -72,7 +72,7 @@ def trace_arrays(options: Mapping[str, Any], num_clients: int) -> dict[str, np.n
     for r in rows:
         for column in ("computation", "communication"):
             value = r.fields.get(column)
-            if not (finite(value) and value > 0):
+            if not (is_number(value) and value > 0):
                 raise ConfigError(
                     field,
                     path,
@@ -90,6 +90,9 @@ def trace_arrays(options: Mapping[str, Any], num_clients: int) -> dict[str, np.n
 
 
 def _intervals(field: str, path: str, r: Record, grouped: list[Record] | None) -> ClientTrace:
+    active: Any
+    inactive: Any
+    finish: Any
     if grouped is not None:  # a table: one row per interval
         rows = grouped
         active = [x.fields["active"] for x in rows]
@@ -110,11 +113,11 @@ def _intervals(field: str, path: str, r: Record, grouped: list[Record] | None) -
             "equal-length, non-empty lists active and inactive per client",
             f"{where.capitalize()} does not have them.",
         )
-    if not (finite(finish) and finish > 0):
+    if not (is_number(finish) and finish > 0):
         raise ConfigError(
             field, path, "a finite finish_time > 0 per client", f"{where.capitalize()} has finish_time={finish!r}."
         )
-    if not all(finite(v) and v >= 0 for v in active + inactive):
+    if not all(is_number(v) and v >= 0 for v in active + inactive):
         raise ConfigError(field, path, "finite times >= 0", f"{where.capitalize()} has a non-finite or negative time.")
     a, b = np.asarray(active, dtype=np.float64), np.asarray(inactive, dtype=np.float64)
     if (b < a).any():
