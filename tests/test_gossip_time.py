@@ -9,6 +9,7 @@ table of unequal bandwidths (a message is a logistic regression on digits: 650 f
 
 from __future__ import annotations
 
+import functools
 import heapq
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,13 +41,21 @@ TINY = (
 LINKS = {(0, 1): (2600.0, 0.1), (1, 2): (1300.0, 0.0), (0, 2): (26000.0, 0.5)}
 
 
-def _exp(*overrides: str, system: SystemModel | None = None):
+@functools.cache
+def _built(overrides: tuple[str, ...]):
+    """One experiment per config for the whole module (the loops read it; only ``system`` and ``rounds`` vary)."""
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*TINY, *overrides])
     exp = build_experiment(cfg)
     exp.backend.setup(exp.setup)
-    if system is not None:
-        exp.system = system
+    return exp, int(cfg.rounds)
+
+
+def _exp(*overrides: str, system: SystemModel | None = None):
+    """The experiment of ``overrides``; ``system`` replaces the one the config builds (None: the config's)."""
+    exp, rounds = _built(overrides)
+    exp.system = system
+    exp.cfg.rounds = rounds
     return exp
 
 
