@@ -244,8 +244,10 @@ def test_a_bad_schedule_is_refused_in_gossip_runs_too(make_cfg):
         validate_config(make_cfg("mode=gossip", "federated.schedule=asnyc"))
 
 
-def test_sync_runs_ignore_the_async_block(make_cfg):
+def test_sync_runs_check_the_async_block_but_not_its_bound(make_cfg):
     validate_config(make_cfg("num_clients=4", "participation.clients_per_round=2", "async_fl.concurrency=100"))
+    with pytest.raises(ConfigError, match="async_fl.alpha"):
+        validate_config(make_cfg("num_clients=4", "participation.clients_per_round=2", "async_fl.alpha=2"))
 
 
 def test_losses_and_time_columns_are_finite(make_cfg, tmp_path):

@@ -55,16 +55,17 @@ class AsyncFLConfig:
         return staleness_weight(self.staleness, staleness, self.staleness_a, self.staleness_b)
 
     @classmethod
-    def from_config(cls, block, num_clients: int) -> AsyncFLConfig:
-        """Validate the ``async_fl`` block; ``num_clients`` bounds the concurrency (one task per client at a time)."""
+    def from_config(cls, block, num_clients: int | None = None) -> AsyncFLConfig:
+        """Validate the ``async_fl`` block; ``num_clients`` bounds the concurrency (one task per client at a time).
+
+        Without ``num_clients`` (a synchronous run) every value is checked but the bound, so that a sweep
+        refuses a bad value whichever schedule its first job runs.
+        """
         block = block if block is not None else {}
         get = block.get
+        bound = "" if num_clients is None else f", at most num_clients = {num_clients} (one task per client at a time)"
         concurrency = integer(
-            "async_fl.concurrency",
-            get("concurrency", 10),
-            1,
-            num_clients,
-            allowed=f"an integer in [1, num_clients = {num_clients}] (a client runs one task at a time)",
+            "async_fl.concurrency", get("concurrency", 10), 1, num_clients, allowed=f"an integer >= 1{bound}"
         )
         return cls(
             algorithm=choice("async_fl.algorithm", get("algorithm", "fedbuff"), ALGORITHMS),
@@ -85,11 +86,13 @@ class AsyncFLConfig:
 def check_async_fl_run(cfg) -> AsyncFLConfig | None:
     """The run's :class:`AsyncFLConfig` (None for a synchronous run); ConfigError for what async FL cannot run.
 
-    ``federated.schedule`` is checked in every mode (a sweep refuses a bad value whichever mode runs
-    first). Refused with an asynchronous schedule: attacks and differential privacy (before the DP
-    wrapper asks for a participation pattern, which asynchronous FL does not use).
+    ``federated.schedule`` and the ``async_fl`` block are checked in every mode and schedule (a sweep
+    refuses a bad value whichever job runs first). Refused with an asynchronous schedule: attacks and
+    differential privacy (before the DP wrapper asks for a participation pattern, which asynchronous FL
+    does not use).
     """
     schedule_of(cfg)
+    AsyncFLConfig.from_config(cfg.get("async_fl"))
     if not is_async_fl(cfg):
         return None
     conf = AsyncFLConfig.from_config(cfg.get("async_fl"), int(cfg.num_clients))
