@@ -34,6 +34,7 @@ def refuse(tmp_path, args, *needles, module="sim"):
         (["system=constant", "system.over_selection=1"], ["system.over_selection"]),
         (["system=constant", "system.over_selection=1.5", "participation=bernoulli"], ["participation=uniform"]),
         (["system=constant", "system.deadline_s=1e-6"], ["system.deadline_s", "fastest client"]),
+        (["system=trace"], ["system.device_file='???'"]),
     ],
 )
 def test_bad_values_are_refused(tmp_path, args, needles):

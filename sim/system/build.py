@@ -8,7 +8,6 @@ draws is fixed and documented in docs/system.md: one stream per quantity, ``("sy
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +47,7 @@ def _optional(field: str, value: Any, allowed: str, lo: float = 0.0, lo_open: bo
 
 def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
     """Check the ``system`` block (a DictConfig or mapping); ConfigError names the first bad field."""
-    cfg = config_dict(system_cfg) if not isinstance(system_cfg, Mapping) else dict(system_cfg)
+    cfg = dict(system_cfg) if isinstance(system_cfg, dict) else config_dict(system_cfg)  # ??? stays a string
     name = choice("system.name", cfg.get("name", "none"), NAMES)
     quantities: dict[str, Quantity] = {}
     links: dict[str, Quantity] = {}
