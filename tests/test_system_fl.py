@@ -113,3 +113,14 @@ def test_subset_batch_keeps_the_rows_of_the_kept_clients_in_every_field():
     assert sub.extras["start_loss"].tolist() == [1.0, 3.0] and sub.extras["fisher"].shape == (2, 2)
     assert sub.train_loss.tolist() == pytest.approx([0.1, 0.3]) and sub.stats == {"retries": 0.0}
     assert subset_batch(batch, np.ones(3, dtype=bool)) is batch
+
+
+def test_an_extended_run_continues_the_clock(make_cfg, tmp_path, timed_runs):
+    from sim.resume import read_checkpoint
+
+    one = make_cfg(*SMALL, *TIMED, "rounds=1", "backend=vectorized")
+    run_experiment(one, tmp_path)
+    run_experiment(make_cfg(*SMALL, *TIMED, "backend=vectorized"), tmp_path, resume_state=read_checkpoint(tmp_path))
+    resumed, straight = pd.read_csv(tmp_path / "metrics.csv"), timed_runs["vectorized"]
+    for col in ("time_s", "dropped", "num_participants", "bytes_up"):
+        assert resumed[col].tolist() == straight[col].tolist(), col
