@@ -83,18 +83,16 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
         "round",
         "bytes sent (cumulative)",
         "messages sent (cumulative)",
-        "simulated time (units of gossip.wake_interval)",
+        "simulated time (s)",
     ]
     assert len({ax.get_ylim() for ax in panels}) == 1  # one y scale for every panel
     colour = {line.label: to_hex(line.color) for line in report.lines}
     assert len(set(colour.values())) == 6
-    for ax in panels[:3]:
+    for ax in panels:  # every mode logs time_s
         drawn = _drawn(ax)
         assert set(drawn) == set(labels)
         assert {k: to_hex(v.get_color()) for k, v in drawn.items()} == colour
-    # simulated time: only the asynchronous gossip run has it
-    assert set(_drawn(panels[3])) == {g for g in GOSSIP_LABELS if "schedule=async" in g}
-    assert "5 of 6" in panels[3].get_title()
+    assert not panels[3].get_title()  # no line lacks simulated time
     # round ticks are whole numbers (2 rounds: no 0.5)
     ticks = [t for t in panels[0].get_xticks() if panels[0].get_xlim()[0] <= t <= panels[0].get_xlim()[1]]
     assert ticks == [0, 1, 2]
@@ -105,13 +103,18 @@ def test_fl_and_gossip_share_every_axis_with_one_label_and_colour_per_line(sweep
     assert list(line.get_xdata()) == list((fl_none["bytes_up"] + fl_none["bytes_down"]).cumsum())
     assert np.allclose(line.get_ydata(), fl_none["test_accuracy"])
     sync = _metrics(sweeps["gossip"] / "0")
-    line = _drawn(panels[2])[next(g for g in GOSSIP_LABELS if "schedule=sync" in g)]
+    sync_label = next(g for g in GOSSIP_LABELS if "schedule=sync" in g)
+    line = _drawn(panels[2])[sync_label]
     assert list(line.get_xdata()) == list(sync["messages_sent"].cumsum())
     assert list(line.get_xdata())[1] == 12  # a ring of 6 nodes: 2 messages per node and round
+    # system=none: an FL and a sync gossip round last 1.0 simulated second, so time_s is the round
+    for job, label in ((fl_none, "fedavg, dp.name=none, mode=federated, preagg.name=none"), (sync, sync_label)):
+        line = _drawn(panels[3])[label]
+        assert list(line.get_xdata()) == list(job["time_s"]) == [0.0, 1.0, 2.0]
 
     # --plot of a column only the DP runs have: drawn for them, the others named in a warning
     plot = _panels(report.figures["plot_dp_epsilon.png"])
-    assert len(plot) == 3  # no run with simulated time has dp_epsilon: that panel is left out
+    assert len(plot) == 4  # the DP runs log time_s too
     eps = _drawn(plot[0])
     assert set(eps) == {f"fedavg, {x}" for x in FL_LABELS if "central_fixed" in x}
     assert {k: to_hex(v.get_color()) for k, v in eps.items()} == {k: colour[k] for k in eps}
@@ -138,7 +141,7 @@ def test_a_rule_and_its_preaggregated_variant_are_labelled_by_the_preaggregator_
     fig = report.figures["comparison.png"]
     assert fig.get_suptitle().startswith("fedavg: test_accuracy")  # what all lines share goes in the title
     panels = _panels(fig)
-    assert len(panels) == 3  # FL runs: no simulated time
+    assert len(panels) == 4  # round, bytes, messages and simulated time (FL logs time_s)
     for name, job in (("preagg.name=none", none), ("preagg.name=nnm", nnm)):
         line = _drawn(panels[0])[name]
         assert list(line.get_xdata()) == [0, 1, 2]
