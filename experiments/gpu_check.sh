@@ -9,6 +9,7 @@
 # cuda; the table prints host_device_bytes, the bytes the backend moved between host and device):
 #   seq_cuda / vec_cuda                FL (FedAvg) on backend=sequential / vectorized
 #   vec_fedadam                        FedAdam, its server state aggregated on the GPU
+#   vec_dp                             central DP (noise drawn on the CPU generator, added on the GPU)
 #   seq_gossip_cuda / vec_gossip_cuda  sync gossip, every node's model on the GPU
 #   seq_img_cuda / vec_img_cuda        a CNN on uint8 images (a generated .npz) with crop + flip augmentation
 #   auto_cuda                          backend=auto with device=auto (what auto picks on a GPU)
@@ -68,15 +69,17 @@ run seq              "${FL[@]}" "${CPU[@]}"
 run seq_fedadam      "${FL[@]}" strategy=fedadam "${CPU[@]}"
 run seq_gossip       "${GOSSIP[@]}" "${CPU[@]}"
 run seq_img          "${IMG[@]}" "${CPU[@]}"
+run seq_dp           "${FL[@]}" dp=central_fixed "${CPU[@]}"
 run seq_cuda         "${FL[@]}" backend=sequential backend.device=cuda
 run vec_cuda         "${FL[@]}" backend=vectorized backend.device=cuda
 run vec_fedadam      "${FL[@]}" strategy=fedadam backend=vectorized backend.device=cuda
+run vec_dp           "${FL[@]}" dp=central_fixed backend=vectorized backend.device=cuda
 run seq_gossip_cuda  "${GOSSIP[@]}" backend=sequential backend.device=cuda
 run vec_gossip_cuda  "${GOSSIP[@]}" backend=vectorized backend.device=cuda
 run seq_img_cuda     "${IMG[@]}" backend=sequential backend.device=cuda
 run vec_img_cuda     "${IMG[@]}" backend=vectorized backend.device=cuda
 run auto_cuda        "${FL[@]}" backend=auto backend.device=auto
-CASES="seq_cuda vec_cuda vec_fedadam seq_gossip_cuda vec_gossip_cuda seq_img_cuda vec_img_cuda auto_cuda"
+CASES="seq_cuda vec_cuda vec_fedadam vec_dp seq_gossip_cuda vec_gossip_cuda seq_img_cuda vec_img_cuda auto_cuda"
 if python -c "import ray" 2> /dev/null; then
     run agg_cuda     "${FL[@]}" backend=ray backend.aggregate_on=worker backend.device=cuda
     run fedadam      "${FL[@]}" strategy=fedadam backend=ray backend.aggregate_on=worker backend.device=cuda
@@ -99,7 +102,7 @@ import pandas as pd
 out = Path(os.environ["OUT"])
 refs = {"fedadam": "seq_fedadam", "vec_fedadam": "seq_fedadam", "gossip": "seq_gossip", "gossip_drv": "seq_gossip"}
 refs.update({"seq_gossip_cuda": "seq_gossip", "vec_gossip_cuda": "seq_gossip"})
-refs.update({"seq_img_cuda": "seq_img", "vec_img_cuda": "seq_img"})
+refs.update({"seq_img_cuda": "seq_img", "vec_img_cuda": "seq_img", "vec_dp": "seq_dp"})
 cases = {case: refs.get(case, "seq") for case in os.environ["CASES"].split()}
 bad = []
 print(f"\n{'case':<16} {'reference':<12} {'max |d loss|':>13} {'max |d acc|':>12} device, or the ray log")

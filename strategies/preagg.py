@@ -108,7 +108,8 @@ class Bucketing(Step):
 
     def permutation(self, n: int, info: AggregationInfo) -> torch.Tensor:
         receiver: object = "server" if info.self_index is None else int(info.client_ids[info.self_index])
-        return torch.randperm(n, generator=torch_generator(self.seed, "preagg", "bucketing", info.round, receiver))
+        generator = torch_generator(self.seed, "preagg", "bucketing", info.round, receiver)
+        return torch.randperm(n, generator=generator, device=generator.device)  # the CPU's draw on every device
 
     def apply(self, models: torch.Tensor, info: AggregationInfo) -> tuple[torch.Tensor, AggregationInfo]:
         order = self.permutation(len(models), info).to(models.device)

@@ -60,7 +60,8 @@ def dare_drop(tau: torch.Tensor, density: float, generator: torch.Generator) -> 
     """Drop each entry with probability ``1 - density``, rescale the kept ones by ``1 / density``."""
     if density >= 1:
         return tau
-    keep = torch.rand(tau.shape, generator=generator, dtype=torch.float64) < density
+    keep = torch.rand(tau.shape, generator=generator, dtype=torch.float64, device=generator.device).to(tau.device)
+    keep = keep < density
     return torch.where(keep, tau / density, torch.zeros_like(tau))
 
 

@@ -72,8 +72,10 @@ def gaussian(honest: torch.Tensor, count: int, mean: float, std: float, generato
 
     Row ``b`` is ByzFL ``Gaussian(mean, std)``'s ``b``-th draw from a generator seeded alike.
     """
-    rows = [torch.randn(honest.shape[1], generator=generator) * std + mean for _ in range(count)]
-    return torch.stack(rows).to(honest.dtype) if rows else honest.new_zeros(0, honest.shape[1])
+    rows = [
+        torch.randn(honest.shape[1], generator=generator, device=generator.device) * std + mean for _ in range(count)
+    ]
+    return torch.stack(rows).to(honest.device, honest.dtype) if rows else honest.new_zeros(0, honest.shape[1])
 
 
 def mimic(honest: torch.Tensor, count: int, target: int) -> torch.Tensor:

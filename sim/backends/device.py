@@ -122,4 +122,5 @@ def aggregate_on_device(mover: DeviceMover, strategy, params: torch.Tensor, info
     if mover.device.type == "cpu":
         return strategy.aggregate(params, info, state)
     with torch.device(mover.device):
-        return strategy.aggregate(params, mover.tree(info), mover.tree(state))  # params: the backend's, already here
+        out, state = strategy.aggregate(params, mover.tree(info), mover.tree(state))  # params: already here
+    return mover.to_device(out), state  # a rule that computes on the host (Flower's adapters) hands back CPU

@@ -108,7 +108,8 @@ def clip_updates(models: torch.Tensor, reference: torch.Tensor, clip: float) -> 
 
 
 def gaussian(shape: int | tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
-    return std * torch.randn(shape, generator=generator, dtype=torch.float64)
+    """Drawn where the generator is (the CPU: the same noise whatever device the models are on)."""
+    return std * torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
 
 
 class _DPWrapper(Strategy):
@@ -237,7 +238,7 @@ class CentralDP(_DPWrapper):
         std = self.noise_std(new_clip if self.variant == "flower" else clip)
         if std > 0:
             noise = gaussian(params.shape, std, torch_generator(self.seed, "dp", "noise", info.round))
-            params = (params.to(torch.float64) + noise).to(params.dtype)
+            params = (params.to(torch.float64) + noise.to(params.device)).to(params.dtype)
         return params, {**inner, **self._account({**own, "dp_clip_norm": new_clip})}
 
     def on_empty_round(self, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
@@ -248,7 +249,7 @@ class CentralDP(_DPWrapper):
         std = self.noise_std(float(self._with_defaults(state)[1]["dp_clip_norm"]))
         if std > 0:
             noise = gaussian(params.shape, std, torch_generator(self.seed, "dp", "noise", info.round))
-            params = (params.to(torch.float64) + noise).to(params.dtype)
+            params = (params.to(torch.float64) + noise.to(params.device)).to(params.dtype)
         return params, state
 
     def round_metrics(self, state: State, probabilities: torch.Tensor | None) -> dict[str, float]:
@@ -275,7 +276,7 @@ class LocalDP(_DPWrapper):
                     gaussian(models.shape[1], self.std, torch_generator(self.seed, "dp", "local", info.round, int(c)))
                     for c in info.client_ids
                 ]
-            )
+            ).to(models.device)
             clipped = (clipped.to(torch.float64) + noise).to(models.dtype)
         params, inner = self.inner.aggregate(clipped, info, inner)
         return params, {**inner, **self._account(own)}
