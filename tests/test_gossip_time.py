@@ -98,35 +98,35 @@ def test_a_system_model_changes_no_model_number_of_sync_gossip_and_none_gives_ro
         }
 
 
-def _triangle(lost_entry: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _triangle(lost_entries: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """A coalesced 3-node mixing matrix (receiver row, sender column) and its lost entries."""
     entries = [(i, j) for i in range(3) for j in range(3)]
     w = torch.sparse_coo_tensor(torch.tensor(entries).T, torch.full((9,), 1 / 3), (3, 3)).coalesce()
     rows, cols = w.indices()
     lost = torch.zeros(9, dtype=torch.bool)
-    if lost_entry is not None:
-        lost = (rows == lost_entry[0]) & (cols == lost_entry[1])
+    for receiver, sender in lost_entries:
+        lost |= (rows == receiver) & (cols == sender)
     return w, lost
 
 
 @pytest.mark.parametrize(
-    ("order", "lost_entry", "expected"),
+    ("order", "compute", "lost", "expected"),
     [
         # update_merge: the lost 1->2 message still occupies its link: c_1 + L_12 = 0.4 + 2.0
-        ("update_merge", (2, 1), 2.4),
+        ("update_merge", [1.0, 0.4, 0.2], [(2, 1)], 2.4),
         # merge_update without loss: node 1 waits max(L_01, L_21) = 2.0, then trains 0.4
-        ("merge_update", None, 2.4),
+        ("merge_update", [1.0, 0.4, 0.2], [], 2.4),
         # merge_update, 2->1 lost: node 1 waits 1.1 (+0.4 = 1.5); node 2 waits 2.0 (+0.2 = 2.2); node 0 1.1 + 1.0
-        ("merge_update", (1, 2), 2.2),
+        ("merge_update", [1.0, 0.4, 0.2], [(1, 2)], 2.2),
+        # merge_update, both 1-2 messages lost: nodes end by 1.1 + 0.1, but the lost messages hold their link 2.0 s
+        ("merge_update", [0.1, 0.1, 0.1], [(1, 2), (2, 1)], 2.0),
     ],
 )
-def test_round_time_rule_by_hand(order, lost_entry, expected):
-    exp = _exp("topology=ring", f"gossip.order={order}", system=_hand_system([1.0, 0.4, 0.2]))
-    clock = RoundClock(exp, order)
-    assert clock.round_time(1, *_triangle(lost_entry), 2600) == pytest.approx(expected, rel=1e-12)
-    assert RoundClock(_exp("topology=ring", system=SystemModel.unit(3)), order).round_time(
-        1, *_triangle(lost_entry), 2600
-    ) == pytest.approx(1.0)
+def test_round_time_rule_by_hand(order, compute, lost, expected):
+    clock = RoundClock(_exp("topology=ring", system=_hand_system(compute)), order)
+    assert clock.round_time(1, *_triangle(lost), 2600) == pytest.approx(expected, rel=1e-12)
+    unit = RoundClock(_exp("topology=ring", system=SystemModel.unit(3)), order)
+    assert unit.round_time(1, *_triangle(lost), 2600) == 1.0
 
 
 def _star_async(system: SystemModel):
@@ -171,15 +171,28 @@ def test_async_trainings_take_compute_time_and_messages_link_time():
     assert sum(r["messages_lost"] for r in rows) == 0
 
 
-def test_async_delivery_whose_training_outlasts_availability_is_lost():
-    # Prepare: the hub is online in [0, 3.0] of every 100 s; nodes 1 and 2 always
-    always = ClientTrace(np.array([0.0]), np.array([100.0]), 100.0)
-    hub = ClientTrace(np.array([0.0]), np.array([3.0]), 100.0)
-    rows, changed, loop = _star_async(_hand_system([0.5, 0.2, 0.1], Availability([hub, always, always])))
-    # Assert: the second training (2.3 -> 3.3) would end offline: lost, never started
-    assert changed == [2.5]
+@pytest.mark.parametrize(
+    ("hub_online", "node2_online", "changed_at", "lost"),
+    [
+        # hub online in [0, 3.0]: the second training (2.3 -> 3.3) would end offline: lost, never started
+        ((0.0, 3.0), (0.0, 100.0), [2.5], 1),
+        # hub online from 1.5: 2's model arrives offline at 1.3 (lost); 1's at 1.6 trains until 2.6
+        ((1.5, 100.0), (0.0, 100.0), [3.0], 1),
+        # node 2 offline when it wakes at 0.7: it sends nothing; 1's model trains 1.6 -> 2.6
+        ((0.0, 100.0), (1.0, 100.0), [3.0], 0),
+    ],
+)
+def test_async_availability_loses_deliveries(hub_online, node2_online, changed_at, lost):
+    # Prepare: online intervals within every 100 s; node 1 always online
+    def trace(online):
+        return ClientTrace(np.array([online[0]]), np.array([online[1]]), 100.0)
+
+    traces = [trace(hub_online), trace((0.0, 100.0)), trace(node2_online)]
+    rows, changed, loop = _star_async(_hand_system([0.5, 0.2, 0.1], Availability(traces)))
+    # Assert
+    assert changed == changed_at
     assert int(loop.trained[0]) == 2
-    assert sum(r["messages_lost"] for r in rows) == 1
+    assert sum(r["messages_lost"] for r in rows) == lost
 
 
 def test_async_without_system_keeps_its_delay_options_and_time_s_is_time():
