@@ -267,3 +267,15 @@ def test_vectorized_task_times_equal_the_scalar_ones_bit_for_bit():
     ids, up, samples = np.array([5, 0, 3]), np.array([10.0, 1e6, 3e3]), np.array([7.0, 0.0, 1e5])
     scalar = [s.task_time(int(c), 4e5, float(u), float(n), share=3) for c, u, n in zip(ids, up, samples, strict=True)]
     assert s.task_times(ids, 4e5, up, samples, 3).tolist() == scalar
+
+
+def test_deadline_is_inclusive_and_over_selection_closes_before_it():
+    s = timing_system([0.5, 0.1, 0.2, 0.7], deadline=4.0)  # task times 4.0 (exactly the deadline), 0.8, 1.6, 5.6
+    t = fl_round_timing(s, 0.0, np.arange(4), np.full(4, 8.0), 0.0, np.zeros(4))
+    assert t.keep.tolist() == [True, True, True, False] and t.dropped == 1 and t.duration == 4.0
+    # K = 2 reached at 1.6 s: the server closes the round then, not at the deadline
+    t = fl_round_timing(s, 0.0, np.arange(4), np.full(4, 8.0), 0.0, np.zeros(4), target=2)
+    assert t.keep.tolist() == [False, True, True, False] and t.dropped == 2 and t.duration == pytest.approx(1.6)
+    # K = 4 not reached within the deadline: the round lasts the deadline, three kept
+    t = fl_round_timing(s, 0.0, np.arange(4), np.full(4, 8.0), 0.0, np.zeros(4), target=4)
+    assert t.keep.sum() == 3 and t.duration == 4.0
