@@ -162,3 +162,33 @@ def test_x_values_parse_in_axis_order() -> None:
 
     assert parse_axes(None) is None and parse_axes([]) is None
     assert parse_axes(["time,", " bytes ", "round,time"]) == ["round", "bytes", "time"]
+
+
+def test_setting_labels_name_only_the_system_and_schedule_keys_a_mode_reads() -> None:
+    from sim.reporting.labels import setting_labels
+
+    def system(**changed) -> dict:
+        return {"name": "lognormal", "deadline_s": None, "over_selection": None, "server_bandwidth": None, **changed}
+
+    def fl(schedule: str, algorithm: str, **changed) -> dict:
+        gossip = {"schedule": "sync"}
+        return {"mode": "federated", "federated": {"schedule": schedule}, "async_fl": {"algorithm": algorithm},
+                "gossip": gossip, "system": system(**changed)}  # fmt: skip
+
+    gossip = {**fl("sync", "fedbuff", server_bandwidth=1e5, links={"bandwidth": 1e6}), "mode": "gossip"}
+    configs = [
+        fl("sync", "fedbuff"),
+        fl("sync", "fedbuff", deadline_s=0.5),
+        fl("sync", "fedbuff", server_bandwidth=1e5),
+        fl("async", "fedbuff"),
+        fl("async", "fedasync", deadline_s=0.5),  # asynchronous FL has no rounds to close: deadline_s is not read
+        gossip,  # gossip reads neither the FL blocks nor the server's link
+    ]
+    assert [label for label, _ in setting_labels(configs)] == [
+        "federated.schedule=sync, mode=federated, system.deadline_s=null, system.server_bandwidth=null",
+        "federated.schedule=sync, mode=federated, system.deadline_s=0.5, system.server_bandwidth=null",
+        "federated.schedule=sync, mode=federated, system.deadline_s=null, system.server_bandwidth=100000",
+        "async_fl.algorithm=fedbuff, federated.schedule=async, mode=federated, system.server_bandwidth=null",
+        "async_fl.algorithm=fedasync, federated.schedule=async, mode=federated, system.server_bandwidth=null",
+        "mode=gossip",
+    ]

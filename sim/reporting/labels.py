@@ -27,7 +27,12 @@ MISSING = object()  # a key that one run's config lacks
 # gossip nodes all take part every round (no ``participation``) and refuse every DP layer (``dp`` must be
 # none), and a synchronous gossip run never reads the asynchronous schedule's clock, delays and churn.
 GOSSIP_ONLY_GROUPS = frozenset({"gossip", "topology"})
-FL_ONLY_GROUPS = frozenset({"participation", "dp"})
+FL_ONLY_GROUPS = frozenset({"participation", "dp", "federated", "async_fl"})
+# The system model (docs/system.md): gossip edges are gossip's; the server's link is FL's; a round deadline and
+# over-selection are synchronous FL's; the async_fl block is read only with federated.schedule=async.
+GOSSIP_ONLY_PREFIXES = ("system.links.",)
+FL_ONLY_KEYS = frozenset({"system.server_bandwidth", "system.deadline_s", "system.over_selection"})
+SYNC_FL_ONLY_KEYS = frozenset({"system.deadline_s", "system.over_selection"})
 ASYNC_ONLY = frozenset(
     f"gossip.{k}"
     for k in (
@@ -74,11 +79,18 @@ def applies(key: str, config: dict) -> bool:
     mode = config.get("mode")
     group = key.split(".", 1)[0]
     if mode == "federated":
-        return group not in GOSSIP_ONLY_GROUPS
+        federated = config.get("federated")
+        schedule = federated.get("schedule", "sync") if isinstance(federated, dict) else "sync"
+        if schedule == "async":
+            own = key not in SYNC_FL_ONLY_KEYS
+        else:
+            own = group != "async_fl"
+        return own and group not in GOSSIP_ONLY_GROUPS and not key.startswith(GOSSIP_ONLY_PREFIXES)
     if mode == "gossip":
         gossip = config.get("gossip")
         schedule = gossip.get("schedule", "sync") if isinstance(gossip, dict) else "sync"
-        return group not in FL_ONLY_GROUPS and (schedule == "async" or key not in ASYNC_ONLY)
+        fl_only = group in FL_ONLY_GROUPS or key in FL_ONLY_KEYS
+        return not fl_only and (schedule == "async" or key not in ASYNC_ONLY)
     return True
 
 
