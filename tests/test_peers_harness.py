@@ -101,7 +101,7 @@ def test_the_gossipsoup_command_composes_to_the_workload(tiny):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[a for a in args[2:] if not a.startswith("hydra.")])
     assert (cfg.model.name, cfg.rounds, cfg.seed, cfg.num_clients) == ("lenet", 20, 7, 5)
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (1, 20, 0.05)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (1, 10, 0.1)
     assert (cfg.participation.clients_per_round, cfg.partition.name, cfg.dataset.val_fraction) == (10, "natural", 0)
     mlp = run_peers.gossipsoup_args(pc.WORKLOADS["w1"], path, 5, 0, Path("/tmp/unused"))
     assert "model.hidden=[64]" in mlp and "participation.clients_per_round=50" in mlp

@@ -35,11 +35,11 @@ class Workload:
 #: batch 10, lr 0.05, 50 rounds. digits: gossipsoup's default job (`python -m sim`): scikit-learn digits,
 #: 20 clients Dirichlet(0.5), 10 a round, MLP 64-64-10, 2 epochs of batch 10, lr 0.1, 50 rounds.
 #: cifar: CIFAR-shaped synthetic images (uint8 3x32x32, 10 classes), 50 clients Dirichlet(0.5), 10 a round,
-#: LeNet-5, 1 epoch of batch 20, lr 0.05, 20 rounds.
+#: LeNet-5, 1 epoch of batch 10, lr 0.1, 20 rounds.
 WORKLOADS = {
     "w1": Workload("w1", "mlp", (64,), rounds=50, clients_per_round=50, epochs=1, batch_size=10, lr=0.05),
     "digits": Workload("digits", "mlp", (64,), rounds=50, clients_per_round=10, epochs=2, batch_size=10, lr=0.1),
-    "cifar": Workload("cifar", "lenet", (), rounds=20, clients_per_round=10, epochs=1, batch_size=20, lr=0.05),
+    "cifar": Workload("cifar", "lenet", (), rounds=20, clients_per_round=10, epochs=1, batch_size=10, lr=0.1),
 }
 
 

@@ -6,7 +6,7 @@ uint8 images ``[N, C, H, W]``), ``y_train``, ``client_train`` (client id 0..K-1 
 
 ``w1`` and ``digits`` are written from gossipsoup's own data builder (the rows and partition a
 ``python -m sim`` run of that workload trains on, so needs this project installed); ``cifar`` is generated
-here from a seed with numpy only: CIFAR-shaped uint8 images whose class is a smooth random colour pattern,
+here from a seed with numpy only: CIFAR-shaped uint8 images whose class is a smooth random pattern with a colour cast,
 shifted by up to 4 pixels and covered in noise, partitioned over clients by Dirichlet(alpha) label skew.
 """
 
@@ -19,6 +19,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+#: part of every data file's name: bump it when a generator changes, so no stale file is reused
+VERSION = 3
 
 
 def dirichlet_partition(labels: np.ndarray, clients: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
@@ -44,13 +46,14 @@ def cifar_like(
     seed: int,
     alpha: float = 0.5,
     classes: int = 10,
-    signal: float = 45.0,
-    noise: float = 60.0,
+    signal: float = 60.0,
+    noise: float = 40.0,
 ) -> dict[str, np.ndarray]:
     """CIFAR-shaped synthetic images (uint8 [N, 3, 32, 32]) with a Dirichlet(alpha) client partition."""
     rng = np.random.default_rng(seed)
     # one smooth pattern per class: 3x8x8 noise blown up to 32x32
     protos = rng.normal(0.0, 1.0, size=(classes, 3, 8, 8)).astype(np.float32).repeat(4, axis=2).repeat(4, axis=3)
+    protos += rng.normal(0.0, 0.5, size=(classes, 3, 1, 1)).astype(np.float32)  # and a colour cast per class
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, classes, size=n)
@@ -121,7 +124,7 @@ BUILDERS = {"w1": w1_arrays, "digits": digits_arrays, "cifar": cifar_arrays}
 
 def write(workload: str, seed: int, folder: Path) -> Path:
     """The workload's data file for this seed (written once; an existing file of the same name is reused)."""
-    path = folder / f"{workload}_seed{seed}.npz"
+    path = folder / f"{workload}_seed{seed}_v{VERSION}.npz"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
