@@ -35,6 +35,7 @@ from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client
 from .dense_kernel import DenseKernel, dense_layers
 from .device import DeviceMover, aggregate_on_device, resolve_device
 from .schedule import stacked_schedule
+from .vmap_conv import vmap_options, vmapped_step
 
 MAX_CHUNK = 4096
 #: auto: the hand-derived dense kernel for Linear/activation stacks, vmap for every other model
@@ -104,10 +105,16 @@ class VectorizedBackend:
     name = "vectorized"
 
     def __init__(
-        self, chunk_size: int | None = None, num_threads: int | None = None, kernel: str = "auto", device: str = "auto"
+        self,
+        chunk_size: int | None = None,
+        num_threads: int | None = None,
+        kernel: str = "auto",
+        device: str = "auto",
+        vmap: dict | None = None,
     ):
         self.chunk_size = optional_integer("backend.chunk_size", chunk_size, 1, "pick one from free memory")
         self.kernel = choice("backend.kernel", kernel, KERNELS)
+        self.vmap_options = vmap_options(vmap)  # opt-in variations of the vmapped step (sim.backends.vmap_conv)
         self.num_threads = check_num_threads(num_threads)  # applied by the run (sim.threads), not here
         self.mover = DeviceMover(resolve_device(device))
         self._setup: TrainingSetup | None = None
@@ -167,7 +174,11 @@ class VectorizedBackend:
             self._grad_and_loss = lambda p, xb, yb, mask: dense(p, spec.to_model(xb).flatten(2), yb, mask)
         else:
             self.kernel_used = "vmap"
-            vmapped = vmap(grad_and_value(loss))
+            vmapped = (
+                vmap(grad_and_value(loss))
+                if self.vmap_options.plain
+                else vmapped_step(model, layout, smoothing, self.vmap_options, self.device)
+            )
             self._grad_and_loss = lambda p, xb, yb, mask: vmapped(p, xb, yb, mask)
 
     def close(self) -> None:
