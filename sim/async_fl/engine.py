@@ -164,6 +164,7 @@ class AsyncFL:
         starts = torch.stack([task.start for task in tasks])
         rounds = torch.tensor([task.count for task in tasks])
         batch = self.exp.backend.train(clients, starts, rounds, self.exp.strategy.requires)
+        self.acc["train_calls"] += 1
         check_finite(batch.params, batch.client_ids, self.version + 1, "models")
         for key, value in batch.stats.items():  # e.g. the Ray backend's retries, summed per row
             self.acc["stats"][key] = self.acc["stats"].get(key, 0.0) + float(value)
@@ -280,6 +281,7 @@ class AsyncFL:
             "staleness_mean": acc["staleness_sum"] / updates if updates else math.nan,
             "staleness_max": acc["staleness_max"] if updates else math.nan,
             "failed": acc["failed"],
+            "train_calls": acc["train_calls"],
             "bytes_up": acc["bytes_up"],
             "bytes_down": acc["bytes_down"],
             "train_loss": acc["loss_sum"] / acc["loss_weight"] if acc["loss_weight"] else math.nan,

@@ -28,12 +28,13 @@ import torch
 
 
 def fresh_accumulators() -> dict[str, Any]:
-    """The counts behind a row, zero: updates, staleness, losses, bytes, failed tasks, backend figures."""
+    """The counts behind a row, zero: updates, staleness, losses, bytes, failed tasks, training calls, backend stats."""
     return {
         "updates": 0,
         "staleness_sum": 0,
         "staleness_max": 0,
         "failed": 0,
+        "train_calls": 0,
         "bytes_up": 0,
         "bytes_down": 0,
         "loss_sum": 0.0,
