@@ -27,6 +27,15 @@ draw, message, count and merge happens exactly as in the event-by-event simulati
 equal it to float rounding (the vectorized backend trains a batch as it trains one client). What
 changes is only the wall time.
 
+With a system model (``system=...``, :mod:`.timing`) the clock runs in seconds: a message takes the link's
+``link_time`` (a pull request 0 bytes) instead of a ``gossip.delay`` draw, and a delivery makes its receiver
+train for ``compute_time`` (two trainings under ``update_merge``), one delivery at a time: a later one is
+re-queued at the end of the running training, whose result replaces the node's model only then (a TRAINED
+event; pushes and pull answers meanwhile send the old model, so they need no flush). A node is online when
+the churn options and the system's availability both say so; a delivery whose training would end after the
+node goes offline is lost. The event stream draws nothing for these durations, so with ``system=none``
+every event and number is as before; every row's ``time_s`` is the event time.
+
 Checkpoints (``checkpoint.every``, counted in evaluations) are taken right after an evaluation's
 row, where the flush before it has left no delivery collected; :mod:`sim.gossip.async_state` lists
 what they hold. A resumed run rebuilds this object, restores that state and continues the loop.

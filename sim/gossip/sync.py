@@ -20,6 +20,10 @@ node merges, in place of each Byzantine neighbour's model, a model crafted for i
 honest neighbours' models (so the per-node path runs, with ``info.num_byzantine`` set); Byzantine
 nodes do not merge, and accuracy, consensus and training loss are over honest nodes only. Label
 flippers instead train on flipped labels and follow the protocol (no crafted rows).
+
+Every row has ``time_s``: the rounds' simulated seconds added up, each round's by :mod:`.timing` from the
+system model (the slowest node's training and exchanges; 1.0 with ``system=none``). Time changes no other
+number of the run.
 """
 
 from __future__ import annotations
