@@ -55,14 +55,15 @@ def test_the_cifar_like_file_is_seeded_uint8_nchw_with_its_partition(tiny):
 
 
 def test_the_class_pattern_survives_the_noise(tiny):
-    """Rows of one class are closer to their class mean than to other classes' (the task is learnable)."""
+    """Test rows are nearest to their own class's mean training row (the task is learnable)."""
     arrays, _ = tiny
     x, y = arrays["x_train"].reshape(80, -1).astype(np.float64), arrays["y_train"]
+    xt, yt = arrays["x_test"].reshape(30, -1).astype(np.float64), arrays["y_test"]
     classes = [c for c in range(10) if (y == c).sum() >= 3]
     means = np.stack([x[y == c].mean(0) for c in classes])
-    nearest = np.array(classes)[((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
-    keep = np.isin(y, classes)
-    assert (nearest[keep] == y[keep]).mean() > 0.9
+    nearest = np.array(classes)[((xt[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+    keep = np.isin(yt, classes)
+    assert (nearest[keep] == yt[keep]).mean() > 0.8
 
 
 def test_every_peer_and_gossipsoup_read_the_same_clients_and_inputs(tiny):
@@ -129,8 +130,8 @@ def test_ratios_table_and_csv(tmp_path):
 
 
 def test_results_are_read_from_the_result_line_and_from_summary_json(tmp_path):
-    out = "noise\n" + pc.RESULT_TAG + json.dumps({"loop_s": 1.5, "accuracy": 0.75}) + "\nmore noise\n"
-    assert run_peers.parse_result("pfl", out, tmp_path) == {"loop_s": 1.5, "accuracy": 0.75}
+    out = "noise\n" + pc.RESULT_TAG + json.dumps({"loop_s": 1.5, "accuracy": 0.8125}) + "\nmore noise\n"
+    assert run_peers.parse_result("pfl", out, tmp_path) == {"loop_s": 1.5, "accuracy": 0.8125}
     (tmp_path / "summary.json").write_text(json.dumps({"loop_s": 0.4, "final": {"test_accuracy": 0.9}}))
     assert run_peers.parse_result("gossipsoup", "", tmp_path) == {"loop_s": 0.4, "accuracy": 0.9}
     with pytest.raises(RuntimeError, match="PEER_RESULT"):
