@@ -279,3 +279,18 @@ def test_deadline_is_inclusive_and_over_selection_closes_before_it():
     # K = 4 not reached within the deadline: the round lasts the deadline, three kept
     t = fl_round_timing(s, 0.0, np.arange(4), np.full(4, 8.0), 0.0, np.zeros(4), target=4)
     assert t.keep.sum() == 3 and t.duration == 4.0
+
+
+def test_offline_gap_mid_task_fails_and_rounds_nobody_delivers():
+    gap = ClientTrace(np.array([0.0, 10.8]), np.array([10.5, 100.0]), 1000.0)  # offline in (10.5, 10.8) only
+    online = ClientTrace(np.array([0.0]), np.array([1000.0]), 1000.0)
+    avail = Availability([online, gap])
+    assert avail.available(1, 11.0) and not avail.available_through(1, 10.0, 11.0)
+    s = timing_system([0.1, 0.1], avail, deadline=5.0)
+    t = fl_round_timing(s, 10.0, np.arange(2), np.full(2, 10.0), 0.0, np.zeros(2))  # both take 1 s
+    assert t.keep.tolist() == [True, False] and (t.dropped, t.failed) == (0, 1)
+    assert t.duration == 5.0  # a client failed and the server cannot know: it waits out the deadline
+    # nobody delivers and there is no deadline: the round lasts as long as its slowest task
+    nobody = timing_system([0.1, 0.3], Availability([gap, gap]))
+    t = fl_round_timing(nobody, 10.0, np.arange(2), np.full(2, 10.0), 0.0, np.zeros(2))
+    assert not t.keep.any() and t.failed == 2 and t.duration == pytest.approx(3.0)
