@@ -174,6 +174,7 @@ def run_experiment(
     chosen = getattr(exp.backend, "chosen", None)  # backend=auto says which backend it picked
     if chosen is not None:
         summary["backend"] = f"auto: {chosen.name}"
+        summary["backend_reason"] = exp.backend.reason  # type: ignore[attr-defined]
     actor_threads = getattr(exp.backend, "actor_threads", None)  # backend=ray: torch threads in each actor
     if actor_threads is not None:
         summary["threads"]["actor"] = actor_threads

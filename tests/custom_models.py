@@ -101,3 +101,15 @@ class TorchLSTM(nn.Module):
 
     def forward(self, x):
         return self.fc(self.rnn(self.embed(x))[0][:, -1])
+
+
+class TokenBag(nn.Module):
+    """Mean of token embeddings and a classifier: neither a dense chain nor conv/recurrent (auto tries vmap)."""
+
+    def __init__(self, vocab_size, num_classes):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 3)
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.embed(x).mean(1))

@@ -9,6 +9,7 @@ import torch
 from zoo_helpers import assert_backends_agree, model_cfg, tiny_data, training_setup
 
 from sim.backends import AutoBackend
+from sim.backends.auto_choice import decide
 from sim.backends.vmap_check import vmap_blockers
 from sim.data.inputs import InputSpec, input_spec
 from sim.errors import ConfigError
@@ -56,12 +57,13 @@ def test_the_default_target_is_a_working_example():
     check_model_output(model, torch.zeros(2, IMAGES.num_values, dtype=torch.uint8), 3, "model.target")
 
 
-def test_a_custom_model_trains_alike_on_both_backends_and_auto_picks_vectorized():
+def test_a_custom_model_trains_alike_on_both_backends_and_auto_picks_by_its_kind():
     setup = training_setup(custom("custom_models.TinyNet"), IMAGES, 3, [5, 2, 4], TRAIN)
     assert_backends_agree(setup)
     auto = AutoBackend()
     auto.setup(setup)
-    assert auto.chosen is auto._vectorized
+    assert auto.chosen is auto._sequential and "convolutional" in auto.reason  # a conv net on a CPU
+    assert decide(setup, "cuda", free_bytes=2**30).backend == "vectorized"  # vmap serves it
 
 
 @pytest.mark.parametrize(
@@ -136,14 +138,15 @@ def test_kwargs_must_be_a_mapping_and_cannot_override_what_the_data_says():
     assert info.value.field == "model.kwargs"
 
 
-def test_auto_warns_when_vmap_would_loop_over_clients(caplog):
+def test_auto_avoids_vmap_where_it_would_loop_over_clients(caplog):
     spec = InputSpec((5,), "tokens", vocab_size=7)
     setup = training_setup(custom("custom_models.TorchLSTM"), spec, 7, [3, 2], TRAIN)
     with caplog.at_level("INFO", logger="sim"):
         auto = AutoBackend()
         auto.setup(setup)
-    assert auto.chosen is auto._vectorized  # it runs, and gives the right numbers, only slowly
-    assert "no vmap batching rule for aten::mkldnn_rnn_layer" in caplog.text
+    assert auto.chosen is auto._sequential and "recurrent" in caplog.text  # on a CPU by its kind
+    # on a GPU by the trial: vmap would run it, with the right numbers, but one client at a time
+    assert "no vmap batching rule for aten::mkldnn_rnn_layer" in decide(setup, "cuda", free_bytes=2**30).reason
 
 
 def test_token_models_are_told_the_vocabulary(tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
-"""``backend=auto``: the vectorized backend wherever the model allows it, the sequential one otherwise.
+"""``backend=auto``: the faster of the sequential and vectorized backends for the model and the device.
 
-The choice needs the model and the data, so it is made at ``setup``; everything after that is the
-chosen backend's. :func:`~sim.backends.vmap_check.vmap_blockers` tries the model the way the
-vectorized backend will run it (BatchNorm in training mode, buffers written in place, a trial
-vmapped gradient on two example rows); for a model vmap cannot serve, the sequential reference
-gives the same numbers at a lower speed, so auto never fails where one of the two could run.
-The choice and its reason are logged and kept in ``reason``.
+The choice needs the model, the data and the device, so it is made at ``setup``; everything after
+that is the chosen backend's. :func:`~sim.backends.auto_choice.decide` makes it (what vmap cannot
+train and, on a CPU, convolutional and recurrent nets go to the sequential reference; Linear stacks
+and, on a GPU, whatever vmap serves go to the vectorized one, with GPU chunks sized from the free
+device memory). The choice and its one-line reason are logged, kept in ``reason`` and written to
+summary.json (``backend_reason``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
 from sim.training import ClientCorrection
 
+from .auto_choice import decide
 from .base import ClientBatch, TrainingSetup
 from .sequential import SequentialBackend
 from .vectorized import VectorizedBackend
-from .vmap_check import vmap_report
 
 log = logging.getLogger("sim")
 
@@ -39,28 +38,17 @@ class AutoBackend:
         self.reason = ""  # why ``chosen`` was chosen, as logged
 
     def setup(self, setup: TrainingSetup) -> None:
-        report = vmap_report(setup.model, setup.data.x[:2])
-        model_name = type(setup.model).__name__
-        if report.blockers:
-            self.reason = f"sequential, because for the {model_name} " + "; ".join(report.blockers)
-            self.chosen = self._sequential
-        else:
-            self.reason = f"vectorized: vmap serves the {model_name} (a trial vmapped gradient ran)"
+        device = self._vectorized.device
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        choice = decide(setup, device.type, self._vectorized.kernel, free, self._vectorized.chunk_size)
+        self.reason = choice.reason
+        if choice.backend == "vectorized":
+            if choice.chunk_size is not None:
+                self._vectorized.chunk_size = choice.chunk_size
             self.chosen = self._vectorized
+        else:
+            self.chosen = self._sequential
         log.info("backend=auto: %s", self.reason)
-        if report.slow_ops:
-            log.warning(
-                "backend=auto: torch has no vmap batching rule for %s in the %s; vmap loops over clients there "
-                "(correct but slow; backend=sequential may be faster)",
-                ", ".join(report.slow_ops),
-                model_name,
-            )
-        convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in setup.model.modules())
-        if self.chosen is self._vectorized and convs and setup.data.x.device.type == "cpu":
-            log.info(
-                "backend=auto: on a CPU, vmapped convolutions can be slower than one client at a time "
-                "(ResNet-8: 0.6x in experiments/bench_byo.py); backend=sequential gives the same numbers"
-            )
         self.chosen.setup(setup)
 
     def train(

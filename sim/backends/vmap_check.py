@@ -6,7 +6,9 @@ buffers (BatchNorm's running statistics in training mode, or a user's running av
 operation has no batching rule that works under ``grad`` (``vmap`` refuses random operations such
 as dropout by default, some custom autograd functions cannot be vmapped). Rather than list every
 such operation, :func:`vmap_blockers` tries: one forward pass on a copy (did a buffer change?) and
-one vmapped gradient of two stacked copies of the parameters on two example rows.
+one vmapped gradient of two stacked copies of the parameters on two example rows. That gradient is
+the costly part: torch's first ``torch.func`` gradient imports ``torch._dynamo`` (about 1.5 s), so
+``backend=auto`` (sim/backends/auto_choice.py) runs it only for models its static checks cannot place.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from torch.func import functional_call, grad, vmap
 from sim.layout import Layout
 
 from .vectorized import batchnorm_layers
+
+
+def changed_buffers(model: nn.Module, example_rows: torch.Tensor) -> list[str]:
+    """Buffers other than BatchNorm's that one training-mode forward pass on a copy of the model writes into."""
+    bn_names = {name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return _changed_buffers(model, example_rows, bn_names)
 
 
 def _changed_buffers(model: nn.Module, example_rows: torch.Tensor, skip: set[str]) -> list[str]:
@@ -90,9 +98,8 @@ def vmap_report(model: nn.Module, example_rows: torch.Tensor) -> VmapReport:
     rows = example_rows[:2]
     if len(rows) == 0:
         return VmapReport(reasons)
-    bn_names = {name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     try:
-        changed = _changed_buffers(model, rows, bn_names)
+        changed = changed_buffers(model, rows)
     except Exception as exc:  # the model cannot even run: vmap cannot either, and the reason says why
         return VmapReport([*reasons, f"its forward pass raises {type(exc).__name__}: {exc}"])
     if changed:
