@@ -147,7 +147,11 @@ def test_x_time_without_any_time_s_is_refused(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "old"), "--out", str(tmp_path / "out"), "--x", "time"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --x='time' is not allowed") and "time_s" in err and "No run has it." in err
-    # without --x the old run reports, saying it has no time_s
+    # without --x old runs report, saying they have no time_s, whether or not they reached the target
+    write_run(tmp_path / "old_slow" / "0", "gossip", 0, SLOW[0], None)
+    report = build_report([tmp_path / "old", tmp_path / "old_slow"], tmp_path / "out", 0.8, "test_accuracy")
+    assert _table_row(report.markdown, "fedavg")[5:9] == ["4.0", "no time_s", "750 B", "1/1"]
+    assert _table_row(report.markdown, "gossip_avg")[5:9] == ["not reached", "no time_s", "not reached", "0/1"]
     report = build_report([tmp_path / "old"], tmp_path / "out", 0.8, "test_accuracy")
     assert re.search(r"\|\s+no time_s\s+\|", report.markdown)
     assert [ax.get_xlabel() for ax in report.figures["comparison.png"].axes if ax.get_visible()] == [
@@ -192,3 +196,22 @@ def test_setting_labels_name_only_the_system_and_schedule_keys_a_mode_reads() ->
         "async_fl.algorithm=fedasync, federated.schedule=async, mode=federated, system.server_bandwidth=null",
         "mode=gossip",
     ]
+
+
+def test_time_axis_label_says_when_some_runs_count_wake_intervals(tmp_path: Path) -> None:
+    from sim.reporting.axes import x_axes
+    from sim.reporting.runs import load_runs
+
+    write_run(tmp_path / "new", "gossip", 0, *GOSSIP)
+    write_run(tmp_path / "old", "gossip", 1, GOSSIP[0], None, time=[0.0, 1.0, 2.0, 3.0])  # async gossip before time_s
+    new, _ = load_runs([tmp_path / "new"])
+    both, _ = load_runs([tmp_path / "new", tmp_path / "old"])
+    old, _ = load_runs([tmp_path / "old"])
+    assert x_axes(new, "round")[-1].label == "simulated time (s)"
+    assert x_axes(both, "round")[-1].label == "simulated time (s; runs without time_s: gossip.wake_interval units)"
+    assert x_axes(old, "round")[-1].label == "simulated time (units of gossip.wake_interval)"
+    assert x_axes(old, "round")[-1].move(old[0]).x == "time"
+    # asynchronous gossip now logs both: its clock `time` and time_s; the time axis is time_s
+    write_run(tmp_path / "both", "gossip", 2, *GOSSIP, time=[0.0, 2.0, 4.0, 6.0])
+    (run,), _ = load_runs([tmp_path / "both"])
+    assert x_axes([run], "round")[-1].move(run).x == "time_s"
