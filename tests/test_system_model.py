@@ -294,3 +294,19 @@ def test_offline_gap_mid_task_fails_and_rounds_nobody_delivers():
     nobody = timing_system([0.1, 0.3], Availability([gap, gap]))
     t = fl_round_timing(nobody, 10.0, np.arange(2), np.full(2, 10.0), 0.0, np.zeros(2))
     assert not t.keep.any() and t.failed == 2 and t.duration == pytest.approx(3.0)
+
+
+def test_compute_from_model_flops_over_a_drawn_device_speed():
+    cfg = {
+        **CONSTANT,
+        "name": "lognormal",
+        "flops_per_s": {"median": 2e9, "sigma": 0.5},
+        "model_flops": 3e6,
+        **{k: {"median": 1.0, "sigma": 0.0} for k in ("compute_s", "bandwidth_up", "bandwidth_down", "latency_s")},
+    }
+    s = build_system({"seed": 4, "system": cfg}, 5)
+    speed = 2e9 * np.exp(0.5 * numpy_rng(4, "system", "flops_per_s").standard_normal(5))
+    np.testing.assert_allclose(s.compute_s, 3e6 / speed, rtol=1e-15)
+    assert s.compute_time(3, 100) == pytest.approx(100 * 3e6 / speed[3], rel=1e-12)
+    with pytest.raises(ConfigError, match="system.model_flops"):
+        build_system({"seed": 4, "system": {**cfg, "model_flops": None}}, 5)

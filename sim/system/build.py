@@ -53,6 +53,19 @@ def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
     links: dict[str, Quantity] = {}
     if name in FAMILIES:
         for key, positive in CLIENT_QUANTITIES:
+            if key == "compute_s" and cfg.get("flops_per_s") is not None:  # speed in FLOP/s replaces compute_s
+                quantities["flops_per_s"] = parse_quantity(
+                    "system.flops_per_s", "flops_per_s", cfg["flops_per_s"], name, True
+                )
+                flops = number(
+                    "system.model_flops",
+                    cfg.get("model_flops"),
+                    0,
+                    lo_open=True,
+                    allowed="a finite number > 0 of FLOPs per training sample (with system.flops_per_s)",
+                )
+                quantities["model_flops"] = Quantity("model_flops", "constant", (flops,))
+                continue
             quantities[key] = parse_quantity(f"system.{key}", key, cfg.get(key), name, positive)
     if name != "none":
         link_cfg = cfg.get("links") or {}
@@ -118,10 +131,17 @@ def _client_arrays(spec: SystemSpec, num_clients: int) -> dict[str, np.ndarray]:
         from .traces import trace_arrays
 
         return trace_arrays(spec.options, num_clients)
-    return {
+    arrays = {
         key: _checked(f"system.{key}", spec.quantities[key].draw_clients(spec.seed, num_clients), positive)
         for key, positive in CLIENT_QUANTITIES
+        if key in spec.quantities
     }
+    if "flops_per_s" in spec.quantities:  # seconds per sample = FLOPs per sample / the device's FLOP/s
+        speed = _checked(
+            "system.flops_per_s", spec.quantities["flops_per_s"].draw_clients(spec.seed, num_clients), True
+        )
+        arrays["compute_s"] = _checked("system.flops_per_s", spec.quantities["model_flops"].params[0] / speed, True)
+    return arrays
 
 
 def _link_draw(spec: SystemSpec, arrays: dict[str, np.ndarray]):
