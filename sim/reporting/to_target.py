@@ -3,7 +3,8 @@
 Issue 25 puts every mode on one clock (``time_s`` in metrics.csv: FL, sync and async gossip, async FL),
 so rules are compared by the simulated time they need, not only by their rounds. The first reaching row
 is the evaluated row (metric not empty) with the smallest x (round, or ``time`` for runs that log only
-time) whose metric is at least the target; the three costs are read off that one row:
+time) whose metric (``--metric``: in gossip runs ``test_accuracy`` is the mean over the evaluated nodes,
+sim/run_metrics.py) is at least the target; the three costs are read off that one row:
 
 - rounds: its x value;
 - time: its ``time_s`` (cumulative simulated seconds); NaN, with ``has_time`` False, for runs written before
