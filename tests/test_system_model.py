@@ -310,3 +310,18 @@ def test_compute_from_model_flops_over_a_drawn_device_speed():
     assert s.compute_time(3, 100) == pytest.approx(100 * 3e6 / speed[3], rel=1e-12)
     with pytest.raises(ConfigError, match="system.model_flops"):
         build_system({"seed": 4, "system": {**cfg, "model_flops": None}}, 5)
+
+
+def test_a_gossip_runs_topology_file_fixes_its_links(tmp_path):
+    graphml = tmp_path / "g.graphml"
+    g = nx.Graph()
+    g.add_edge("n2", "n10", bandwidth=100.0, latency=0.5)  # natural order: n2 is node 0, n10 node 1
+    g.add_edge("n10", "n11")
+    nx.write_graphml(g, graphml)
+    cfg = {"seed": 0, "mode": "gossip", "topology": {"name": "file", "path": str(graphml)}, "system": CONSTANT}
+    s = build_system(cfg, 3)
+    assert s.link_time(0, 1, 50.0) == pytest.approx(1.0) and s.link_time(1, 2, 0.0) == pytest.approx(0.1)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0 1 -3 0.1\n1 2\n")
+    with pytest.raises(ConfigError, match=r"topology.path.*line 1"):
+        build_system({**cfg, "topology": {"name": "file", "path": str(bad)}}, 3)

@@ -91,15 +91,13 @@ def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
 
 
 def validate_system_config(system_cfg: Any, num_clients: int, seed: int = 0) -> SystemSpec:
-    """Every check that needs no data, trace files included (they are read here)."""
+    """Every check of the block that needs no data, trace files included (they are read here).
+
+    A link file, which may be the topology's, is checked by :func:`sim.system.checks.check_system_run`.
+    """
     spec = parse_system_config(system_cfg, seed)
     _client_arrays(spec, num_clients)
     _availability(spec, num_clients)
-    path = (spec.options.get("links") or {}).get("path")
-    if path:
-        from .graph_links import read_link_file
-
-        read_link_file(str(path), num_clients)
     return spec
 
 
@@ -164,6 +162,21 @@ def _link_draw(spec: SystemSpec, arrays: dict[str, np.ndarray]):
     return draw
 
 
+def link_path(cfg: Any, spec: SystemSpec) -> str | None:
+    """The file whose edges fix gossip links: ``system.links.path``, else a gossip run's ``topology=file`` graph."""
+    path = (spec.options.get("links") or {}).get("path")
+    if path:
+        return str(path)
+    topology = cfg.get("topology") if hasattr(cfg, "get") else None
+    if cfg.get("mode") == "gossip" and topology is not None and topology.get("name") == "file":
+        return str(topology.get("path"))
+    return None
+
+
+def link_field(cfg: Any, spec: SystemSpec) -> str:
+    return "system.links.path" if (spec.options.get("links") or {}).get("path") else "topology.path"
+
+
 def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
     """The run's system model. ``cfg`` is the whole run config (its ``system`` block and ``seed``).
 
@@ -181,11 +194,11 @@ def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
         from .graph_links import graph_link_table
 
         table = graph_link_table(graph, "the topology graph")
-    path = (spec.options.get("links") or {}).get("path")
+    path = link_path(cfg, spec)
     if path:
         from .graph_links import read_link_file
 
-        table.update(read_link_file(str(path), num_clients))
+        table.update(read_link_file(path, num_clients, link_field(cfg, spec)))
     draw = _link_draw(spec, arrays)
     availability = _availability(spec, num_clients)
     return SystemModel(

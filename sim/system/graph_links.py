@@ -40,9 +40,8 @@ def graph_link_table(graph: Any, where: str, field: str = "system.links", index:
     return table
 
 
-def read_link_file(path: str, num_nodes: int) -> Table:
-    """Edge attributes of a ``.graphml`` file or an edge list ``u v bandwidth latency``."""
-    field = "system.links.path"
+def read_link_file(path: str, num_nodes: int, field: str = "system.links.path") -> Table:
+    """Edge attributes of a ``.graphml`` file or an edge list ``u v bandwidth latency`` (errors name ``field``)."""
     try:
         if path.lower().endswith(".graphml"):
             import networkx as nx
