@@ -83,6 +83,7 @@ def test_a_pickle_is_never_opened_by_a_run_and_the_converter_needs_permission(tm
     [
         ({"active": [0, 5], "inactive": [6, 9], "finish_time": 10}, "[0.0, 6.0] overlaps [5.0, 9.0]"),
         ({"active": [5, 0], "inactive": [6, 1], "finish_time": 10}, "is not increasing"),
+        ({"active": [0, 5], "inactive": [5, 9], "finish_time": 10}, "[0.0, 5.0] overlaps [5.0, 9.0]"),
         ({"active": [0], "inactive": [20], "finish_time": 10}, "finish_time 10"),
         ({"active": [0, 1], "inactive": [0.5], "finish_time": 10}, "equal-length"),
         ({"active": [0], "inactive": [1], "finish_time": 0}, "finish_time=0"),

@@ -134,7 +134,7 @@ def _intervals(field: str, path: str, r: Record, grouped: list[Record] | None) -
         raise ConfigError(
             field,
             path,
-            "non-overlapping intervals",
+            "disjoint intervals, inactive[i] < active[i + 1] (merge touching ones)",
             f"{where.capitalize()}: [{a[i]}, {b[i]}] overlaps [{a[i + 1]}, {b[i + 1]}].",
         )
     if b[-1] > finish:
