@@ -84,12 +84,16 @@ def _panel(ax, curves: pd.DataFrame, methods: list[str], target: float, title: s
     ax.legend(fontsize=9, loc="lower right")
 
 
-def _figure(ncols: int) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(5.2 * ncols, 4.4), layout="constrained")
+def _figure(panels: int) -> tuple[Figure, np.ndarray]:
+    """``panels`` axes in one row (four: two rows of two), y labelled on the left."""
+    ncols = 2 if panels == 4 else panels
+    nrows = -(-panels // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.0 * nrows + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False).ravel()
-    axes[0].set_ylabel("test accuracy")
-    return fig, axes
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("test accuracy")
+    return fig, grid.ravel()
 
 
 def fedbuff_section(runs: pd.DataFrame, curves: pd.DataFrame, target: float, out: Path) -> str:
