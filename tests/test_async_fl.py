@@ -256,3 +256,33 @@ def test_losses_and_time_columns_are_finite(make_cfg, tmp_path):
     times = [r["time_s"] for r in rows]
     assert times == sorted(times) and times[-1] > 0
     assert all(math.isfinite(r["train_loss"]) for r in rows[1:])
+
+
+def test_offline_clients_fail_their_task_and_free_slots_wait_for_the_next_available_client(make_cfg, tmp_path):
+    # Prepare: 3 clients, 2 slots, FedAsync, every task 1.0 s (unit clock) under an availability trace (period 100 s):
+    # client 0 always online; client 1 online [0, 0.5] then from 3 (its task started at 0 fails); client 2 from 1.5.
+    import numpy as np
+
+    from sim.async_fl import AsyncFL, AsyncFLConfig
+    from sim.system import SystemModel
+    from sim.system.availability import Availability, ClientTrace
+
+    cfg = make_cfg(*BASE, "num_clients=3", "rounds=4", "async_fl.concurrency=2", "async_fl.algorithm=fedasync")
+    exp = build_experiment(cfg)
+    exp.backend.setup(exp.setup)
+    system = SystemModel.unit(3)
+    system.availability = Availability(
+        [
+            ClientTrace(np.array([0.0]), np.array([100.0]), 100.0),
+            ClientTrace(np.array([0.0, 3.0]), np.array([0.5, 100.0]), 100.0),
+            ClientTrace(np.array([1.5]), np.array([100.0]), 100.0),
+        ]
+    )
+    log = MetricsLog(tmp_path / "metrics.csv")
+    # Execute
+    AsyncFL(exp, AsyncFLConfig.from_config(cfg.async_fl, 3), system).run(log, lambda row: None)
+    # Assert: t=1 client 0's update, client 1's failure, nobody available until client 2 at 1.5 (a retry), then
+    # client 0 again at 2.0, client 2 at 2.5, client 0 at 3.0
+    assert [r["time_s"] for r in log.rows] == [0.0, 1.0, 2.0, 2.5, 3.0]
+    assert sum(r.get("failed", 0) for r in log.rows) == 1
+    assert sum(r["num_participants"] for r in log.rows) == 4
