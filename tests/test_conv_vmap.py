@@ -143,3 +143,23 @@ def test_vmap_options_reach_the_backend_through_the_config():
     # Check
     assert default.vmap_options.plain
     assert backend.vmap_options == VmapOptions(precision="bf16")
+
+
+def test_gpu_bench_checks_round_one_against_the_reference_and_fails_on_nan(monkeypatch):
+    # Prepare: experiments/ is where the bench scripts import each other from
+    monkeypatch.syspath_prepend("experiments")
+    import gpu_bench
+
+    rows = [
+        {"round": 0, "train_loss": float("nan"), "test_loss": 2.3},
+        {"round": 1, "train_loss": 1.5, "test_loss": 2.0},
+    ]
+    # Execute
+    got = gpu_bench.round_one(rows)
+    # Check: round 1's row, not the initial evaluation's; within, beyond and without a value
+    assert got == (1.5, 2.0)
+    assert gpu_bench.check(got, (1.5, 2.0 * (1 + 5e-4)), 1e-3) == (True, pytest.approx(5e-4 / (1 + 5e-4)))
+    assert not gpu_bench.check(got, (1.5, 2.1), 1e-3)[0]
+    assert not gpu_bench.check(gpu_bench.round_one(rows[:1]), (1.5, 2.0), 1e-3)[0]
+    assert not gpu_bench.check((float("nan"), 2.0), (1.5, 2.0), 1e-3)[0]
+    assert gpu_bench.per_round_s([{"wall_s": 1.0}, {"wall_s": 3.0}, {"wall_s": 4.0}]) == 1.5
