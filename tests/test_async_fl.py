@@ -229,6 +229,7 @@ def test_staleness_functions():
         (("strategy=fedprox",), "federated.schedule"),
         (("attack=sign_flip",), "attack.name"),
         (("dp=central_fixed",), "dp.name"),
+        (("system.deadline_s=5",), "system.deadline_s"),
         (("strategy=krum", "async_fl.buffer_size=2"), "strategy.f"),
     ],
 )

@@ -87,9 +87,9 @@ def check_async_fl_run(cfg) -> AsyncFLConfig | None:
     """The run's :class:`AsyncFLConfig` (None for a synchronous run); ConfigError for what async FL cannot run.
 
     ``federated.schedule`` and the ``async_fl`` block are checked in every mode and schedule (a sweep
-    refuses a bad value whichever job runs first). Refused with an asynchronous schedule: attacks and
-    differential privacy (before the DP wrapper asks for a participation pattern, which asynchronous FL
-    does not use).
+    refuses a bad value whichever job runs first). Refused with an asynchronous schedule: attacks, round
+    deadlines, over-selection and differential privacy (before the DP wrapper asks for a participation
+    pattern, which asynchronous FL does not use).
     """
     schedule_of(cfg)
     AsyncFLConfig.from_config(cfg.get("async_fl"))
@@ -103,6 +103,15 @@ def check_async_fl_run(cfg) -> AsyncFLConfig | None:
         name = (cfg.get(group) or {}).get("name", "none")
         if name != "none":
             raise ConfigError(f"{group}.name", name, "none with federated.schedule=async", why)
+    system = cfg.get("system") or {}
+    for key in ("deadline_s", "over_selection"):
+        if system.get(key) is not None:
+            raise ConfigError(
+                f"system.{key}",
+                system.get(key),
+                "null with federated.schedule=async",
+                "Deadlines and over-selection close synchronous rounds; asynchronous FL has none.",
+            )
     return conf
 
 
