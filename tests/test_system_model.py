@@ -325,3 +325,20 @@ def test_a_gossip_runs_topology_file_fixes_its_links(tmp_path):
     bad.write_text("0 1 -3 0.1\n1 2\n")
     with pytest.raises(ConfigError, match=r"topology.path.*line 1"):
         build_system({**cfg, "topology": {"name": "file", "path": str(bad)}}, 3)
+
+
+def test_a_deadline_just_below_the_fastest_task_is_refused():
+    import torch
+
+    from sim.system.fl_clock import check_deadline
+    from sim.training import TrainConfig
+
+    train, sizes = TrainConfig(epochs=1, batch_size=10), torch.tensor([25, 5])  # 3 and 1 steps: 30 and 10 samples
+    fastest = 0.05 + 1000 / 2.5e6 + 10 * 0.002 + 0.05 + 1000 / 1.25e6  # client 1 by hand: 0.1212 s
+
+    def cfg(deadline):
+        return {"mode": "federated", "seed": 0, "system": {**CONSTANT, "deadline_s": deadline}}
+
+    check_deadline(cfg(fastest * 1.001), sizes, train, 1000)
+    with pytest.raises(ConfigError, match="system.deadline_s.*0.1212"):
+        check_deadline(cfg(fastest * 0.999), sizes, train, 1000)
