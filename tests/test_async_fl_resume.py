@@ -18,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from forked_cli import run_module
 
 from sim.checkpoint import load_checkpoint
 from sim.resume import read_checkpoint
 from sim.run import run_experiment
 from sim.run_state import load_state
-from tests.test_resume import assert_same_run
+from tests.test_resume import assert_same_run, interrupt_with_sigint
 
 BASE = (
     "num_clients=6",
@@ -109,3 +110,16 @@ def test_ray_gives_the_same_run(make_cfg, tmp_path, ray_session):
         make_cfg(*SAME, "backend=ray", "backend.num_actors=2", "backend.driver_max_clients=0"), tmp_path / "ray"
     )
     _compare(tmp_path / "seq", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_sigint_saves_the_run_at_the_next_row_and_the_command_line_resume_is_exact(tmp_path):
+    # Prepare: no periodic checkpoints, so the signal writes the only one (real processes: the signal path)
+    args = (*BASE, *RUNS["fedbuff_fedadam"][:-2], "rounds=60", "checkpoint.every=null")
+    # Execute: SIGINT once the first rows are written; Assert: exit 130 and the resume command (in the helper)
+    interrupt_with_sigint(tmp_path, args)
+    state = read_checkpoint(tmp_path / "part")
+    assert 0 < state["round"] < 60 and len(state["rows"]) == state["evaluation"] + 1
+    resumed = run_module("sim", ["resume=part"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(tmp_path / "part", tmp_path / "full")
