@@ -76,6 +76,21 @@ def load(path: str) -> Data:
     return Data(clients, x_test, y_test, shape, int(arrays["num_classes"]))
 
 
+_LOADED: dict[str, Data] = {}
+
+
+def cached_load(path: str) -> Data:
+    """:func:`load`, once per process: each of Flower's Ray actors reads the file once.
+
+    It lives here, in an importable module, because a cache in a peer script (``__main__``) would be pickled by
+    value with the ClientApp that uses it, sending the loaded data (and every client's tensor views of it)
+    along with each actor's copy of the app.
+    """
+    if path not in _LOADED:
+        _LOADED[path] = load(path)
+    return _LOADED[path]
+
+
 class MLP(nn.Module):
     """gossipsoup's ``mlp``: flatten, Linear+ReLU per hidden width, Linear to the classes."""
 

@@ -19,15 +19,6 @@ import time
 import peer_common as pc
 import torch
 
-_DATA: dict[str, pc.Data] = {}
-
-
-def client_data(path: str) -> pc.Data:
-    """The data file, read once per process (each Ray actor keeps its own copy)."""
-    if path not in _DATA:
-        _DATA[path] = pc.load(path)
-    return _DATA[path]
-
 
 def run(work: pc.Workload, path: str, seed: int, cores: int) -> tuple[float, float, float]:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -36,14 +27,14 @@ def run(work: pc.Workload, path: str, seed: int, cores: int) -> tuple[float, flo
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    data = client_data(path)
+    data = pc.cached_load(path)
     num_clients = len(data.clients)
     client_app = ClientApp()
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        d = client_data(path)
+        d = pc.cached_load(path)
         k = int(context.node_config["partition-id"])
         model = pc.build_model(work, d)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
