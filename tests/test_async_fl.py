@@ -230,6 +230,7 @@ def test_staleness_functions():
         (("attack=sign_flip",), "attack.name"),
         (("dp=central_fixed",), "dp.name"),
         (("system.deadline_s=5",), "system.deadline_s"),
+        (("strategy=known_probability",), "strategy"),
         (("strategy=krum", "async_fl.buffer_size=2"), "strategy.f"),
     ],
 )

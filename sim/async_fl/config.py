@@ -131,6 +131,13 @@ def check_async_fl_strategy(cfg, strategy) -> None:
             "sync for this strategy",
             f"Strategy {strategy.name} {why}; asynchronous FL trains clients without it.",
         )
+    if strategy.name == "known_probability":
+        raise ConfigError(
+            "strategy",
+            strategy.name,
+            "a rule that needs no participation probabilities with federated.schedule=async",
+            "known_probability weights by a participation pattern's p_n; asynchronous FL draws idle clients instead.",
+        )
     if conf.algorithm == "fedasync" and strategy.name != "fedavg":
         raise ConfigError(
             "strategy",
