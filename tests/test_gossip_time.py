@@ -101,7 +101,9 @@ def test_a_system_model_changes_no_model_number_of_sync_gossip_and_none_gives_ro
 def _triangle(lost_entries: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """A coalesced 3-node mixing matrix (receiver row, sender column) and its lost entries."""
     entries = [(i, j) for i in range(3) for j in range(3)]
-    w = torch.sparse_coo_tensor(torch.tensor(entries).T, torch.full((9,), 1 / 3), (3, 3)).coalesce()
+    w = torch.sparse_coo_tensor(
+        torch.tensor(entries).T, torch.full((9,), 1 / 3), (3, 3), check_invariants=True
+    ).coalesce()
     rows, cols = w.indices()
     lost = torch.zeros(9, dtype=torch.bool)
     for receiver, sender in lost_entries:
