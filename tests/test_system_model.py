@@ -342,3 +342,16 @@ def test_a_deadline_just_below_the_fastest_task_is_refused():
     check_deadline(cfg(fastest * 1.001), sizes, train, 1000)
     with pytest.raises(ConfigError, match="system.deadline_s.*0.1212"):
         check_deadline(cfg(fastest * 0.999), sizes, train, 1000)
+
+
+def test_a_lognormal_draw_that_overflows_to_inf_is_refused_naming_the_client():
+    cfg = {
+        **CONSTANT,
+        "name": "lognormal",
+        "bandwidth_up": {"median": 1e307, "sigma": 50.0},
+        **{k: {"median": 1.0, "sigma": 0.0} for k in ("compute_s", "bandwidth_down", "latency_s")},
+    }
+    z = numpy_rng(0, "system", "bandwidth_up").standard_normal(20)
+    first = int(np.flatnonzero(~np.isfinite(1e307 * np.exp(50.0 * z)))[0])  # no draw underflows to 0 here
+    with pytest.raises(ConfigError, match=rf"system.bandwidth_up=inf .* Client {first} drew"):
+        build_system({"seed": 0, "system": cfg}, 20)

@@ -42,7 +42,8 @@ class Quantity:
             low, high = self.params
             return low + (high - low) * rng.random(count)
         median, sigma = self.params
-        return median * np.exp(sigma * rng.standard_normal(count))
+        with np.errstate(over="ignore", under="ignore"):  # an inf or 0 draw is refused by name (sim/system/build.py)
+            return median * np.exp(sigma * rng.standard_normal(count))
 
     def draw_clients(self, seed: int, count: int) -> np.ndarray:
         return self.draw(numpy_rng(seed, "system", self.name), count)
