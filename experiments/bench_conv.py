@@ -1,6 +1,7 @@
 """Conv nets: sequential against the vectorized backend's vmap variants (``backend.vmap``), one table.
 
-One process, one invocation; every variant trains the same rounds of the same clients from the same data:
+One process, one invocation; every variant trains the same rounds of the same clients from the same data, the
+variants taking turns round by round (a change of load on a shared machine then hits all of them alike):
 
 * ``sequential``: the reference, one client after another;
 * ``vmap``: the vectorized backend's plain step (vmap's grouped convolution);
@@ -44,50 +45,62 @@ VARIANTS = {
 }
 
 
-def one(workload: str, variant: str, data: Path, args: argparse.Namespace) -> dict:
-    """Train ``args.rounds + 1`` FedAvg rounds of ``variant``; times, round 1's models and the final accuracy."""
-    from sim.experiment import build_experiment
-    from sim.training import evaluate
+class Run:
+    """One variant's experiment, trained round by round (variants alternate rounds, so load changes hit all)."""
 
-    cfg = workloads.compose_workload(
-        (
-            "progress=false",
-            *MODELS[workload][0],
-            "dataset=npz",
-            f"dataset.path={data}",
-            "dataset.layout=nhwc",
-            f"num_clients={args.num_clients}",
-            f"participation.clients_per_round={args.clients_per_round}",
-            "partition=dirichlet",
-            "partition.alpha=0.5",
-            "train.epochs=1",
-            "train.batch_size=32",
-            "train.lr=0.05",
-            *VARIANTS[variant],
-            f"backend.device={args.device}",
+    def __init__(self, workload: str, variant: str, data: Path, args: argparse.Namespace):
+        from sim.experiment import build_experiment
+
+        cfg = workloads.compose_workload(
+            (
+                "progress=false",
+                *MODELS[workload][0],
+                "dataset=npz",
+                f"dataset.path={data}",
+                "dataset.layout=nhwc",
+                f"num_clients={args.num_clients}",
+                f"participation.clients_per_round={args.clients_per_round}",
+                "partition=dirichlet",
+                "partition.alpha=0.5",
+                "train.epochs=1",
+                "train.batch_size=32",
+                "train.lr=0.05",
+                *VARIANTS[variant],
+                f"backend.device={args.device}",
+            )
         )
-    )
-    exp = build_experiment(cfg)
-    exp.backend.setup(exp.setup)
-    assert exp.participation is not None
-    start = exp.initial_params
-    times, first, round1 = [], 0.0, None
-    for r in range(1, args.rounds + 2):
-        ids = torch.as_tensor(exp.participation.sample(r))
-        sync(args.device)
+        self.device = args.device
+        self.exp = build_experiment(cfg)
+        self.exp.backend.setup(self.exp.setup)
+        self.start = self.exp.initial_params
+        self.times: list[float] = []
+        self.first = 0.0
+        self.round1 = torch.zeros(0)
+
+    def round(self, r: int) -> None:
+        """Train round ``r`` (its clients drawn by the run's own participation) and average (FedAvg)."""
+        assert self.exp.participation is not None
+        ids = torch.as_tensor(self.exp.participation.sample(r))
+        sync(self.device)
         t0 = time.perf_counter()
-        batch = exp.backend.train(ids, start, r)
-        sync(args.device)
+        batch = self.exp.backend.train(ids, self.start, r)
+        sync(self.device)
         dt = time.perf_counter() - t0
         if r == 1:
-            first, round1 = dt, batch.params.detach().cpu()
+            self.first, self.round1 = dt, batch.params.detach().cpu()
         else:
-            times.append(dt)
+            self.times.append(dt)
         w = batch.num_samples.to(torch.float32)
-        start = (batch.params.cpu() * (w / w.sum()).unsqueeze(1)).sum(0)  # FedAvg
-    exp.backend.close()
-    acc = evaluate(copy.deepcopy(exp.model), exp.layout, start, exp.data.x_test, exp.data.y_test)[0]
-    return {"s": sum(times) / len(times), "first": first, "round1": round1, "acc": acc, "params": exp.layout.size}
+        self.start = (batch.params.cpu() * (w / w.sum()).unsqueeze(1)).sum(0)
+
+    def result(self) -> dict:
+        from sim.training import evaluate
+
+        self.exp.backend.close()
+        exp = self.exp
+        acc = evaluate(copy.deepcopy(exp.model), exp.layout, self.start, exp.data.x_test, exp.data.y_test)[0]
+        s = sum(self.times) / len(self.times)
+        return {"s": s, "first": self.first, "round1": self.round1, "acc": acc, "params": exp.layout.size}
 
 
 def sync(device: str) -> None:
@@ -120,10 +133,13 @@ def main() -> None:
         for workload in args.workloads:
             data = Path(tmp) / f"{workload}.npz"
             write_images(data, MODELS[workload][1], args.rows, test_rows=min(2000, args.rows // 5))
-            ref = None
-            for variant in args.variants:
-                out = one(workload, variant, data, args)
-                ref = ref or out
+            runs = {variant: Run(workload, variant, data, args) for variant in args.variants}
+            for r in range(1, args.rounds + 2):
+                for run in runs.values():
+                    run.round(r)
+            results = {variant: run.result() for variant, run in runs.items()}
+            ref = results["sequential"]
+            for variant, out in results.items():
                 diff = ((out["round1"] - ref["round1"]).abs().max() / ref["round1"].abs().max()).item()
                 lines.append(
                     f"| {workload} | {variant} | {out['params']:,} | {out['s']:.3f} | {ref['s'] / out['s']:.2f}x | "

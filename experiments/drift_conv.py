@@ -12,7 +12,8 @@ Three tables, one invocation (``OMP_NUM_THREADS=1``):
   summation orders) and started from a model perturbed by one rounding (each weight times ``1 + 2^-24``,
   random sign).
 * **accuracy**: FedAvg on the default run (scikit-learn's digits; the models that fit 8x8 images), test
-  accuracy after ``--rounds`` rounds for each seed: sequential, vectorized, and sequential with 2 torch threads.
+  accuracy after ``--rounds`` rounds for each seed: sequential, vectorized, sequential with 2 torch threads, and
+  vectorized with ``backend.vmap.precision=bf16``.
 
     OMP_NUM_THREADS=1 python experiments/drift_conv.py [--models lenet resnet8 ...] [--steps 1 10 100]
         [--seeds 0 1 2] [--rounds 5] [--tables ops steps accuracy] [--smoke]
@@ -239,8 +240,9 @@ def fl_accuracy(model: str, seed: int, rounds: int, backend: str, threads: int, 
         [
             *MODELS[model],
             f"seed={seed}",
-            f"backend={backend}",
-            *(("backend.kernel=vmap",) if backend == "vectorized" else ()),
+            f"backend={backend.split('+')[0]}",
+            *(("backend.kernel=vmap",) if backend.startswith("vectorized") else ()),
+            *(("backend.vmap.precision=bf16",) if backend == "vectorized+bf16" else ()),
             *(("num_clients=4", "participation.clients_per_round=2") if smoke else ()),
             "progress=false",
         ]
@@ -263,13 +265,16 @@ def fl_accuracy(model: str, seed: int, rounds: int, backend: str, threads: int, 
 
 
 def accuracy_table(models: list[str], seeds: list[int], rounds: int, smoke: bool) -> list[str]:
-    rows = [f"| model | seed | sequential | vectorized | sequential, 2 threads | ({rounds} rounds FedAvg) |"]
-    rows.append("| --- | ---: | ---: | ---: | ---: |")
+    rows = [
+        f"| model ({rounds} rounds FedAvg) | seed | sequential | vectorized | sequential, 2 threads "
+        "| vectorized, bf16 autocast |"
+    ]
+    rows.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     for model in models:
         for seed in seeds:
             accs = [
                 fl_accuracy(model, seed, rounds, b, threads, smoke)
-                for b, threads in (("sequential", 1), ("vectorized", 1), ("sequential", 2))
+                for b, threads in (("sequential", 1), ("vectorized", 1), ("sequential", 2), ("vectorized+bf16", 1))
             ]
             rows.append(f"| {model} | {seed} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
             print(rows[-1], file=sys.stderr, flush=True)

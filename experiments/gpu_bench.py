@@ -72,8 +72,8 @@ def workload_overrides(name: str, data: Path, tiny: bool) -> tuple[list[str], li
             base += check
         return base, check, TOL
     if name == "gossip_10k":
-        base = list(workloads.gossip_scale(200 if tiny else 10_000, 3))
-        return base, ["num_clients=100"], TOL
+        base = list(workloads.gossip_scale(40 if tiny else 10_000, 3))
+        return base, ["num_clients=40"], TOL
     if name in ("resnet8", "lenet"):
         shape, rows = ((32, 32, 3), 50_000) if name == "resnet8" else ((28, 28, 1), 60_000)
         write_images(data, shape, 400 if tiny else rows, test_rows=100 if tiny else 10_000)
