@@ -8,17 +8,32 @@ import pickle
 import pytest
 from forked_cli import run_module
 
+from sim.errors import ConfigError
+from sim.experiment import build_experiment
+
 BASE = ["num_clients=4", "participation.clients_per_round=2", "rounds=1", "model.hidden=[4]", "progress=false"]
 
 
 def refuse(tmp_path, args, *needles, module="sim"):
+    """A real process: exit 2, one ``error:`` paragraph with every needle, no traceback, no result file."""
     proc = run_module(module, args if module != "sim" else [*BASE, *args], tmp_path)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert proc.stderr.startswith("error: ")
     for needle in needles:
         assert needle in proc.stderr, (needle, proc.stderr)
     assert not (tmp_path / "out" / "metrics.csv").exists()
     return proc.stderr
+
+
+def refuse_in_process(make_cfg, args, *needles):
+    """The same refusal without a process (the checks ``python -m sim`` runs before any work): cheaper."""
+    base = [a for a in BASE if not any(x.startswith("participation=") for x in args) or "participation." not in a]
+    with pytest.raises(ConfigError) as info:
+        build_experiment(make_cfg(*base, *args))
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+    return str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -37,8 +52,14 @@ def refuse(tmp_path, args, *needles, module="sim"):
         (["system=trace"], ["system.device_file='???'"]),
     ],
 )
-def test_bad_values_are_refused(tmp_path, args, needles):
-    refuse(tmp_path, [*args, f"hydra.run.dir={tmp_path / 'out'}"], *needles)
+def test_bad_values_are_refused(make_cfg, args, needles):
+    refuse_in_process(make_cfg, args, *needles)
+
+
+def test_a_bad_value_exits_2_from_the_command_line(tmp_path):
+    refuse(
+        tmp_path, ["system=constant", "system.compute_s=-1", f"hydra.run.dir={tmp_path / 'out'}"], "system.compute_s"
+    )
 
 
 def write_device(path, clients):
@@ -54,25 +75,26 @@ def test_trace_missing_clients_names_them_and_the_fix(tmp_path):
     assert "client_map=cycle" in err
 
 
-def test_trace_values_and_declared_format(tmp_path):
+def test_trace_values_and_declared_format(make_cfg, tmp_path):
     csv = tmp_path / "dev.csv"
     csv.write_text("client,computation,communication\n0,1,2\n1,1,2\n2,-4,2\n3,1,2\n")
-    refuse(tmp_path, ["system=trace", f"system.device_file={csv}"], "Client 2 (line 4)", "computation=-4.0")
+    refuse_in_process(make_cfg, ["system=trace", f"system.device_file={csv}"], "Client 2 (line 4)", "computation=-4.0")
     csv.write_text("client,computation,communication\n0,1,2\n1,fast,2\n")
-    refuse(tmp_path, ["system=trace", f"system.device_file={csv}"], "Line 3 holds 'fast'")
+    refuse_in_process(make_cfg, ["system=trace", f"system.device_file={csv}"], "Line 3 holds 'fast'")
     dev = tmp_path / "dev.json"
     write_device(dev, range(4))
-    refuse(tmp_path, ["system=trace", f"system.device_file={dev}", "system.format=csv"], "Line 1 (the header) lacks")
-    refuse(tmp_path, ["system=trace", f"system.device_file={csv}", "system.format=json"], "Not valid JSON at line 1")
-    refuse(
-        tmp_path, ["system=trace", f"system.device_file={dev}", "system.format=parquet"], "could not be read as Parquet"
+    fmt = ["system=trace", f"system.device_file={dev}"]
+    refuse_in_process(make_cfg, [*fmt, "system.format=csv"], "Line 1 (the header) lacks")
+    refuse_in_process(make_cfg, [*fmt, "system.format=parquet"], "could not be read as Parquet")
+    refuse_in_process(
+        make_cfg, ["system=trace", f"system.device_file={csv}", "system.format=json"], "Not valid JSON at line 1"
     )
 
 
 def test_a_pickle_is_never_opened_by_a_run_and_the_converter_needs_permission(tmp_path):
     pkl = tmp_path / "client_device_capacity"  # FedScale's file has no extension: the pickle header gives it away
     pkl.write_bytes(pickle.dumps({0: {"computation": 1.0, "communication": 2.0}}))
-    refuse(tmp_path, ["system=trace", f"system.device_file={pkl}"], "pickle", "--allow-pickle")
+    refuse(tmp_path, ["system=trace", f"system.device_file={pkl}", f"hydra.run.dir={tmp_path / 'out'}"], "pickle")
     out = tmp_path / "dev.json"
     refuse(tmp_path, [str(pkl), str(out)], "--allow-pickle", module="sim.system.convert")
     assert not out.exists()
@@ -89,11 +111,11 @@ def test_a_pickle_is_never_opened_by_a_run_and_the_converter_needs_permission(tm
         ({"active": [0], "inactive": [1], "finish_time": 0}, "finish_time=0"),
     ],
 )
-def test_bad_availability_intervals_name_client_and_line(tmp_path, trace, needle):
+def test_bad_availability_intervals_name_client_and_line(make_cfg, tmp_path, trace, needle):
     ok = {"active": [0], "inactive": [10], "finish_time": 10}
     path = tmp_path / "avail.json"
     path.write_text(json.dumps({"0": ok, "1": ok, "2": trace, "3": ok}, indent=1))
     line = path.read_text().splitlines().index(' "2": {') + 1
-    refuse(
-        tmp_path, ["system=constant", f"system.availability={path}"], "system.availability", needle, f"(line {line})"
+    refuse_in_process(
+        make_cfg, ["system=constant", f"system.availability={path}"], "system.availability", needle, f"(line {line})"
     )
