@@ -30,7 +30,7 @@ import run_peers  # noqa: E402
 def tiny(tmp_path_factory) -> tuple[dict[str, np.ndarray], Path]:
     arrays = peer_data.cifar_like(train=80, test=30, clients=5, seed=3)
     path = tmp_path_factory.mktemp("peers") / "tiny.npz"
-    np.savez(path, **arrays)
+    np.savez(path, allow_pickle=False, **arrays)
     return arrays, path
 
 

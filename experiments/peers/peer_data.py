@@ -128,6 +128,6 @@ def write(workload: str, seed: int, folder: Path) -> Path:
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **BUILDERS[workload](seed))
+        np.savez(tmp, allow_pickle=False, **BUILDERS[workload](seed))
         tmp.replace(path)
     return path
