@@ -4,7 +4,7 @@
     python experiments/peers/run_peers.py --workloads w1 --peers gossipsoup pfl
 
 For each workload the data file is written once (peer_data.py) and every peer runs in its own virtual
-environment (envs.py builds them on first use) as its own process, one after another, with
+environment (peer_envs.py builds them on first use) as its own process, one after another, with
 ``OMP_NUM_THREADS=1`` and one torch thread. ``process s`` is the whole process measured from here (start to
 exit: interpreter, imports, data loading, the run, shutdown); ``loop s`` is what the peer reports for its
 rounds (peer_common.LoopClock: from just before round 1 to the end of the last round's test evaluation);
