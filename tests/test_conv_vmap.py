@@ -75,10 +75,15 @@ def plain_params(lenet_setup):
     return _round(lenet_setup, VectorizedBackend(kernel="vmap", device="cpu"))
 
 
-def test_im2col_step_trains_as_the_grouped_step(lenet_setup, plain_params):
+def test_im2col_step_trains_as_the_grouped_step(lenet_setup, plain_params, monkeypatch):
+    # Prepare: count the im2col convolutions that run (LeNet-5 has two, so each step runs both)
+    calls = []
+    forward = Im2colConv2d.forward
+    monkeypatch.setattr(Im2colConv2d, "forward", lambda self, x: calls.append(1) or forward(self, x))
     # Execute
     params = _round(lenet_setup, VectorizedBackend(kernel="vmap", device="cpu", vmap={"conv": "im2col"}))
     # Check
+    assert len(calls) >= 2
     start = lenet_setup.layout.flatten(lenet_setup.model)
     assert not torch.equal(plain_params, start.expand_as(plain_params))
     assert torch.allclose(params, plain_params, rtol=0, atol=1e-5), (params - plain_params).abs().max()
