@@ -5,6 +5,7 @@ test_bad_input.py; here the bulk of the cases run in milliseconds each.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from sim.data import load_federated_data
 from sim.errors import ConfigError
 from sim.experiment import build_experiment, validate_config
 from sim.schema import _file, group_options
+
+#: a FedScale device-capacity trace (30 clients) for the options that need one: system=trace
+DEVICE_TRACE = f"system.device_file={Path(__file__).parent / 'fixtures' / 'fedscale_devices.json'}"
 
 GOSSIP_ASYNC = ["mode=gossip", "topology=ring", "gossip.schedule=async"]
 
@@ -66,6 +70,8 @@ def test_every_group_option_validates(group, option, tmp_path):
         extra.append(f"topology.path={path}")
     if group == "strategy" and option in GOSSIP_RULES:
         extra = ["mode=gossip", "topology=ring"]
+    if (group, option) == ("system", "trace"):
+        extra.append(DEVICE_TRACE)
     if group == "backend" and option == "ray":
         pytest.importorskip("ray")
     if (group, option) == ("strategy", "sparse_soup"):  # a rule for python -m sim.merge only: runs refuse it
@@ -120,6 +126,10 @@ def test_non_finite_numbers_are_refused(field, value):
     _refused(field, *NON_FINITE[field], f"{field}={value}")
 
 
+#: overrides an option cannot validate without (a file it reads)
+OPTION_NEEDS = {("system", "trace"): [DEVICE_TRACE]}
+
+
 def _numeric_leaves():
     """(field, overrides that make it read) for every number in config.yaml and every group option's file.
 
@@ -132,7 +142,7 @@ def _numeric_leaves():
     root, _ = _file("config")
     blocks = [("", root, [])]
     blocks += [
-        (f"{group}.", _file(f"{group}/{option}")[0], [f"{group}={option}"])
+        (f"{group}.", _file(f"{group}/{option}")[0], [f"{group}={option}", *OPTION_NEEDS.get((group, option), [])])
         for group, options in group_options().items()
         if group not in ("experiment", "backend", "mode")
         for option in options
@@ -209,8 +219,8 @@ def test_a_key_of_another_option_is_refused():
 @pytest.mark.parametrize(
     "overrides, field, owners",
     [
-        # the default backend (auto) lacks Ray's device; every option that has the key is named, none other
-        (("backend.device=cuda",), "backend.device", ["backend=ray"]),
+        # the default backend (auto) lacks Ray's actor count; every option that has the key is named, none other
+        (("backend.num_actors=2",), "backend.num_actors", ["backend=ray"]),
         (("backend=sequential", "backend.kernel=dense"), "backend.kernel", ["backend=auto", "backend=vectorized"]),
         (("strategy=fedavg", "+strategy.tau=0.1"), "strategy.tau", ["strategy=fedadam", "strategy=fedyogi"]),
     ],
