@@ -31,7 +31,7 @@ from .participation import build_participation
 from .resume import checkpoint_settings
 from .schema import check_keys, config_dict
 from .system.checks import check_system_run
-from .system.fl_clock import check_deadline
+from .system.deadline import check_deadline
 from .tracking import validate_tracker_config
 from .training import TrainConfig, image_shape
 from .validation import boolean, choice, integer

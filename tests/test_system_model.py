@@ -330,7 +330,7 @@ def test_a_gossip_runs_topology_file_fixes_its_links(tmp_path):
 def test_a_deadline_just_below_the_fastest_task_is_refused():
     import torch
 
-    from sim.system.fl_clock import check_deadline
+    from sim.system.deadline import check_deadline
     from sim.training import TrainConfig
 
     train, sizes = TrainConfig(epochs=1, batch_size=10), torch.tensor([25, 5])  # 3 and 1 steps: 30 and 10 samples

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..participation import UniformParticipation
-from ..training import TrainConfig, steps_per_client
+from ..training import steps_per_client
 from .build import build_system, over_selected
 from .fl_round import RoundTiming, fl_round_timing
 from .model import SystemModel
@@ -51,30 +50,6 @@ def subset_batch(batch: ClientBatch, keep: np.ndarray) -> ClientBatch:
         extras={k: v[index] if v.dim() and v.shape[0] == len(keep) else v for k, v in batch.extras.items()},
         num_steps=None if batch.num_steps is None else batch.num_steps[index],
     )
-
-
-def check_deadline(cfg: Any, client_sizes: torch.Tensor, train: TrainConfig, bytes_per_model: int) -> None:
-    """Refuse a deadline that even the fastest client's smallest task exceeds (nobody would ever deliver).
-
-    ``build_experiment`` calls it once the data and model exist, before any result file is written.
-    """
-    deadline = (cfg.get("system") or {}).get("deadline_s")
-    if deadline is None or cfg.get("mode") != "federated":
-        return
-    system = build_system(cfg, len(client_sizes))
-    if not system.enabled:
-        return
-    fewest = None if train.local_steps_min is None else torch.full_like(client_sizes, train.local_steps_min)
-    samples = (steps_per_client(client_sizes, train, fewest) * train.batch_size).numpy()
-    n = bytes_per_model
-    fastest = min(system.task_time(k, n, n, float(samples[k])) for k in range(len(samples)))
-    if fastest > deadline:
-        raise ConfigError(
-            "system.deadline_s",
-            deadline,
-            f"at least the fastest client's task time ({fastest:.6g} s)",
-            "No client can download the model, train and upload within it, so every round would drop everyone.",
-        )
 
 
 class FLClock:
