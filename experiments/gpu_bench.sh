@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sequential against vectorized on one GPU, checked against the CPU reference; fits one lent device session.
 #
-#   bash experiments/gpu_bench.sh               # a CUDA GPU: the full table (sized for under 8 minutes on an H100)
-#   bash experiments/gpu_bench.sh --cpu --tiny  # the dry run on a CPU: the same code on tiny sizes (~3 minutes)
+#   bash experiments/gpu_bench.sh               # a CUDA GPU: the full table (meant for under 8 minutes; not run on a GPU yet)
+#   bash experiments/gpu_bench.sh --cpu --tiny  # the dry run on a CPU: the same code on tiny sizes (about 5 minutes here)
 #
 # Three parts, each under its own time limit so the whole stays inside one session:
 #   1. experiments/gpu_bench.py: W1 at 10,000 clients (1,000 a round), ResNet-8 (GroupNorm) and LeNet-5 FL on
