@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sequential against vectorized on one GPU, checked against the CPU reference; fits one lent device session.
+# Sequential against vectorized on one GPU, checked against the CPU reference; meant to fit one lent device session.
 #
 #   bash experiments/gpu_bench.sh               # a CUDA GPU: the full table (meant for under 8 minutes; not run on a GPU yet)
 #   bash experiments/gpu_bench.sh --cpu --tiny  # the dry run on a CPU: the same code on tiny sizes (about 5 minutes here)
