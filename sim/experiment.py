@@ -280,7 +280,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     initial_params = layout.flatten(model)
     if cfg.model.get("init_checkpoint"):
         initial_params = initial_from_checkpoint(cfg.model.init_checkpoint, layout)
-    check_deadline(cfg, data.client_sizes, train, layout.size * initial_params.element_size())  # sim/system/
+    check_deadline(cfg, data.client_sizes, train, layout.size * initial_params.element_size(), data, model)  # system
     topology = _build_topology(cfg, seed) if gossip else None
     if topology is not None and cfg.get("gossip", {}).get("schedule") != "async":
         check_gossip_tolerance(strategy, topology, None if attack is None else attack.mask)

@@ -27,6 +27,7 @@ from .federated import Resume, run_federated
 from .gossip import evaluation_count, run_gossip, uses_partitions
 from .results import MetricsLog, plot_accuracy, write_json
 from .resume import check_length, checkpoint_settings, run_state, stop_on_signals, write_checkpoint
+from .system.flops import run_model_flops
 from .threads import configure_for_experiment, configure_threads
 from .tracking import open_tracker
 
@@ -149,6 +150,8 @@ def run_experiment(
         "versions": package_versions(),
     }
     summary.update(given_data(exp))
+    if (flops := run_model_flops(exp)) is not None:  # system.model_flops: auto, measured (sim/system/flops.py)
+        summary["model_flops"] = flops
     log.info("%s", data_line(summary["data"], summary["byzantine_ids"]))
     if gossip:
         summary["topology"] = exp.topology.summary()

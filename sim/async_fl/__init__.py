@@ -20,10 +20,10 @@ from .engine import AsyncFL, RowEnd, row_count
 
 def run_async_fl(exp, log, on_row, resume=None, row_end: RowEnd | None = None):
     """Run asynchronous FL to ``rounds`` server updates; returns the final global model."""
-    from sim.system import build_system
+    from sim.system import build_run_system
 
     conf = AsyncFLConfig.from_config(exp.cfg.get("async_fl"), exp.data.num_clients)
-    system = build_system(exp.cfg, exp.data.num_clients)
+    system = build_run_system(exp)
     return AsyncFL(exp, conf, system).run(log, on_row, resume=resume, row_end=row_end)
 
 

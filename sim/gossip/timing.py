@@ -40,9 +40,9 @@ def enabled_system(exp) -> Any:
     one, else the one the config's ``system`` block builds (:func:`sim.system.build_system`)."""
     system = getattr(exp, "system", None)
     if system is None:
-        from sim.system import build_system
+        from sim.system import build_run_system
 
-        system = build_system(exp.cfg, exp.data.num_clients)
+        system = build_run_system(exp)
     return system if system.enabled else None
 
 

@@ -8,7 +8,7 @@ always available.
 
 from __future__ import annotations
 
-from .build import build_system, validate_system_config
+from .build import build_run_system, build_system, validate_system_config
 from .model import SystemModel
 
-__all__ = ["SystemModel", "build_system", "validate_system_config"]
+__all__ = ["SystemModel", "build_run_system", "build_system", "validate_system_config"]

@@ -57,14 +57,17 @@ def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
                 quantities["flops_per_s"] = parse_quantity(
                     "system.flops_per_s", "flops_per_s", cfg["flops_per_s"], name, True
                 )
-                flops = number(
-                    "system.model_flops",
-                    cfg.get("model_flops"),
-                    0,
-                    lo_open=True,
-                    allowed="a finite number > 0 of FLOPs per training sample (with system.flops_per_s)",
-                )
-                quantities["model_flops"] = Quantity("model_flops", "constant", (flops,))
+                given = cfg.get("model_flops")
+                if given != "auto":  # auto: measured from the run's model (sim/system/flops.py), given to build
+                    flops = number(
+                        "system.model_flops",
+                        given,
+                        0,
+                        lo_open=True,
+                        allowed="auto (measured from the model) or a finite number > 0 of FLOPs per training "
+                        "sample (with system.flops_per_s)",
+                    )
+                    quantities["model_flops"] = Quantity("model_flops", "constant", (flops,))
                 continue
             quantities[key] = parse_quantity(f"system.{key}", key, cfg.get(key), name, positive)
     if name != "none":
@@ -122,7 +125,9 @@ def _checked(field: str, values: np.ndarray, positive: bool) -> np.ndarray:
     return values
 
 
-def _client_arrays(spec: SystemSpec, num_clients: int) -> dict[str, np.ndarray]:
+def _client_arrays(spec: SystemSpec, num_clients: int, measured: float | None = None) -> dict[str, np.ndarray]:
+    """The per-client arrays; ``measured``: the FLOPs per sample of ``model_flops: auto`` (None while validating,
+    when only the speeds are checked)."""
     if spec.name == "none":
         return {}
     if spec.name == "trace":
@@ -138,7 +143,9 @@ def _client_arrays(spec: SystemSpec, num_clients: int) -> dict[str, np.ndarray]:
         speed = _checked(
             "system.flops_per_s", spec.quantities["flops_per_s"].draw_clients(spec.seed, num_clients), True
         )
-        arrays["compute_s"] = _checked("system.flops_per_s", spec.quantities["model_flops"].params[0] / speed, True)
+        flops = spec.quantities["model_flops"].params[0] if "model_flops" in spec.quantities else measured
+        if flops is not None:
+            arrays["compute_s"] = _checked("system.flops_per_s", flops / speed, True)
     return arrays
 
 
@@ -177,18 +184,22 @@ def link_field(cfg: Any, spec: SystemSpec) -> str:
     return "system.links.path" if (spec.options.get("links") or {}).get("path") else "topology.path"
 
 
-def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
+def build_system(cfg: Any, num_clients: int, graph: Any = None, model_flops: float | None = None) -> SystemModel:
     """The run's system model. ``cfg`` is the whole run config (its ``system`` block and ``seed``).
 
     ``graph``: a networkx graph of the gossip topology; its edges' ``bandwidth``/``latency`` attributes,
-    where present, fix those links.
+    where present, fix those links. ``model_flops``: the measured FLOPs per training sample that
+    ``system.model_flops: auto`` needs (:func:`build_run_system` measures them from the run's model).
     """
     system_cfg = cfg.get("system") if hasattr(cfg, "get") else None
     seed = int(cfg.get("seed", 0)) if hasattr(cfg, "get") else 0
     spec = parse_system_config(system_cfg if system_cfg is not None else {"name": "none"}, seed)
     if spec.name == "none":
         return SystemModel.unit(num_clients)
-    arrays = _client_arrays(spec, num_clients)
+    if spec.name in FAMILIES and "flops_per_s" in spec.quantities and "model_flops" not in spec.quantities:
+        if model_flops is None:
+            raise ValueError("system.model_flops: auto needs the measured FLOPs: build it with build_run_system(exp)")
+    arrays = _client_arrays(spec, num_clients, model_flops)
     table = {}
     if graph is not None:
         from .graph_links import graph_link_table
@@ -219,3 +230,10 @@ def build_system(cfg: Any, num_clients: int, graph: Any = None) -> SystemModel:
 def over_selected(clients_per_round: int, factor: float | None, num_clients: int) -> int:
     """How many clients an over-selecting round asks for: ceil(c*K), at most every client."""
     return clients_per_round if factor is None else min(num_clients, math.ceil(factor * clients_per_round))
+
+
+def build_run_system(exp: Any, graph: Any = None) -> SystemModel:
+    """:func:`build_system` of an experiment, with ``model_flops: auto`` measured from its model (once per model)."""
+    from .flops import run_model_flops
+
+    return build_system(exp.cfg, exp.data.num_clients, graph, run_model_flops(exp))

@@ -13,17 +13,22 @@ import torch
 from ..errors import ConfigError
 from ..training import TrainConfig, steps_per_client
 from .build import build_system
+from .flops import model_flops
 
 
-def check_deadline(cfg: Any, client_sizes: torch.Tensor, train: TrainConfig, bytes_per_model: int) -> None:
+def check_deadline(
+    cfg: Any, client_sizes: torch.Tensor, train: TrainConfig, bytes_per_model: int, data: Any = None, model: Any = None
+) -> None:
     """Refuse a deadline that even the fastest client's smallest task exceeds (nobody would ever deliver).
 
-    ``build_experiment`` calls it once the data and model exist, before any result file is written.
+    ``build_experiment`` calls it once the data and model exist, before any result file is written; ``data``
+    and ``model`` measure ``system.model_flops: auto`` (sim/system/flops.py).
     """
     deadline = (cfg.get("system") or {}).get("deadline_s")
     if deadline is None or cfg.get("mode") != "federated":
         return
-    system = build_system(cfg, len(client_sizes))
+    measured = None if model is None else model_flops(cfg, model, data.x, data.y, train.batch_size)
+    system = build_system(cfg, len(client_sizes), model_flops=measured)
     if not system.enabled:
         return
     fewest = None if train.local_steps_min is None else torch.full_like(client_sizes, train.local_steps_min)

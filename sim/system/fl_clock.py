@@ -18,7 +18,7 @@ import torch
 
 from ..participation import UniformParticipation
 from ..training import steps_per_client
-from .build import build_system, over_selected
+from .build import build_run_system, over_selected
 from .fl_round import RoundTiming, fl_round_timing
 from .model import SystemModel
 
@@ -68,7 +68,7 @@ class FLClock:
 
     @classmethod
     def for_run(cls, exp: Experiment, bytes_per_model: int) -> FLClock:
-        return cls(exp, build_system(exp.cfg, exp.data.num_clients), bytes_per_model)
+        return cls(exp, build_run_system(exp), bytes_per_model)
 
     def resume(self, last_row: dict) -> None:
         self.time = float(last_row.get("time_s", last_row["round"]))
