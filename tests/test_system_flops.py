@@ -117,3 +117,16 @@ def test_a_run_measures_once_records_it_and_times_rounds_with_it(make_cfg, tmp_p
     batch = int(cfg.train.batch_size)
     steps = torch.ceil(sizes / batch) * int(cfg.train.epochs)
     assert m["time_s"].tolist() == [0.0, pytest.approx(float(steps.max()) * batch * flops / 1e6, rel=1e-6)]
+
+
+@pytest.mark.parametrize("value", ["auto", "abc", 1000.0])
+def test_model_flops_without_a_flop_speed_is_refused_not_ignored(value):
+    """Without system.flops_per_s compute time comes from compute_s: a model_flops there would silently do nothing."""
+    cfg = {
+        **{key: val for key, val in LOGNORMAL.items() if key != "flops_per_s"},
+        "compute_s": {"median": 0.002, "sigma": 1.0},
+    }
+    with pytest.raises(ConfigError) as err:
+        validate_system_config({**cfg, "model_flops": value}, 20, 0)
+    assert err.value.field == "system.model_flops" and "flops_per_s" in str(err.value)
+    validate_system_config({**cfg, "model_flops": None}, 20, 0)  # null stays the default

@@ -52,6 +52,15 @@ def parse_system_config(system_cfg: Any, seed: int = 0) -> SystemSpec:
     quantities: dict[str, Quantity] = {}
     links: dict[str, Quantity] = {}
     if name in FAMILIES:
+        given_flops = cfg.get("model_flops")
+        if given_flops is not None and cfg.get("flops_per_s") is None:  # it would be ignored: a slip, not a choice
+            raise ConfigError(
+                "system.model_flops",
+                given_flops,
+                "null unless system.flops_per_s is set",
+                "The FLOPs of a training sample only count with a device speed in FLOP/s; without one, compute time "
+                "comes from system.compute_s (seconds per sample).",
+            )
         for key, positive in CLIENT_QUANTITIES:
             if key == "compute_s" and cfg.get("flops_per_s") is not None:  # speed in FLOP/s replaces compute_s
                 quantities["flops_per_s"] = parse_quantity(
