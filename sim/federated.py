@@ -84,6 +84,9 @@ def run_federated(
     cfg = exp.cfg
     rounds, eval_every = int(cfg.rounds), int(cfg.eval_every)
     bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+    shared = exp.strategy.shared_mask(exp.layout)  # what clients send: local layers (FedPer, FedBN) stay home
+    bytes_per_upload = bytes_per_model if shared is None else int(shared.sum()) * exp.initial_params.element_size()
+    bytes_per_download = bytes_per_upload  # the server sends the shared entries only
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
     known_p = getattr(exp.participation, "probabilities", None)
     attack: Attack | None = getattr(exp, "attack", None)
@@ -122,7 +125,7 @@ def run_federated(
         batch = None
         if len(ids):  # the clock keeps the clients whose updates arrive (all of them with system=none)
             correction = exp.strategy.client_correction(ids, params, state)
-            batch = exp.backend.train(ids, params, round_, exp.strategy.requires, correction=correction)
+            batch, state = exp.strategy.train_clients(exp.backend, ids, params, round_, state, correction)
             check_finite(batch.params, batch.client_ids, round_, "models")
             batch = clock.settle(batch, row)
         else:
@@ -138,7 +141,7 @@ def run_federated(
                 reference=params,
             )
             params, state = exp.strategy.on_empty_round(info, state)
-            row.update(train_loss=math.nan, bytes_up=0, bytes_down=len(ids) * bytes_per_model)
+            row.update(train_loss=math.nan, bytes_up=0, bytes_down=len(ids) * bytes_per_download)
         else:
             models, num_byzantine = byzantine_rows(attack, batch, params, round_, row)
             info = AggregationInfo(
@@ -165,8 +168,8 @@ def run_federated(
                 ok &= ~attack.mask[batch.client_ids]
             row["train_loss"] = float((weights[ok] * losses[ok]).sum() / weights[ok].sum()) if ok.any() else math.nan
             extra_bytes = sum(t.numel() * t.element_size() for t in batch.extras.values())
-            row["bytes_up"] = len(batch.client_ids) * bytes_per_model + extra_bytes
-            row["bytes_down"] = len(ids) * bytes_per_model
+            row["bytes_up"] = len(batch.client_ids) * bytes_per_upload + extra_bytes
+            row["bytes_down"] = len(ids) * bytes_per_download
             row.update(batch.stats)
         row.update(exp.strategy.round_metrics(state, known_p))
         if round_ % eval_every == 0 or round_ == rounds:

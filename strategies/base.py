@@ -19,6 +19,7 @@ from sim.layout import Layout
 from sim.validation import number
 
 if TYPE_CHECKING:
+    from sim.backends.base import Backend, ClientBatch
     from sim.training import ClientCorrection, TrainConfig
 
 State = dict[str, Any]
@@ -78,6 +79,35 @@ class Strategy:
 
     def init_state(self, params: torch.Tensor, num_clients: int) -> State:
         return {}
+
+    def train_clients(
+        self,
+        backend: Backend,
+        client_ids: torch.Tensor,
+        params: torch.Tensor,
+        round_: int,
+        state: State,
+        correction: ClientCorrection | None = None,
+    ) -> tuple[ClientBatch, State]:
+        """One round of the clients' local work in FL: by default every client trains from ``params``.
+
+        Personalization rules override it: FedPer/FedRep/FedBN start each client from the global
+        shared layers plus its own local layers, Ditto also trains each client's personal model. The
+        returned state carries what the clients keep for themselves (``[N, P]`` rows, checkpointed
+        with the rest of the strategy state).
+        """
+        return backend.train(client_ids, params, round_, self.requires, correction=correction), state
+
+    def personal_models(self, client_ids: torch.Tensor, params: torch.Tensor, state: State) -> torch.Tensor | None:
+        """``[K, P]``: the models ``client_ids`` would use themselves, or None when that is the global ``params``.
+
+        Per-client evaluation reports these (personalized accuracy).
+        """
+        return None
+
+    def shared_mask(self, layout: Layout) -> torch.Tensor | None:
+        """``[P]`` bool: the entries a client sends (the rest stay local, e.g. FedPer's head); None: all of them."""
+        return None
 
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
