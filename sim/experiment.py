@@ -22,6 +22,7 @@ from .async_fl.config import check_async_fl_run, check_async_fl_strategy, is_asy
 from .attacks import Attack, AttackConfig, flip_labels
 from .attacks.tolerance import check_fl_tolerance, check_gossip_tolerance
 from .backends import Backend, TrainingSetup, build_backend
+from .compress.config import check_compress_run
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
 from .gossip.config import GossipConfig
@@ -124,6 +125,7 @@ def validate_config(cfg: DictConfig) -> None:
         build_participation(cfg.participation, num_clients, cfg.seed, rounds=rounds)
         check_fl_tolerance(strategy, cfg.participation, num_clients, attack.num_byzantine)
     check_async_fl_strategy(cfg, strategy)
+    check_compress_run(cfg, mode, strategy)  # compress= (sim/compress/): the block, and what FL cannot compress
     build_backend(cfg.backend)
 
 

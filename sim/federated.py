@@ -19,6 +19,7 @@ from strategies import AggregationInfo
 from .attacks import with_byzantine
 from .backends import aggregate_on_backend
 from .checks import check_finite
+from .compress.fl import FLCompression
 from .results import MetricsLog
 from .run_metrics import weight_variance_columns
 from .system.fl_clock import FLClock
@@ -87,10 +88,13 @@ def run_federated(
     shared = exp.strategy.shared_mask(exp.layout)  # what clients send: local layers (FedPer, FedBN) stay home
     bytes_per_upload = bytes_per_model if shared is None else int(shared.sum()) * exp.initial_params.element_size()
     bytes_per_download = bytes_per_upload  # the server sends the shared entries only
+    compress = FLCompression.for_run(exp, shared)  # compress=...: encoded uploads (sim/compress/fl.py)
+    if compress is not None:
+        bytes_per_upload, bytes_per_download = compress.upload_bytes, compress.download_bytes
     validate = exp.validation_fn() if exp.strategy.needs_validation else None
     known_p = getattr(exp.participation, "probabilities", None)
     attack: Attack | None = getattr(exp, "attack", None)
-    clock = FLClock.for_run(exp, bytes_per_model)  # simulated time (sim/system/, docs/system.md)
+    clock = FLClock.for_run(exp, bytes_per_upload, bytes_per_download)  # simulated time (sim/system/, docs/system.md)
 
     if resume is None:
         first = 1
@@ -117,6 +121,8 @@ def run_federated(
             clock.sample(done)
         clock.resume(log.rows[-1])
         start = time.perf_counter() - float(log.rows[-1]["wall_s"])  # wall time continues where it stopped
+    if compress is not None:
+        state = compress.take(state)  # the residuals (a resumed state carries them) stay out of the strategy's
     for round_ in range(first, rounds + 1):
         ids = clock.sample(round_)
         row: dict = {"round": round_, "num_participants": int(len(ids))}
@@ -144,6 +150,8 @@ def run_federated(
             row.update(train_loss=math.nan, bytes_up=0, bytes_down=len(ids) * bytes_per_download)
         else:
             models, num_byzantine = byzantine_rows(attack, batch, params, round_, row)
+            if compress is not None:  # every upload is encoded, a Byzantine one too: the wire format is the server's
+                models = compress.upload(models, batch.client_ids, params, round_)
             info = AggregationInfo(
                 client_ids=batch.client_ids,
                 num_samples=batch.num_samples,
@@ -160,6 +168,8 @@ def run_federated(
             if attack is not None:
                 info = with_byzantine(info, num_byzantine)
             params, state = aggregate_on_backend(exp.backend, exp.strategy, models, info, state)
+            if compress is not None:  # compress.downlink: the model every client holds after the broadcast
+                params = compress.broadcast(params, info.reference, round_)
             check_finite(params, batch.client_ids, round_, "the aggregated parameters")
             weights = batch.num_samples.to(torch.float64)
             losses = batch.train_loss.to(torch.float64)
@@ -178,5 +188,5 @@ def run_federated(
         log.append(row)
         on_round(row)
         if round_end is not None:
-            round_end(round_, params, state)
+            round_end(round_, params, state if compress is None else compress.join(state))
     return params

@@ -55,8 +55,9 @@ def subset_batch(batch: ClientBatch, keep: np.ndarray) -> ClientBatch:
 class FLClock:
     """Simulated time of a synchronous FL run (``time`` is the end of the last round, in seconds)."""
 
-    def __init__(self, exp: Experiment, system: SystemModel, bytes_per_model: int):
-        self.exp, self.system, self.bytes_per_model = exp, system, bytes_per_model
+    def __init__(self, exp: Experiment, system: SystemModel, bytes_per_model: int, bytes_down: int | None = None):
+        self.exp, self.system, self.bytes_per_model = exp, system, bytes_per_model  # bytes of one upload
+        self.bytes_down = bytes_per_model if bytes_down is None else bytes_down  # of one download (compress.downlink)
         self.time = 0.0
         self.participation: Any = exp.participation
         self.target: int | None = None
@@ -67,8 +68,8 @@ class FLClock:
             self.participation = UniformParticipation(exp.data.num_clients, int(exp.cfg.seed), size)
 
     @classmethod
-    def for_run(cls, exp: Experiment, bytes_per_model: int) -> FLClock:
-        return cls(exp, build_run_system(exp), bytes_per_model)
+    def for_run(cls, exp: Experiment, bytes_per_model: int, bytes_down: int | None = None) -> FLClock:
+        return cls(exp, build_run_system(exp), bytes_per_model, bytes_down)
 
     def resume(self, last_row: dict) -> None:
         self.time = float(last_row.get("time_s", last_row["round"]))
@@ -90,7 +91,7 @@ class FLClock:
             steps = steps_per_client(self.exp.data.client_sizes[batch.client_ids], self.exp.train).numpy()
         samples = steps.astype(np.float64) * self.exp.train.batch_size
         timing = fl_round_timing(
-            self.system, self.time, batch.client_ids.numpy(), samples, float(self.bytes_per_model), up, self.target
+            self.system, self.time, batch.client_ids.numpy(), samples, float(self.bytes_down), up, self.target
         )
         row.update(self._advance(timing))
         return subset_batch(batch, timing.keep)
