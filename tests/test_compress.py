@@ -53,7 +53,7 @@ def test_topk_by_hand_with_ties_duplicates_zeros_and_wide_ranges():
 
 def test_count_is_the_ceiling_of_fraction_times_p_at_least_one():
     assert count_for(0.01, 4810) == 49
-    assert count_for(0.1, 4810) == 481  # 0.1 * 4810 is 481.00000000000006 in floats
+    assert count_for(0.07, 100) == 7  # 0.07 * 100 is 7.000000000000001 in floats
     assert count_for(0.001, 10) == 1
     assert count_for(1.0, 7) == 7
     assert torch.equal(TopK(1.0).roundtrip(t([[1.0, -2.0, 0.0]])), t([[1.0, -2.0, 0.0]]))
@@ -82,6 +82,20 @@ def test_randomk_keeps_k_uniform_entries_per_row_from_each_senders_stream():
     assert torch.equal(alone, out[2:3])
     scaled = RandomK(0.3, scaled=True).roundtrip(x, compress_streams(0, ("up",), 3, torch.tensor([7, 2, 9, 4])))
     assert torch.allclose(scaled, out * (10 / 3))
+
+
+def test_randomk_keeps_the_entries_of_the_k_smallest_draws_of_each_senders_stream():
+    from sim.seeding import torch_generator
+
+    x = torch.arange(1.0, 21.0).reshape(2, 10)
+    out = RandomK(0.3).roundtrip(x, compress_streams(5, ("up",), 4, torch.tensor([3, 8])))
+    for row, client in enumerate((3, 8)):
+        draws = torch.rand(10, generator=torch_generator(5, "compress", "up", 4, client))
+        kept = torch.zeros(10, dtype=torch.bool)
+        kept[draws.argsort()[:3]] = True
+        assert torch.equal(out[row] != 0, kept)
+    other_round = RandomK(0.3).roundtrip(x, compress_streams(5, ("up",), 5, torch.tensor([3, 8])))
+    assert not torch.equal(other_round != 0, out != 0)
 
 
 def test_randomk_is_uniform_over_entries():

@@ -46,7 +46,7 @@ class CompressConfig:
             conf["rescaled"] = boolean("compress.rescaled", get("rescaled", False), "(divide by QSGD's tau)")
         if name == "quantize":
             bits = get("bits", None)
-            if bits not in BITS or isinstance(bits, bool):
+            if bits not in BITS:  # True == 1 is not in it either
                 raise ConfigError("compress.bits", bits, "4 or 8 (bits per value of uniform quantization)")
             conf["bits"] = int(bits)
         if name != "none":
