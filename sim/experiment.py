@@ -22,6 +22,7 @@ from .async_fl.config import check_async_fl_run, check_async_fl_strategy, is_asy
 from .attacks import Attack, AttackConfig, flip_labels
 from .attacks.tolerance import check_fl_tolerance, check_gossip_tolerance
 from .backends import Backend, TrainingSetup, build_backend
+from .client_eval import check_eval_config, check_eval_data
 from .compress.config import check_compress_run
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
@@ -126,6 +127,7 @@ def validate_config(cfg: DictConfig) -> None:
         check_fl_tolerance(strategy, cfg.participation, num_clients, attack.num_byzantine)
     check_async_fl_strategy(cfg, strategy)
     check_compress_run(cfg, mode, strategy)  # compress= (sim/compress/): the block, and what FL cannot compress
+    check_eval_config(cfg)  # the eval block: per-client evaluation and local test rows (sim/client_eval)
     build_backend(cfg.backend)
 
 
@@ -251,7 +253,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     validate_config(cfg)
     seed = int(cfg.seed)
     strategy = wrap_strategy(build_strategy(cfg.strategy), cfg)
-    data = load_federated_data(cfg.dataset, cfg.partition, int(cfg.num_clients), seed)
+    eval_conf = check_eval_config(cfg)
+    data = load_federated_data(cfg.dataset, cfg.partition, int(cfg.num_clients), seed, eval_conf.local_test_fraction)
+    check_eval_data(eval_conf, data.local_sizes)
     if strategy.needs_validation and len(data.y_val) == 0:
         raise ConfigError(
             "dataset.val_fraction",

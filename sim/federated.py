@@ -19,6 +19,7 @@ from strategies import AggregationInfo
 from .attacks import with_byzantine
 from .backends import aggregate_on_backend
 from .checks import check_finite
+from .client_eval import ClientEvaluator
 from .compress.fl import FLCompression
 from .results import MetricsLog
 from .run_metrics import weight_variance_columns
@@ -32,12 +33,17 @@ if TYPE_CHECKING:
 EvalHook = Callable[[int, dict], None]
 
 
-def evaluation_row(exp: Experiment, params: torch.Tensor) -> dict[str, float]:
+def evaluation_row(
+    exp: Experiment, params: torch.Tensor, clients: ClientEvaluator | None = None, state: Any = None
+) -> dict[str, float]:
+    """The global model's columns; with ``clients`` (eval.clients) each client's model on its own local test too."""
     acc, loss = evaluate(exp.model, exp.layout, params, exp.data.x_test, exp.data.y_test)
     row = {"test_accuracy": acc, "test_loss": loss}
     row.update(weight_variance_columns(exp.layout, params))
     if len(exp.data.y_val):
         row["val_accuracy"] = evaluate(exp.model, exp.layout, params, exp.data.x_val, exp.data.y_val)[0]
+    if clients is not None:
+        row.update(clients.fl(params, state))
     return row
 
 
@@ -95,6 +101,7 @@ def run_federated(
     known_p = getattr(exp.participation, "probabilities", None)
     attack: Attack | None = getattr(exp, "attack", None)
     clock = FLClock.for_run(exp, bytes_per_upload, bytes_per_download)  # simulated time (sim/system/, docs/system.md)
+    clients = ClientEvaluator.for_run(exp, log)  # eval.clients: per-client evaluation (sim/client_eval), None: off
 
     if resume is None:
         first = 1
@@ -104,7 +111,7 @@ def run_federated(
         log.append(
             {
                 "round": 0,
-                **evaluation_row(exp, params),
+                **evaluation_row(exp, params, clients, state),
                 "num_participants": 0,
                 **({} if attack is None else {"num_byzantine": 0}),
                 "bytes_up": 0,
@@ -183,7 +190,7 @@ def run_federated(
             row.update(batch.stats)
         row.update(exp.strategy.round_metrics(state, known_p))
         if round_ % eval_every == 0 or round_ == rounds:
-            row.update(evaluation_row(exp, params))
+            row.update(evaluation_row(exp, params, clients, state))
         row["wall_s"] = time.perf_counter() - start
         log.append(row)
         on_round(row)

@@ -85,19 +85,76 @@ def _cell(value: Any) -> Any:
     return value
 
 
+class ClientLog:
+    """``clients.csv``: one row per evaluated client per evaluation (``eval.clients``), rewritten atomically.
+
+    An evaluation stages its per-client values (:meth:`stage`); the metrics row appended next gives them
+    their ``round`` and ``time_s`` (:meth:`commit`). Lines are kept as formatted text, which a checkpoint
+    carries (:meth:`saved`), so a resumed run continues the file with the same bytes.
+    """
+
+    def __init__(self, path: Path, lines: list[str] | None = None, header: str | None = None):
+        self.path = Path(path)
+        self.lines: list[str] = list(lines or [])
+        self.header = header
+        self.staged: dict[str, list] | None = None
+
+    def stage(self, columns: dict[str, list]) -> None:
+        self.staged = columns
+
+    def commit(self, row: dict[str, Any]) -> None:
+        if self.staged is None:
+            return
+        names = list(self.staged)
+        header = ",".join(["round", "time_s", *names])
+        if self.header is not None and self.header != header:
+            raise ValueError(f"clients.csv columns changed from {self.header} to {header}")
+        self.header = header
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        lead = [_cell(row.get("round")), _cell(row.get("time_s"))]
+        for values in zip(*self.staged.values(), strict=True):
+            writer.writerow(lead + [_cell(v) for v in values])
+        self.lines.append(buf.getvalue())
+        self.staged = None
+
+    def flush(self) -> None:
+        if self.header is not None:
+            atomic_write_text(self.path, self.header + "\n" + "".join(self.lines))
+
+    def saved(self) -> Any:
+        """The header and lines so far as a uint8 tensor (a checkpoint's ``clients``)."""
+        import torch
+
+        text = "\n".join([self.header or "", "".join(self.lines)])
+        return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+    @classmethod
+    def restore(cls, path: Path, saved: Any) -> ClientLog:
+        header, _, body = bytes(saved.numpy().tobytes()).decode().partition("\n")
+        return cls(path, [body] if body else [], header or None)
+
+
 class MetricsLog:
-    """Rows of per-round metrics, rewritten atomically as ``metrics.csv`` on each flush."""
+    """Rows of per-round metrics, rewritten atomically as ``metrics.csv`` on each flush.
+
+    ``clients`` (per-client evaluation only) is written beside it on each flush; a row appended while an
+    evaluation's per-client values are staged gives them their round and time.
+    """
 
     def __init__(self, path: Path, columns: Iterable[str] = BASE_COLUMNS):
         self.path = Path(path)
         self.columns = list(columns)
         self.rows: list[dict[str, Any]] = []
+        self.clients: ClientLog | None = None
 
     def append(self, row: dict[str, Any]) -> None:
         for key in row:
             if key not in self.columns:
                 self.columns.append(key)
         self.rows.append(row)
+        if self.clients is not None:
+            self.clients.commit(row)
 
     def flush(self) -> None:
         buf = io.StringIO()
@@ -106,6 +163,8 @@ class MetricsLog:
         for row in self.rows:
             writer.writerow([_cell(row.get(c)) for c in self.columns])
         atomic_write_text(self.path, buf.getvalue())
+        if self.clients is not None:
+            self.clients.flush()
 
     def column(self, name: str) -> list[Any]:
         return [r.get(name) for r in self.rows]

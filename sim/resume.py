@@ -208,10 +208,22 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 def run_state(
-    round_: float, params: torch.Tensor, strategy_state: Any, rows: list, config: dict, evaluation: int | None = None
+    round_: float,
+    params: torch.Tensor,
+    strategy_state: Any,
+    rows: list,
+    config: dict,
+    evaluation: int | None = None,
+    clients: Any = None,
 ) -> dict[str, Any]:
-    """A checkpoint's content; ``evaluation`` (asynchronous gossip) is the index of the evaluation it follows."""
+    """A checkpoint's content; ``evaluation`` (asynchronous gossip) is the index of the evaluation it follows.
+
+    ``clients`` (a :class:`sim.results.ClientLog`, per-client evaluation only) adds clients.csv's text so far,
+    so a resume continues that file with the same bytes; without it the checkpoint is as before.
+    """
     state = {"round": round_, "params": params, "strategy": strategy_state, "rows": rows, "config": config}
     if evaluation is not None:
         state["evaluation"] = evaluation
+    if clients is not None:
+        state["clients"] = clients.saved()
     return state

@@ -25,7 +25,7 @@ from .errors import GossipsoupError, RunInterrupted
 from .experiment import build_experiment, resolved_config
 from .federated import Resume, run_federated
 from .gossip import evaluation_count, run_gossip, uses_partitions
-from .results import MetricsLog, plot_accuracy, write_json
+from .results import ClientLog, MetricsLog, plot_accuracy, write_json
 from .resume import check_length, checkpoint_settings, run_state, stop_on_signals, write_checkpoint
 from .system.flops import run_model_flops
 from .threads import configure_for_experiment, configure_threads
@@ -139,6 +139,8 @@ def run_experiment(
     metrics = MetricsLog(out / "metrics.csv")
     for saved_row in (resume_state or {}).get("rows", []):
         metrics.append(saved_row)
+    if resume_state is not None and "clients" in resume_state:  # eval.clients: clients.csv so far, byte for byte
+        metrics.clients = ClientLog.restore(out / "clients.csv", resume_state["clients"])
     summary: dict[str, Any] = {
         "status": "running",
         "strategy": exp.strategy.name,
@@ -195,7 +197,8 @@ def run_experiment(
                     keep = keep_every is not None and round_ % keep_every == 0
                     if callable(params):  # partitioned gossip gathers the models from its actors only when due
                         params, state = params(), state()
-                    write_checkpoint(out, run_state(round_, params, state, metrics.rows, summary["config"]), keep)
+                    saved = run_state(round_, params, state, metrics.rows, summary["config"], clients=metrics.clients)
+                    write_checkpoint(out, saved, keep)
                 if stop and round_ < rounds:
                     raise RunInterrupted(str(stop.signal_name), round_, str(out))
 
@@ -207,7 +210,7 @@ def run_experiment(
                     state = carried()
                     at = state["time"] / exp.gossip.wake_interval
                     keep = keep_every is not None and evaluation % keep_every == 0
-                    saved = run_state(at, params, state, metrics.rows, summary["config"], evaluation)
+                    saved = run_state(at, params, state, metrics.rows, summary["config"], evaluation, metrics.clients)
                     write_checkpoint(out, saved, keep)
                     if stop and evaluation < bar_total:
                         raise RunInterrupted(str(stop.signal_name), _readable(at), str(out))

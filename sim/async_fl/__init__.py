@@ -37,7 +37,8 @@ def checkpoint_writer(out: Path, every: int | None, keep_every: int | None, stop
         metrics.flush()
         keep = keep_every is not None and evaluation % keep_every == 0
         state: dict[str, Any] = carried()
-        write_checkpoint(out, run_state(version, params, state, metrics.rows, config, evaluation), keep)
+        saved = run_state(version, params, state, metrics.rows, config, evaluation, metrics.clients)
+        write_checkpoint(out, saved, keep)
         if stop and evaluation < total:
             raise RunInterrupted(str(stop.signal_name), version, str(out))
 

@@ -40,6 +40,7 @@ import torch
 
 from sim.backends import aggregate_on_backend
 from sim.checks import check_finite
+from sim.client_eval import ClientEvaluator
 from sim.federated import evaluation_row
 from sim.results import MetricsLog
 from sim.seeding import numpy_rng
@@ -237,11 +238,18 @@ class AsyncFL:
         """Run to ``rounds`` server updates; ``resume`` (global model, :func:`state.capture`) continues a saved run."""
         exp = self.exp
         rounds, every = int(exp.cfg.rounds), int(exp.cfg.eval_every)
+        clients = ClientEvaluator.for_run(exp, log)  # eval.clients: each client's model on its local test
         if resume is None:
             self.params = exp.initial_params.detach().cpu().clone()
             self.state = exp.strategy.init_state(self.params, self.n)
             log.append(
-                {"round": 0, "time_s": 0.0, **evaluation_row(exp, self.params), "num_participants": 0, "wall_s": 0.0}
+                {
+                    "round": 0,
+                    "time_s": 0.0,
+                    **evaluation_row(exp, self.params, clients, self.state),
+                    "num_participants": 0,
+                    "wall_s": 0.0,
+                }
             )
             self.dispatch(0.0)
             start = time.perf_counter()
@@ -263,7 +271,8 @@ class AsyncFL:
             self.dispatch(t)
             if updated and (self.version % every == 0 or self.version == rounds):
                 rows += 1
-                row = {"round": self.version, "time_s": t, **self.row_counts(), **evaluation_row(exp, self.params)}
+                row = {"round": self.version, "time_s": t, **self.row_counts()}
+                row.update(evaluation_row(exp, self.params, clients, self.state))
                 row.update(exp.strategy.round_metrics(self.state, None))
                 row["wall_s"] = time.perf_counter() - start
                 log.append(row)

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import checked_configs
+from .local_test import carve_local_test, natural_local_test
 from .partition import partition_rows
 from .pool import Pool
 from .sources import load_pool
@@ -48,12 +49,17 @@ def keep_classes(pool: Pool, classes) -> Pool:
     return replace(pool, x=pool.x[keep], y=pool.y[keep], groups=groups)
 
 
-def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, seed: int) -> FederatedData:
+def load_federated_data(
+    dataset_cfg: Any, partition_cfg: Any, num_clients: int, seed: int, local_test_fraction: float = 0.0
+) -> FederatedData:
     """Build the clients' data for one run.
 
     Same configs and seed give bit-identical tensors. Client k's training rows are
     ``x[offsets[k]:offsets[k + 1]]``; validation and test splits are server-held and never
-    partitioned. Raises :class:`~sim.errors.ConfigError` for anything the user can fix.
+    partitioned. ``local_test_fraction > 0`` takes each client's local test rows out of its training
+    rows (:mod:`sim.data.local_test`); at 0 a data set's natural per-user test rows (LEAF with ``test/``
+    and ``partition=natural``) are the local test, and the training rows are untouched. Raises
+    :class:`~sim.errors.ConfigError` for anything the user can fix.
     """
     ds, part = checked_configs(dataset_cfg, partition_cfg, num_clients)
     pool = load_pool(ds, num_clients, int(seed))
@@ -62,10 +68,21 @@ def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, 
     order, offsets = partition_rows(pool.y, pool.groups, part, num_clients, int(seed), ds["name"])
     identity = len(order) == len(pool.y) and bool(np.all(order == np.arange(len(order))))
     x, y = (pool.x, pool.y) if identity else (pool.x[order], pool.y[order])  # natural synthetic: no copy
+    x_t, y_t, offsets_t = _tensor(x, _storage_dtype(x)), _tensor(y, torch.int64), _tensor(offsets, torch.int64)
+    local: dict[str, torch.Tensor] = {}
+    if local_test_fraction > 0:  # eval.local_test_fraction: each client's local test out of its rows
+        x_t, y_t, offsets_t, x_local, y_local, local_offsets = carve_local_test(
+            x_t, y_t, offsets_t, float(local_test_fraction), int(seed)
+        )
+        local = {"x_local": x_local, "y_local": y_local, "local_offsets": local_offsets}
+    elif pool.test_groups is not None and part["name"] == "natural":  # LEAF's per-user test rows
+        xl, yl, lo = natural_local_test(pool.x_test, pool.y_test, pool.test_groups, len(offsets) - 1)
+        local = {"x_local": _tensor(xl, _storage_dtype(xl)), "y_local": _tensor(yl, torch.int64)}
+        local["local_offsets"] = _tensor(lo, torch.int64)
     return FederatedData(
-        x=_tensor(x, _storage_dtype(x)),
-        y=_tensor(y, torch.int64),
-        offsets=_tensor(offsets, torch.int64),
+        x=x_t,
+        y=y_t,
+        offsets=offsets_t,
         x_val=_tensor(pool.x_val, _storage_dtype(pool.x_val)),
         y_val=_tensor(pool.y_val, torch.int64),
         x_test=_tensor(pool.x_test, _storage_dtype(pool.x_test)),
@@ -74,4 +91,5 @@ def load_federated_data(dataset_cfg: Any, partition_cfg: Any, num_clients: int, 
         input_shape=tuple(int(d) for d in pool.input_shape),
         name=pool.name,
         inputs=pool.input_spec(),
+        **local,
     )

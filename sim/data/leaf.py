@@ -7,7 +7,9 @@ of such files (``all_data/``), or one file; without a ``test/`` folder ``test_fr
 rows become the test set. Users are clients in sorted user-id order (not file order, so renaming or
 re-splitting the files changes nothing); each client keeps its rows in file order and gives up
 ``val_fraction`` of them to the server's validation set. Test rows of every user, including users
-that only appear in ``test/`` (LEAF's ``-t user`` split), are pooled into the server's test set.
+that only appear in ``test/`` (LEAF's ``-t user`` split), are pooled into the server's test set; a
+training user's own test rows are also its client's local test (per-client evaluation, ``eval.clients``)
+with ``partition=natural`` and ``eval.local_test_fraction=0`` (:mod:`sim.data.local_test`).
 
 Tasks (``dataset.task``, ``auto`` looks at the first example):
 
@@ -295,10 +297,13 @@ def load_pool(ds: dict, num_clients: int, seed: int) -> Pool:
     task = ds["task"] if ds["task"] != "auto" else detect_task(train_users, root)
     x, y, groups = encode(train_users, task, root)
     has_test = test_files is not None
+    test_groups = None
     if test_files is not None:
-        x_test, y_test, _ = encode(read_users(test_files, root), task, root)
+        test_users = read_users(test_files, root)
+        x_test, y_test, _ = encode(test_users, task, root)
         if x_test.shape[1:] != x.shape[1:]:
             raise _path_error(root, f"Test rows have shape {x_test.shape[1:]}, training rows {x.shape[1:]}.")
+        test_groups = user_groups(train_users, test_users)
     else:
         x_test, y_test = x[:0], y[:0]
     shape = _task_shape(task, x, root)
@@ -318,4 +323,18 @@ def load_pool(ds: dict, num_clients: int, seed: int) -> Pool:
         spec = InputSpec(shape, kind="tokens", vocab_size=len(ALL_LETTERS))
     else:
         spec = InputSpec(shape, kind="image" if task == "femnist" else "float")
-    return Pool(**parts, num_classes=_num_classes(task, [y, y_test], root), input_shape=shape, name="leaf", inputs=spec)
+    classes = _num_classes(task, [y, y_test], root)
+    return Pool(**parts, num_classes=classes, input_shape=shape, name="leaf", inputs=spec, test_groups=test_groups)
+
+
+def user_groups(train_users: Users, test_users: Users) -> np.ndarray:
+    """``[T]``: the client (training group of :func:`encode`) of each test row in :func:`encode`'s order; -1 for
+    the rows of a user with no training rows (LEAF's ``-t user`` split), which only the pooled test set uses.
+
+    These per-user test rows are each client's natural local test (:mod:`sim.data.local_test`).
+    """
+    group_of = {user: g for g, user in enumerate(u for u in sorted(train_users) if train_users[u][0])}
+    return np.concatenate(
+        [np.full(len(test_users[u][0]), group_of.get(u, -1), dtype=np.int64) for u in sorted(test_users)]
+        + [np.zeros(0, dtype=np.int64)]
+    )

@@ -30,6 +30,7 @@ class Pool:
     input_shape: tuple[int, ...]
     name: str
     inputs: InputSpec | None = None  # how rows become model inputs; None: float features of input_shape
+    test_groups: np.ndarray | None = None  # [T] natural client of each test row (-1: none), where the data have it
 
     def input_spec(self) -> InputSpec:
         return self.inputs if self.inputs is not None else InputSpec(tuple(int(d) for d in self.input_shape))

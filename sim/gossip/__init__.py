@@ -26,6 +26,8 @@ def partitioned_reason(exp) -> str | None:
         return "Byzantine nodes craft their models from each receiver's neighbourhood, which the driver holds"
     if exp.strategy.needs_validation:
         return f"{exp.strategy.name} scores models on the validation split, which stays in the driver"
+    if (exp.cfg.get("eval") or {}).get("clients", "none") != "none":
+        return "per-client evaluation (eval.clients) scores every node's model on its local test rows in the driver"
     return None
 
 

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from sim.checks import check_finite
+from sim.client_eval import ClientEvaluator
 from sim.node_models import initial_node_params
 from sim.results import MetricsLog
 from sim.run_metrics import node_metrics
@@ -95,6 +96,7 @@ class AsyncGossip:
         self.backend_stats: dict[str, float] = {}
         self.pending: dict[int, tuple[int, torch.Tensor]] = {}  # receiver -> (sender, model), in event order
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
+        self.client_eval: ClientEvaluator | None = None  # eval.clients: set by run() (it needs the log)
         self.batch_sizes: list[int] = []  # deliveries trained per backend call (for benchmarks)
         self.loss_sum, self.loss_weight = 0.0, 0.0  # size-weighted training losses since the last evaluation
         # a system model (sim/system): trainings take compute_time, messages link_time (sim/gossip/timing.py)
@@ -270,6 +272,7 @@ class AsyncGossip:
         """
         exp, cfg = self.exp, self.cfg
         horizon = int(exp.cfg.rounds) * cfg.wake_interval
+        self.client_eval = ClientEvaluator.for_run(exp, log)  # eval.clients: each node on its own local test
         if resume is None:
             self.start_events(log)
             start = time.perf_counter()
@@ -397,7 +400,7 @@ class AsyncGossip:
 
     def evaluate(self) -> dict[str, float]:
         data = self.exp.data
-        return node_metrics(
+        row = node_metrics(
             self.exp.model,
             self.exp.layout,
             self.params,
@@ -407,3 +410,6 @@ class AsyncGossip:
             data.x_val,
             data.y_val,
         )
+        if self.client_eval is not None:
+            row.update(self.client_eval.nodes(self.params))
+        return row

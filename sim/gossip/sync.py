@@ -38,6 +38,7 @@ import torch
 from sim.attacks import with_byzantine
 from sim.backends.base import client_extras
 from sim.checks import check_finite
+from sim.client_eval import ClientEvaluator
 from sim.node_models import initial_node_params, merge_info, received_from_entries
 from sim.results import MetricsLog
 from sim.run_metrics import node_metrics
@@ -107,6 +108,7 @@ class SyncGossip:
         self.byzantine_messages = 0  # crafted or label-flipped models that reached honest nodes in the last mix
         self.clock = RoundClock(exp, cfg.order)  # simulated seconds per round (sim/gossip/timing.py)
         self.messages: tuple[torch.Tensor, torch.Tensor] | None = None  # the last mix's (mixing matrix, lost entries)
+        self.client_eval: ClientEvaluator | None = None  # eval.clients: set by run() (it needs the log)
 
     def train(self, params: torch.Tensor, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
         # a node trains towards its own start model (FedProx); rules with per-client state need a server
@@ -198,6 +200,7 @@ class SyncGossip:
         """
         exp, cfg = self.exp, self.cfg
         rounds, eval_every = int(exp.cfg.rounds), int(exp.cfg.eval_every)
+        self.client_eval = ClientEvaluator.for_run(exp, log)
         if resume is not None:
             first, params = resume.round + 1, resume.params.clone()
             self.states, self.extras = resume.state["states"], resume.state["extras"]
@@ -259,12 +262,16 @@ class SyncGossip:
         """Test accuracy, consensus and weight variance of the honest nodes (all nodes without an attack)."""
         data = self.exp.data
         sample = self.eval_sample
+        all_params = params
         if self.attack is not None:
             honest = self.attack.honest_ids
             params = params[honest]
             if sample is not None:  # the sampled nodes that are honest, as positions among the honest ones
                 sample = torch.nonzero(torch.isin(honest, sample)).flatten()
                 sample = sample if len(sample) else None
-        return node_metrics(
+        row = node_metrics(
             self.exp.model, self.exp.layout, params, data.x_test, data.y_test, sample, data.x_val, data.y_val
         )
+        if self.client_eval is not None:  # each node's own model on its own local test (the honest ones)
+            row.update(self.client_eval.nodes(all_params))
+        return row
