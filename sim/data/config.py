@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..validation import choice, in_range, is_int, is_number
+from .feature_skew import FEATURE_SKEW_DEFAULTS, check_feature_skew
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"test_fraction": 0.2, "val_fraction": 0.1, "data_seed": None, "train_classes": None},
@@ -88,7 +89,7 @@ def _with_defaults(cfg: Any, group: str, defaults: dict[str, dict[str, Any]]) ->
         name = choice("dataset.name", values.get("name"), [*defaults, *EXTERNAL_SOURCES])
         return {**_dataset_defaults(name), **values}
     name = choice(f"{group}.name", values.get("name"), defaults)
-    return {**defaults[name], **values}
+    return {**FEATURE_SKEW_DEFAULTS, **defaults[name], **values}
 
 
 def _check_number(
@@ -225,6 +226,7 @@ def checked_configs(dataset_cfg: Any, partition_cfg: Any, num_clients: int) -> t
     elif ds["name"] in EXTERNAL_SOURCES:
         _source_module(ds["name"]).check_config(ds)
     _check_partition(part, ds["name"])
+    check_feature_skew(part)
     return ds, part
 
 

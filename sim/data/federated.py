@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import checked_configs
+from .feature_skew import apply_feature_skew
 from .local_test import carve_local_test, natural_local_test
 from .partition import partition_rows
 from .pool import Pool
@@ -68,6 +69,7 @@ def load_federated_data(
     order, offsets = partition_rows(pool.y, pool.groups, part, num_clients, int(seed), ds["name"])
     identity = len(order) == len(pool.y) and bool(np.all(order == np.arange(len(order))))
     x, y = (pool.x, pool.y) if identity else (pool.x[order], pool.y[order])  # natural synthetic: no copy
+    x = apply_feature_skew(x, offsets, pool.input_spec(), part, int(seed))  # none: x itself
     x_t, y_t, offsets_t = _tensor(x, _storage_dtype(x)), _tensor(y, torch.int64), _tensor(offsets, torch.int64)
     local: dict[str, torch.Tensor] = {}
     if local_test_fraction > 0:  # eval.local_test_fraction: each client's local test out of its rows
@@ -77,6 +79,7 @@ def load_federated_data(
         local = {"x_local": x_local, "y_local": y_local, "local_offsets": local_offsets}
     elif pool.test_groups is not None and part["name"] == "natural":  # LEAF's per-user test rows
         xl, yl, lo = natural_local_test(pool.x_test, pool.y_test, pool.test_groups, len(offsets) - 1)
+        xl = apply_feature_skew(xl, lo, pool.input_spec(), part, int(seed))  # the client's transform
         local = {"x_local": _tensor(xl, _storage_dtype(xl)), "y_local": _tensor(yl, torch.int64)}
         local["local_offsets"] = _tensor(lo, torch.int64)
     return FederatedData(
