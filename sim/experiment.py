@@ -26,6 +26,7 @@ from .client_eval import check_eval_config, check_eval_data
 from .compress.config import check_compress_run
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
+from .gossip.compressed import check_gossip_compress_run
 from .gossip.config import GossipConfig
 from .layout import Layout
 from .models import build_model, check_model_output, validate_model_config
@@ -127,6 +128,7 @@ def validate_config(cfg: DictConfig) -> None:
         check_fl_tolerance(strategy, cfg.participation, num_clients, attack.num_byzantine)
     check_async_fl_strategy(cfg, strategy)
     check_compress_run(cfg, mode, strategy)  # compress= (sim/compress/): the block, and what FL cannot compress
+    check_gossip_compress_run(cfg, mode, strategy)  # strategy=choco and compressed gossip (sim/gossip/compressed.py)
     check_eval_config(cfg)  # the eval block: per-client evaluation and local test rows (sim/client_eval)
     build_backend(cfg.backend)
 

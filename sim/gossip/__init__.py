@@ -8,6 +8,7 @@ the models of cut edges (:mod:`.partitioned`).
 
 import logging
 
+from .choco import find_choco
 from .config import GossipConfig
 from .events import AsyncGossip, evaluation_count
 from .sync import SyncGossip
@@ -24,6 +25,8 @@ def partitioned_reason(exp) -> str | None:
         return "asynchronous gossip keeps its single event queue (the exact event order) in the driver"
     if exp.attack is not None:
         return "Byzantine nodes craft their models from each receiver's neighbourhood, which the driver holds"
+    if (exp.cfg.get("compress") or {}).get("name", "none") != "none" or find_choco(exp.strategy):
+        return "compressed messages and CHOCO's public copies (sim/gossip/compressed.py, choco.py) live in the driver"
     if exp.strategy.needs_validation:
         return f"{exp.strategy.name} scores models on the validation split, which stays in the driver"
     if (exp.cfg.get("eval") or {}).get("clients", "none") != "none":

@@ -89,6 +89,7 @@ def capture(gossip: AsyncGossip, time: float, evaluation: int) -> dict[str, Any]
         "staged": torch.stack([gossip.staged[k] for k in sorted(gossip.staged)])
         if gossip.staged
         else gossip.params.new_zeros((0, gossip.params.shape[1])),
+        **(gossip.codec.carried() if gossip.codec is not None else {}),  # compress=...: the senders' residuals
     }
 
 
@@ -107,6 +108,8 @@ def restore(gossip: AsyncGossip, state: dict[str, Any], params: torch.Tensor) ->
     gossip.last_counts = dict(state["last_counts"])
     gossip.backend_stats = dict(state["backend_stats"])
     gossip.loss_sum, gossip.loss_weight = float(state["loss_sum"]), float(state["loss_weight"])
+    if gossip.codec is not None:
+        gossip.codec.restore(state)
     if "busy_until" in state:
         gossip.busy_until = np.asarray(state["busy_until"], dtype=np.float64).copy()
         nodes = np.asarray(state["staged_nodes"], dtype=np.int64).tolist()

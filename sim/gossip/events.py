@@ -61,6 +61,7 @@ from sim.seeding import numpy_rng
 from strategies import AggregationInfo
 
 from . import async_state
+from .compressed import ModelCodec, message_bytes
 from .config import GossipConfig
 from .nodes import evaluated_nodes
 from .timing import enabled_system, training_samples
@@ -91,7 +92,8 @@ class AsyncGossip:
         self.online_slot = -1
         self.counts = {"sent": 0, "lost": 0, "merges": 0, "trainings": 0, "bytes": 0}
         self.last_counts: dict[str, int] = {}
-        self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+        self.bytes_per_model = message_bytes(exp)  # compress=...: the encoded size (sim/gossip/compressed.py)
+        self.codec = ModelCodec.for_run(exp)  # compress=...: a message carries the decoded compressed model
         self.sizes = exp.data.client_sizes  # once: computing it is O(N), merges happen per event
         self.backend_stats: dict[str, float] = {}
         self.pending: dict[int, tuple[int, torch.Tensor]] = {}  # receiver -> (sender, model), in event order
@@ -138,6 +140,9 @@ class AsyncGossip:
     # ---- node actions ----------------------------------------------------------------------------
     def send(self, t: float, sender: int, receiver: int, model: torch.Tensor | None) -> None:
         """A model message, or (``model=None``) a pull request, which carries no model bytes."""
+        if model is not None and self.codec is not None:  # drawn from the count of sent messages (checkpointed)
+            sent = self.counts["sent"]
+            model = self.codec.encode(model.unsqueeze(0), torch.tensor([sender]), "gossip_async", sent)[0]
         self.counts["sent"] += 1
         if model is not None:
             self.counts["bytes"] += self.bytes_per_model

@@ -44,6 +44,8 @@ from sim.results import MetricsLog
 from sim.run_metrics import node_metrics
 from sim.seeding import numpy_rng
 
+from .choco import ChocoGossip
+from .compressed import ModelCodec, message_bytes
 from .config import GossipConfig
 from .nodes import evaluated_nodes
 from .timing import RoundClock
@@ -99,7 +101,9 @@ class SyncGossip:
         self.validate = exp.validation_fn() if exp.strategy.needs_validation else None
         self.extras: dict[str, torch.Tensor] = {}  # per-node extras of the last training (e.g. Fisher)
         self.stats: dict[str, float] = {}  # the backend's numbers about the last training (e.g. retries)
-        self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+        self.bytes_per_model = message_bytes(exp)  # compress=...: the encoded size (sim/gossip/compressed.py)
+        self.choco = ChocoGossip.for_run(exp)  # strategy=choco: the public copies (sim/gossip/choco.py)
+        self.codec = ModelCodec.for_run(exp)  # compress=... with a merge rule: compressed models (naive)
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, int(exp.cfg.seed))
         self.fast_path = True
         # the static graph's received matrix, built once for aggregate_all; tests turn the fast path off to compare
@@ -136,13 +140,18 @@ class SyncGossip:
         off_diag = rows != cols
         sent = int(off_diag.sum())
         lost = int(lost_mask.sum())
+        if self.choco is not None:  # CHOCO: consensus on the copies, then compressed differences, all nodes at once
+            new = self.choco.mix(params, w, round_)
+            check_finite(new, self.ids, round_, "the merged parameters")
+            return new, sent, lost
+        decoded = None if self.codec is None else self.codec.encode(params, self.ids, "gossip", round_)
         strategy = self.exp.strategy
         attack = self.attack
         crafted = attack is not None and attack.crafted
         silent = attack.mask if attack is not None and crafted else None  # nodes that send crafted models, not merge
         if attack is not None:  # delivered messages from a Byzantine sender (column) to an honest receiver (row)
             self.byzantine_messages = int((off_diag & ~lost_mask & attack.mask[cols] & ~attack.mask[rows]).sum())
-        if self.fast_path and hasattr(strategy, "aggregate_all") and not crafted:
+        if self.fast_path and hasattr(strategy, "aggregate_all") and not crafted and decoded is None:
             if lost:
                 received = received_matrix(w, lost_mask).to(params.device)  # backend.device: where the models are
             else:  # a static graph without losses: the same matrix every round, built once
@@ -168,6 +177,8 @@ class SyncGossip:
             members = torch.cat([torch.tensor([i]), senders])
             if attack is not None:
                 models, num_byzantine = attack.received(params, i, senders, round_)
+            elif decoded is not None:  # its own exact model and the decoded messages
+                models = torch.cat([params[i : i + 1], decoded[senders]])
             else:
                 models = params[members]
             info = merge_info(
@@ -204,11 +215,16 @@ class SyncGossip:
         if resume is not None:
             first, params = resume.round + 1, resume.params.clone()
             self.states, self.extras = resume.state["states"], resume.state["extras"]
+            for part in (self.choco, self.codec):
+                if part is not None:
+                    part.restore(resume.state)
             start = time.perf_counter() - float(log.rows[-1]["wall_s"])
             clock = float(log.rows[-1].get("time_s", resume.round))  # a checkpoint from before time_s: unit rounds
         else:
             first = 1
             params = initial_node_params(exp.initial_params, exp.layout, self.n, cfg, int(exp.cfg.seed))
+            if self.choco is not None:
+                self.choco.start(params)
             start, clock = time.perf_counter(), 0.0
             row0 = {"round": 0, **self.evaluate(params), **exchange_columns(0, 0, 0, 0), "time_s": 0.0}
             log.append({**row0, **self.attack_columns(), "wall_s": 0.0})
@@ -249,7 +265,8 @@ class SyncGossip:
     def carried(self) -> dict[str, Any]:
         """What the next round reads besides the node models: per-node strategy states, and the extras
         of the last training (merge_update merges with them before it trains)."""
-        return {"states": self.states, "extras": self.extras}
+        parts = [p.carried() for p in (self.choco, self.codec) if p is not None]  # CHOCO's copies, residuals
+        return {"states": self.states, "extras": self.extras, **{k: v for part in parts for k, v in part.items()}}
 
     def attack_columns(self) -> dict[str, int]:
         """``num_byzantine`` (Byzantine nodes, all of which take part) and ``byzantine_messages`` (their
