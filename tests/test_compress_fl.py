@@ -101,6 +101,8 @@ def test_link_times_use_the_encoded_bytes(make_cfg, tmp_path):
     # every client alike: the round lasts for the client with most samples, whose transfers shrink by these bytes
     saved = (4 * P - 8 * k) / 1.25e6 + (4 * P - 8 * k) / 2.5e6
     assert plain["time_s"][1] - sparse["time_s"][1] == pytest.approx(saved, rel=1e-9)
+    up_only, _ = run(make_cfg, tmp_path / "up", "system=constant", "compress=topk", "compress.downlink=false")
+    assert plain["time_s"][1] - up_only["time_s"][1] == pytest.approx((4 * P - 8 * k) / 1.25e6, rel=1e-9)
 
 
 def test_a_resumed_compressed_run_equals_the_uninterrupted_run(tmp_path):
