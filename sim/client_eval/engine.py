@@ -80,7 +80,7 @@ class ClientEvaluator:
         hits, losses = own_model_scores(
             exp.model, exp.layout, models, exp.data.x_test, exp.data.y_test, torch.zeros_like(test), test
         )
-        pooled = {"test_accuracy": (hits / test).tolist(), "test_loss": (losses / test).tolist()}
+        pooled = {"test_accuracy": (hits.double() / test).tolist(), "test_loss": (losses / test).tolist()}
         return self._record(correct, loss_sum, pooled, start)
 
     def _record(self, correct: torch.Tensor, loss_sum: torch.Tensor, extra: dict[str, list], start: float) -> dict:
