@@ -11,7 +11,7 @@ dampening, no Nesterov).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
@@ -101,12 +101,29 @@ class ClientCorrection:
 
     prox: float = 0.0
     offsets: torch.Tensor | None = None  # [K, P] rows in the order of the trained clients, or None
+    #: [P] bool: entries held fixed through local training (FedRep's phases: the body while the head trains, then
+    #: the head). Their gradient (data term, correction, weight decay) is zeroed before clipping and momentum, so
+    #: they leave training bit for bit as they came and take no part in the clipped norm, as parameters with
+    #: ``requires_grad=False`` under ``torch.optim.SGD``; buffers among them (BatchNorm statistics) stay fixed too.
+    frozen: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor | list[int]) -> ClientCorrection:
         """The correction of a subset of the clients (a chunk, a sorted order)."""
         if self.offsets is None:
             return self
-        return ClientCorrection(self.prox, self.offsets[torch.as_tensor(index, dtype=torch.long)])
+        return replace(self, offsets=self.offsets[torch.as_tensor(index, dtype=torch.long)])
+
+    def moved(self, move: Callable[[torch.Tensor], torch.Tensor]) -> ClientCorrection:
+        """The same correction with ``move`` applied to its tensors (a backend's byte-counting device mover)."""
+        return replace(
+            self,
+            offsets=None if self.offsets is None else move(self.offsets),
+            frozen=None if self.frozen is None else move(self.frozen),
+        )
+
+    def keep(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[P]`` 0/1 factor of the entries that train (``~frozen``), or None when nothing is frozen."""
+        return None if self.frozen is None else (~self.frozen.to(torch.bool)).to(dtype)
 
 
 def client_local_steps(cfg: TrainConfig, seed: int, rounds: list[int], clients: list[int]) -> torch.Tensor | None:
@@ -198,17 +215,35 @@ def clip_rows_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
 # a buffer passed in comes back as a buffer (the vectorized backend writes it into its own rows)
 @overload
 def sgd_step(
-    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor, cfg: TrainConfig
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buf: torch.Tensor,
+    cfg: TrainConfig,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
 def sgd_step(
-    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None, cfg: TrainConfig
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buf: torch.Tensor | None,
+    cfg: TrainConfig,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 def sgd_step(
-    params: torch.Tensor, grad: torch.Tensor, momentum_buf: torch.Tensor | None, cfg: TrainConfig
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buf: torch.Tensor | None,
+    cfg: TrainConfig,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One ``torch.optim.SGD`` step; elementwise, so it serves ``[P]`` and ``[K, P]`` alike."""
+    """One ``torch.optim.SGD`` step; elementwise, so it serves ``[P]`` and ``[K, P]`` alike.
+
+    ``keep`` (``[P]`` 0/1, :meth:`ClientCorrection.keep`) zeroes the step of frozen entries after weight decay,
+    so their momentum stays 0 and ``params - lr * 0`` leaves them bit for bit.
+    """
     d = grad if cfg.weight_decay == 0 else grad + cfg.weight_decay * params
+    if keep is not None:
+        d = d * keep
     if cfg.momentum:
         momentum_buf = d.clone() if momentum_buf is None else momentum_buf.mul(cfg.momentum).add_(d)
         d = momentum_buf
@@ -244,17 +279,20 @@ def local_train(
     prox: float = 0.0,
     offset: torch.Tensor | None = None,
     move: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frozen: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train one client from ``params`` on its rows ``(x, y)``; never modifies ``params``.
 
     ``steps``: this client's own number of local steps (unequal local work); ``prox`` and ``offset``
-    (``[P]``): a strategy's :class:`ClientCorrection` for this client, added to every gradient.
+    (``[P]``): a strategy's :class:`ClientCorrection` for this client, added to every gradient; ``frozen``
+    (``[P]`` bool): entries that stay as they are (:attr:`ClientCorrection.frozen`).
     The schedule and augmentation are drawn on the CPU (the same numbers on every device) and, when ``x``
     lives on another device, go there in one piece through ``move`` (a backend's byte-counting mover).
     """
     buffers = layout.of_kind("buffer")
     trainable = layout.trainable_mask(device=params.device) if buffers else None
     p = params.detach().clone()
+    keep = None if frozen is None else ClientCorrection(frozen=frozen).keep(p.dtype)
     buf = None
     losses = []
     shape = image_shape(model, cfg)
@@ -292,11 +330,14 @@ def local_train(
                     grad = grad + prox * (p.detach() - params)
                 if offset is not None:
                     grad = grad + offset
+                if keep is not None:  # frozen entries: no part in the clipped norm, no step
+                    grad = grad * keep
                 if cfg.clip_grad_norm is not None:
                     grad = clip_rows_(grad.clone(), cfg.clip_grad_norm)
-                p, buf = sgd_step(p.detach(), grad, buf, cfg)
+                p, buf = sgd_step(p.detach(), grad, buf, cfg, keep)
                 for spec in buffers:
-                    p[spec.slice] = running[spec.name].reshape(-1).to(p.dtype)
+                    new = running[spec.name].reshape(-1).to(p.dtype)
+                    p[spec.slice] = new if frozen is None else torch.where(frozen[spec.slice], p[spec.slice], new)
             losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return TrainResult(p.detach(), int(len(y)), mean_loss, len(losses))

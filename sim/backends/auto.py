@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from sim.training import ClientCorrection
+from sim.training import ClientCorrection, TrainConfig
 
 from .auto_choice import decide
 from .base import ClientBatch, TrainingSetup
@@ -58,9 +58,11 @@ class AutoBackend:
         round_,
         needs: frozenset[str] = frozenset(),
         correction: ClientCorrection | None = None,
+        train: TrainConfig | None = None,
+        stream: str = "train",
     ) -> ClientBatch:
         assert self.chosen is not None, "setup() must run before train()"
-        return self.chosen.train(client_ids, start, round_, needs, correction)
+        return self.chosen.train(client_ids, start, round_, needs, correction, train=train, stream=stream)
 
     def aggregate(self, strategy, params: torch.Tensor, info, state):
         """The chosen backend's aggregation, on its device (see aggregate_on_backend)."""

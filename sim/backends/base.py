@@ -46,8 +46,10 @@ class TrainingSetup:
     train: TrainConfig
     seed: int
 
-    def generator(self, round_: int, client: int) -> torch.Generator:
-        return torch_generator(self.seed, "train", round_, client)
+    def generator(self, round_: int, client: int, stream: str = "train") -> torch.Generator:
+        """Client ``client``'s batches in ``round_``; ``stream`` names a draw apart from the round's training
+        (a second phase, fine-tuning), so it neither repeats nor shifts the training batches."""
+        return torch_generator(self.seed, stream, round_, client)
 
 
 #: per-client extras every backend can compute after training, on request of a strategy:
@@ -163,12 +165,16 @@ class Backend(Protocol):
         round_: int,
         needs: frozenset[str] = frozenset(),
         correction: ClientCorrection | None = None,
+        train: TrainConfig | None = None,
+        stream: str = "train",
     ) -> ClientBatch:
         """Train ``client_ids`` from ``start`` (``[P]`` shared by all, or ``[K, P]`` one per client).
 
         ``round_`` is one int for all clients or ``[K]`` per-client rounds (see :func:`client_rounds`).
         ``correction``: a strategy's term on every local gradient (FedProx, SCAFFOLD, FedDyn), its
-        ``offsets`` rows in the order of ``client_ids``.
+        ``offsets`` rows in the order of ``client_ids``, its ``frozen`` entries held fixed (FedRep).
+        ``train``: this call's training config in place of the run's (FedRep's head epochs, fine-tuning);
+        ``stream``: the name of the seeded stream the batches come from (:meth:`TrainingSetup.generator`).
         """
 
     def close(self) -> None:

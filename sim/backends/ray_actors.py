@@ -154,9 +154,14 @@ class TrainingActor:
         needs: frozenset[str],
         prox: float = 0.0,
         offsets: np.ndarray | None = None,
+        frozen: np.ndarray | None = None,
+        train=None,
+        stream: str = "train",
     ):
-        """``start``: ``[P]`` shared by all or ``[k, P]``; ``prox`` / ``offsets [k, P]``: the chunk's rows of a
-        strategy's client correction. Returns (params [k, P], losses [k], extras, steps [k], seconds)."""
+        """``start``: ``[P]`` shared by all or ``[k, P]``; ``prox`` / ``offsets [k, P]`` / ``frozen [P]``: the
+        chunk's rows of a strategy's client correction; ``train`` / ``stream``: the call's training config
+        override and batch stream (``Backend.train``). Returns (params [k, P], losses [k], extras, steps [k],
+        seconds)."""
         from sim.training import ClientCorrection
 
         t0 = time.perf_counter()
@@ -166,11 +171,18 @@ class TrainingActor:
             no_steps = np.zeros(len(ids), np.int64)
             return params.numpy(), np.full(len(ids), np.nan, np.float32), {}, no_steps, time.perf_counter() - t0
         correction = None
-        if prox or offsets is not None:
+        if prox or offsets is not None or frozen is not None:
             rows = None if offsets is None else shared_tensor(offsets).to(self.device)
-            correction = ClientCorrection(float(prox), rows)
+            held = None if frozen is None else shared_tensor(frozen).to(self.device)
+            correction = ClientCorrection(float(prox), rows, held)
         batch = self.backend.train(
-            torch.as_tensor(ids, dtype=torch.long), start_t.to(self.device), rounds, needs, correction
+            torch.as_tensor(ids, dtype=torch.long),
+            start_t.to(self.device),
+            rounds,
+            needs,
+            correction,
+            train=train,
+            stream=stream,
         )
         extras = {k: v.detach().cpu().numpy() for k, v in batch.extras.items()}
         steps = batch.num_steps.cpu().numpy() if batch.num_steps is not None else np.zeros(len(ids), np.int64)

@@ -36,7 +36,7 @@ import torch
 
 from sim.errors import ConfigError, GossipsoupError, RunError
 from sim.threads import check_num_threads, choose_threads, usable_cores
-from sim.training import ClientCorrection
+from sim.training import ClientCorrection, TrainConfig
 from sim.validation import boolean, choice, integer, number, optional_integer
 
 from . import ray_cluster
@@ -70,6 +70,9 @@ class _Task:
     start: Any  # ObjectRef of the chunk's start models ([P] shared, or [k, P])
     prox: float = 0.0  # the strategy's client correction: prox and this chunk's offsets rows (or None)
     offsets: Any = None
+    frozen: Any = None  # the correction's frozen entries ([P] bool array), or None
+    train: Any = None  # the call's TrainConfig in place of the run's, or None
+    stream: str = "train"  # the seeded stream the batches come from
     slot: int = -1
     ref: Any = None
     attempts: int = 0
@@ -281,13 +284,15 @@ class RayBackend:
         round_,
         needs: frozenset[str] = frozenset(),
         correction: ClientCorrection | None = None,
+        train: TrainConfig | None = None,
+        stream: str = "train",
     ) -> ClientBatch:
         assert self._setup is not None, "setup() must run before train()"
         check_needs(self.name, needs)
         ids = [int(c) for c in client_ids.tolist()]
         K = len(ids)
         if K <= self.driver_max_clients or K == 0:
-            batch = self._train_in_driver(client_ids, start, round_, needs, correction)
+            batch = self._train_in_driver(client_ids, start, round_, needs, correction, train, stream)
             batch.stats = {"retries": 0.0}
             return batch
         rounds = client_rounds(round_, K)
@@ -297,6 +302,7 @@ class RayBackend:
         shared = ray.put(start.contiguous().numpy()) if start.dim() == 1 else None  # once per round, for all
         tasks = []
         offsets = None if correction is None or correction.offsets is None else correction.offsets.detach().cpu()
+        frozen = None if correction is None or correction.frozen is None else correction.frozen.detach().cpu().numpy()
         for slot, pos in enumerate(chunks):
             chunk_rounds = [rounds[p] for p in pos]
             tasks.append(
@@ -307,6 +313,9 @@ class RayBackend:
                     start=shared if shared is not None else ray.put(start[torch.as_tensor(pos)].contiguous().numpy()),
                     prox=0.0 if correction is None else float(correction.prox),
                     offsets=None if offsets is None else ray.put(offsets[torch.as_tensor(pos)].contiguous().numpy()),
+                    frozen=frozen,
+                    train=train,
+                    stream=stream,
                 )
             )
             self._submit(tasks[-1], slot, needs)
@@ -341,9 +350,11 @@ class RayBackend:
             num_steps=steps,
         )
 
-    def _train_in_driver(self, client_ids, start, round_, needs, correction=None) -> ClientBatch:
+    def _train_in_driver(
+        self, client_ids, start, round_, needs, correction=None, train=None, stream="train"
+    ) -> ClientBatch:
         if not self.noop_train:
-            return self._local.train(client_ids, start, round_, needs, correction)
+            return self._local.train(client_ids, start, round_, needs, correction, train=train, stream=stream)
         K = len(client_ids)
         params = start.expand(K, -1).clone() if start.dim() == 1 else start.clone()
         return ClientBatch(
@@ -355,7 +366,9 @@ class RayBackend:
 
     def _submit(self, task: _Task, slot: int, needs: frozenset[str]) -> None:
         task.slot = slot
-        task.ref = self.actors[slot].train.remote(task.ids, task.start, task.rounds, needs, task.prox, task.offsets)
+        task.ref = self.actors[slot].train.remote(
+            task.ids, task.start, task.rounds, needs, task.prox, task.offsets, task.frozen, task.train, task.stream
+        )
 
     def _collect(self, tasks: list[_Task], needs: frozenset[str], round_) -> tuple[list, int]:
         """Every task's result, re-running the chunks of actors that died on live ones."""

@@ -72,14 +72,17 @@ class StackedSchedule:
 
 
 def stacked_schedule(
-    sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig, seed: int
+    sizes: list[int], clients: list[int], rounds: list[int], cfg: TrainConfig, seed: int, stream: str = "train"
 ) -> StackedSchedule:
-    """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once."""
+    """Draw every client's permutations exactly as ``batch_schedule`` does, for K clients at once.
+
+    ``stream``: the seeded stream the batches come from (``TrainingSetup.generator``'s).
+    """
     sizes_t = torch.tensor(sizes, dtype=torch.long)
     steps = steps_per_client(sizes_t, cfg, client_local_steps(cfg, seed, rounds, clients))
     nb = ((sizes_t + cfg.batch_size - 1) // cfg.batch_size).clamp_min(1)  # batches per permutation
     num_perms = torch.where(sizes_t > 0, (steps + nb - 1) // nb, torch.zeros_like(sizes_t))
-    generators = torch_generators(seed, ("train",), [np.asarray(rounds), np.asarray(clients)])
+    generators = torch_generators(seed, (stream,), [np.asarray(rounds), np.asarray(clients)])
     pieces = [
         torch.randperm(n, generator=g)
         for n, g, m in zip(sizes, generators, num_perms.tolist(), strict=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sim.threads import check_num_threads
-from sim.training import ClientCorrection, client_local_steps, local_train
+from sim.training import ClientCorrection, TrainConfig, client_local_steps, local_train
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
 from .device import DeviceMover, aggregate_on_device, resolve_device
@@ -49,19 +49,23 @@ class SequentialBackend:
         round_,
         needs: frozenset[str] = frozenset(),
         correction: ClientCorrection | None = None,
+        train: TrainConfig | None = None,
+        stream: str = "train",
     ) -> ClientBatch:
         s = self._setup
         assert s is not None, "setup() must run before train()"
         check_needs(self.name, needs)
+        cfg = s.train if train is None else train
         ids = client_ids.tolist()
         start = self.mover.to_device(start)  # the first round's model comes from the host; later ones are here
-        if correction is not None and correction.offsets is not None:
-            correction = ClientCorrection(correction.prox, self.mover.to_device(correction.offsets))
+        if correction is not None:
+            correction = correction.moved(self.mover.to_device)
         starts = start.expand(len(ids), -1) if start.dim() == 1 else start
         rounds = client_rounds(round_, len(ids))
-        steps = client_local_steps(s.train, s.seed, rounds, ids)
+        steps = client_local_steps(cfg, s.seed, rounds, ids)
         prox = correction.prox if correction is not None else 0.0
         offsets = correction.offsets if correction is not None else None
+        frozen = correction.frozen if correction is not None else None
         results = []
         for k, client in enumerate(ids):
             x, y = s.data.client(client)
@@ -72,12 +76,13 @@ class SequentialBackend:
                     starts[k],
                     x,
                     y,
-                    s.train,
-                    s.generator(rounds[k], client),
+                    cfg,
+                    s.generator(rounds[k], client, stream),
                     steps=None if steps is None else int(steps[k]),
                     prox=prox,
                     offset=None if offsets is None else offsets[k],
                     move=self.mover.to_device,  # on a GPU the schedule goes up once per client, counted
+                    frozen=frozen,
                 )
             )
         params = torch.stack([r.params for r in results]) if results else start.new_zeros((0, s.layout.size))

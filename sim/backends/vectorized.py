@@ -28,7 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from sim.data.augment import augment_rows
 from sim.errors import ConfigError
 from sim.threads import check_num_threads
-from sim.training import ClientCorrection, clip_rows_, image_shape, sgd_step
+from sim.training import ClientCorrection, TrainConfig, clip_rows_, image_shape, sgd_step
 from sim.validation import choice, optional_integer
 
 from .base import ClientBatch, TrainingSetup, check_needs, client_extras, client_rounds
@@ -147,15 +147,9 @@ class VectorizedBackend:
         self.mover.upload_model(setup.model)
         self._setup = setup
         self._chunk = self.chunk_size or self._auto_chunk()
-        model, layout, smoothing = setup.model, setup.layout, float(setup.train.label_smoothing)
+        model, layout = setup.model, setup.layout
         self._trainable = layout.trainable_mask(device=self.device) if layout.of_kind("buffer") else None
         self._image_shape = image_shape(model, setup.train)
-
-        def loss(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(model, layout.to_state_dict(p), (xb,))
-            per_row = F.cross_entropy(logits, yb, label_smoothing=smoothing, reduction="none")
-            return (per_row * mask).sum() / mask.sum()
-
         layers = dense_layers(model, layout) if self.kernel != "vmap" else None
         if self.kernel == "dense" and layers is None:
             raise ConfigError(
@@ -165,21 +159,38 @@ class VectorizedBackend:
                 f"The dense kernel serves chains of Linear layers and ReLU/Tanh/Sigmoid; "
                 f"the model is a {type(model).__name__}.",
             )
-        self._grad_and_loss: GradAndLoss
-        if layers is not None:
-            self.kernel_used = "dense"
-            dense = DenseKernel(layers, layout.size, smoothing)
+        self._layers = layers
+        self.kernel_used = "dense" if layers is not None else "vmap"
+        self._kernels: dict[float, GradAndLoss] = {}  # by label smoothing: a call's train config may change it
+        self._grad_and_loss = self._kernel(float(setup.train.label_smoothing))
+
+    def _kernel(self, smoothing: float) -> GradAndLoss:
+        """The gradient-and-loss function for this label smoothing, built once and kept."""
+        if smoothing in self._kernels:
+            return self._kernels[smoothing]
+        setup = self._require_setup()
+        model, layout = setup.model, setup.layout
+
+        def loss(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(model, layout.to_state_dict(p), (xb,))
+            per_row = F.cross_entropy(logits, yb, label_smoothing=smoothing, reduction="none")
+            return (per_row * mask).sum() / mask.sum()
+
+        fn: GradAndLoss
+        if self._layers is not None:
+            dense = DenseKernel(self._layers, layout.size, smoothing)
             spec = setup.data.spec
             # the kernel skips the model's forward (and its input hook): give it model inputs, flat
-            self._grad_and_loss = lambda p, xb, yb, mask: dense(p, spec.to_model(xb).flatten(2), yb, mask)
+            fn = lambda p, xb, yb, mask: dense(p, spec.to_model(xb).flatten(2), yb, mask)  # noqa: E731
         else:
-            self.kernel_used = "vmap"
             vmapped = (
                 vmap(grad_and_value(loss))
                 if self.vmap_options.plain
                 else vmapped_step(model, layout, smoothing, self.vmap_options, self.device)
             )
-            self._grad_and_loss = lambda p, xb, yb, mask: vmapped(p, xb, yb, mask)
+            fn = lambda p, xb, yb, mask: vmapped(p, xb, yb, mask)  # noqa: E731
+        self._kernels[smoothing] = fn
+        return fn
 
     def close(self) -> None:
         self._setup = None
@@ -201,14 +212,17 @@ class VectorizedBackend:
         round_,
         needs: frozenset[str] = frozenset(),
         correction: ClientCorrection | None = None,
+        train: TrainConfig | None = None,
+        stream: str = "train",
     ) -> ClientBatch:
         s = self._require_setup()
         check_needs(self.name, needs)
+        cfg = s.train if train is None else train
         ids = [int(c) for c in client_ids.tolist()]
         K, P = len(ids), s.layout.size
         start = self.mover.to_device(start.detach())  # the first round's model comes from the host; later ones are here
-        if correction is not None and correction.offsets is not None:
-            correction = ClientCorrection(correction.prox, self.mover.to_device(correction.offsets))
+        if correction is not None:
+            correction = correction.moved(self.mover.to_device)
         starts = start.expand(K, -1) if start.dim() == 1 else start.detach()
         params = starts.new_zeros((K, P))
         losses = torch.full((K,), float("nan"), dtype=torch.float32)
@@ -216,7 +230,7 @@ class VectorizedBackend:
         first_rows = s.data.offsets[ids_t].to(torch.long)
         sizes = (s.data.offsets[ids_t + 1] - s.data.offsets[ids_t]).to(torch.long)
         # every client's permutations, drawn exactly as the sequential backend draws them
-        schedule = stacked_schedule(sizes.tolist(), ids, client_rounds(round_, K), s.train, s.seed)
+        schedule = stacked_schedule(sizes.tolist(), ids, client_rounds(round_, K), cfg, s.seed, stream)
         # clients with the most steps first, so step s only touches the prefix still training, and
         # chunks hold clients of similar length
         order = torch.argsort(schedule.steps, descending=True, stable=True)
@@ -226,7 +240,7 @@ class VectorizedBackend:
             index = schedule.index(rows, first_rows[rows])
             aug = schedule.augmentation(rows, index)
             part = None if correction is None else correction.rows(rows)
-            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows], aug, part)
+            params[rows], losses[rows] = self._train_chunk(starts[rows], index, schedule.steps[rows], aug, part, cfg)
         extras = client_extras(s, ids, params, needs, start)
         return ClientBatch(
             client_ids=ids_t,
@@ -244,15 +258,20 @@ class VectorizedBackend:
         steps: torch.Tensor,
         aug: torch.Tensor | None = None,
         correction: ClientCorrection | None = None,
+        cfg: TrainConfig | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train clients sorted by ``steps`` (descending) from ``starts`` on the rows of ``index``.
+
+        ``cfg``: the call's training config (default the run's).
 
         A ``correction`` ``prox * (w - start) + offset`` is applied as ``prox * w + bias`` with
         ``bias = offset - prox * start`` built once per chunk: two in-place adds per step on the
         ``[A, P]`` gradients, no new tensor (with plain SGD ``prox`` joins the weight-decay add).
         """
         s = self._require_setup()
-        cfg = s.train
+        cfg = s.train if cfg is None else cfg
+        grad_and_loss = self._kernel(float(cfg.label_smoothing))
+        shape = self._image_shape if cfg == s.train else image_shape(s.model, cfg)
         K = len(starts)
         S = int(steps[0]) if K else 0
         if S == 0:
@@ -270,6 +289,7 @@ class VectorizedBackend:
         x, y = s.data.x, s.data.y
         buf = None
         prox = correction.prox if correction is not None else 0.0
+        keep = None if correction is None else correction.keep(starts.dtype)  # frozen entries take no step
         bias = None
         if correction is not None and correction.offsets is not None:
             bias = correction.offsets.to(starts.dtype) - prox * starts if prox else correction.offsets.to(starts.dtype)
@@ -281,9 +301,9 @@ class VectorizedBackend:
             mask = idx >= 0
             safe = idx.clamp_min(0)
             xb = x[safe]
-            if aug is not None and self._image_shape is not None:
-                xb = augment_rows(xb, aug[:A, step, :B], self._image_shape, cfg.crop_padding)
-            grads, step_loss = self._grad_and_loss(params[:A], xb, y[safe], mask.to(torch.float32))
+            if aug is not None and shape is not None:
+                xb = augment_rows(xb, aug[:A, step, :B], shape, cfg.crop_padding)
+            grads, step_loss = grad_and_loss(params[:A], xb, y[safe], mask.to(torch.float32))
             if trainable is not None:
                 grads = grads * trainable
             if bias is not None:
@@ -292,6 +312,8 @@ class VectorizedBackend:
             if cfg.clip_grad_norm is not None:
                 if prox:
                     grads.add_(params[:A], alpha=prox)
+                if keep is not None:  # frozen entries stay out of the clipped norm
+                    grads.mul_(keep)
                 clip_rows_(grads, cfg.clip_grad_norm)  # each client's own norm
                 pull = 0.0
             if cfg.momentum:
@@ -299,15 +321,17 @@ class VectorizedBackend:
                     grads.add_(params[:A], alpha=pull)
                 # every client's first step is step 0, where sgd_step starts the buffer (None -> d)
                 if step == 0:
-                    new_p, buf = sgd_step(params[:A], grads, None, cfg)
+                    new_p, buf = sgd_step(params[:A], grads, None, cfg, keep)
                 else:
                     assert buf is not None  # set at step 0
-                    new_p, new_buf = sgd_step(params[:A], grads, buf[:A], cfg)
+                    new_p, new_buf = sgd_step(params[:A], grads, buf[:A], cfg, keep)
                     buf[:A] = new_buf
                 params[:A] = new_p
             else:  # plain SGD in place: the same update as sgd_step without a new [A, P] tensor
                 if cfg.weight_decay or pull:
                     grads.add_(params[:A], alpha=cfg.weight_decay + pull)
+                if keep is not None:
+                    grads.mul_(keep)
                 params[:A].add_(grads, alpha=-cfg.lr)
             loss_sum[:A] += step_loss.detach()
         loss_sum = self.mover.to_host(loss_sum)  # [K] floats for the metrics, once per chunk
