@@ -62,6 +62,7 @@ class AsyncGossip(Protocol):
     loss_weight: float
     busy_until: Any  # numpy float64 [N]
     staged: dict[int, torch.Tensor]
+    codec: Any  # sim.gossip.compressed.ModelCodec | None: compress=...'s residuals
 
 
 def capture(gossip: AsyncGossip, time: float, evaluation: int) -> dict[str, Any]:
