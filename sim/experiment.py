@@ -22,7 +22,7 @@ from .async_fl.config import check_async_fl_run, check_async_fl_strategy, is_asy
 from .attacks import Attack, AttackConfig, flip_labels
 from .attacks.tolerance import check_fl_tolerance, check_gossip_tolerance
 from .backends import Backend, TrainingSetup, build_backend
-from .client_eval import check_eval_config, check_eval_data
+from .client_eval.config import check_eval_config, check_eval_data
 from .compress.config import check_compress_run
 from .data import FederatedData, load_federated_data, validate_data_config
 from .errors import ConfigError
