@@ -112,8 +112,19 @@ def common(spec: Spec, clients: int, rounds_arg: int | None) -> list[str]:
     ]
 
 
+def _finetune_landed() -> bool:
+    """Whether some module reads ``eval.finetune_steps`` beyond its config check (the key exists before that)."""
+    import re
+
+    pattern = re.compile(r"(?<!eval)\.finetune_steps\b")
+    sources = (p for p in (ROOT / "sim").rglob("*.py") if p.name != "config.py")
+    return any(pattern.search(p.read_text()) for p in sources)
+
+
 def missing_strategy(overrides: tuple[str, ...]) -> str | None:
-    """The strategy a run names whose config file does not exist (yet): its rule has not landed."""
+    """The strategy (or fine-tuning) a run names that has not landed yet: its config file does not exist."""
+    if any(o.startswith("eval.finetune_steps=") for o in overrides) and not _finetune_landed():
+        return "eval.finetune_steps (fine-tuning)"
     for o in overrides:
         if o.startswith("strategy=") and not (ROOT / "configs" / "strategy" / f"{o.split('=')[1]}.yaml").exists():
             return o.split("=")[1]
@@ -185,10 +196,14 @@ def collect(todo: list[tuple[Spec, int]], root: Path, clients: int, rounds: int 
         absent = missing_strategy(spec.overrides)
         folder = run_dir(root, overrides, seed)
         if absent is not None:
-            rows.append({**ident, "status": f"missing: strategy={absent} does not exist yet"})
+            what = absent if absent.startswith("eval.") else f"strategy={absent}"
+            rows.append({**ident, "status": f"missing: {what} does not exist yet"})
             continue
         if (folder / "refused.txt").exists():
             rows.append({**ident, "status": "refused: " + (folder / "refused.txt").read_text().strip()})
+            continue
+        if not (folder / "summary.json").exists():  # its rule landed while this sweep ran: rerun to fill it in
+            rows.append({**ident, "status": "not run"})
             continue
         m = pd.read_csv(folder / "metrics.csv")
         last = m[m["client_accuracy_mean"].notna()].iloc[-1]
