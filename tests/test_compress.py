@@ -189,3 +189,28 @@ def test_bad_values_name_the_field(block, field):
     with pytest.raises(ConfigError) as err:
         CompressConfig.from_config(block)
     assert err.value.field == field
+
+
+def test_sampled_top_entries_are_exact_on_every_path():
+    from sim.compress.compressors import top_entries, top_mask
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 4000, 40  # k << n: the sampled path
+    rows = torch.randn(5, n, generator=g).abs()
+    rows[1] = torch.randint(0, 5, (n,), generator=g).float()  # few distinct values: ties at the threshold
+    rows[2, ::8] = 0.0  # every sampled entry is the smallest: fewer than k reach the bound, the full-row path
+    rows[3] = rows[0]  # a duplicated row
+    rows[4, : n // 2] *= 1e6  # values 1e6 apart
+    expected = top_mask(rows, k)  # the full-row selection
+    got = torch.zeros_like(expected)
+    got[top_entries(rows, k)] = True
+    assert torch.equal(got, expected)
+    assert torch.equal(got.sum(1), torch.full((5,), k))
+    threshold = rows[1].topk(k).values[-1]
+    above = (rows[1] > threshold).nonzero().squeeze(1)
+    tied = (rows[1] == threshold).nonzero().squeeze(1)[: k - len(above)]  # the lowest indices among the tied
+    assert torch.equal(got[1].nonzero().squeeze(1), torch.cat([above, tied]).sort().values)
+    for pick in ([2], [0, 1]):  # only full-row rows, only sampled rows
+        part = torch.zeros(len(pick), n, dtype=torch.bool)
+        part[top_entries(rows[pick], k)] = True
+        assert torch.equal(part, expected[pick])
