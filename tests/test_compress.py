@@ -198,7 +198,7 @@ def test_sampled_top_entries_are_exact_on_every_path():
     n, k = 4000, 40  # k << n: the sampled path
     rows = torch.randn(5, n, generator=g).abs()
     rows[1] = torch.randint(0, 5, (n,), generator=g).float()  # few distinct values: ties at the threshold
-    rows[2, ::8] = 0.0  # every sampled entry is the smallest: fewer than k reach the bound, the full-row path
+    rows[2, ::8] += 100.0  # the sampled entries are the largest: fewer than k reach the bound, the full-row path
     rows[3] = rows[0]  # a duplicated row
     rows[4, : n // 2] *= 1e6  # values 1e6 apart
     expected = top_mask(rows, k)  # the full-row selection
