@@ -50,18 +50,17 @@ def iid_assignment(num_rows: int, num_clients: int, seed: int) -> list[np.ndarra
 
 
 def dirichlet_assignment(labels: np.ndarray, part: dict, num_clients: int, seed: int) -> list[np.ndarray]:
-    from flwr_datasets.partitioner import DirichletPartitioner
+    from .dirichlet import dirichlet_partition  # flwr-datasets' DirichletPartitioner without its imports
 
-    partitioner = DirichletPartitioner(
-        num_partitions=num_clients,
-        partition_by="label",
-        alpha=float(part["alpha"]),
-        min_partition_size=int(part["min_partition_size"]),
-        self_balancing=bool(part["self_balancing"]),
-        seed=derived_seed(seed, "partition"),
-    )
     try:
-        return run_flwr_partitioner(partitioner, labels, num_clients)
+        return dirichlet_partition(
+            labels,
+            num_clients,
+            float(part["alpha"]),
+            int(part["min_partition_size"]),
+            bool(part["self_balancing"]),
+            derived_seed(seed, "partition"),
+        )
     except ValueError as err:  # flwr gives up after 10 draws that leave some client too small
         raise ConfigError(
             "partition.min_partition_size",

@@ -21,11 +21,11 @@ def load_digits_pool(ds: dict, seed: int) -> Pool:
     The test split is stratified and drawn from the run seed, then ``val_fraction`` of the
     remaining rows (stratified) become the server's validation split.
     """
-    from sklearn.datasets import load_digits
+    from .digits_csv import digits_arrays  # sklearn's file, read without importing sklearn
 
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
+    data, target = digits_arrays()
+    x = (data / 16.0).astype(np.float32)
+    y = target.astype(np.int64)
     parts = carve_splits(
         x,
         y,
