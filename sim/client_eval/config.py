@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from sim.errors import ConfigError
+from sim.finetune import check_finetune
 from sim.seeding import torch_generator
 from sim.validation import integer, is_int, number
 
@@ -53,7 +54,9 @@ class EvalConfig:
 
 def check_eval_config(cfg: Any) -> EvalConfig:
     """The ``eval`` block's values (ConfigError naming the field otherwise)."""
-    return EvalConfig.from_config(cfg.get("eval"))
+    conf = EvalConfig.from_config(cfg.get("eval"))
+    check_finetune(conf.finetune_steps, conf.active)  # eval.finetune_steps (sim/finetune.py)
+    return conf
 
 
 def check_eval_data(conf: EvalConfig, local_sizes: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sim.finetune import finetuned
 from sim.results import ClientLog, MetricsLog
 
 from .config import EvalConfig, evaluated_clients
@@ -22,14 +23,20 @@ if TYPE_CHECKING:
     from sim.experiment import Experiment
 
 
-def client_models(exp: Experiment, ids: torch.Tensor, params: torch.Tensor, state: Any) -> torch.Tensor | None:
+def client_models(
+    exp: Experiment, ids: torch.Tensor, params: torch.Tensor, state: Any, finetune_steps: int = 0, index: int = 0
+) -> torch.Tensor | None:
     """``[K, P]``: the models clients ``ids`` use themselves, or None when that is the global ``params`` for all.
 
     The one place that decides what per-client evaluation scores: a personalization rule's own models
     (``strategy.personal_models``: FedPer/FedRep/FedBN's local layers, Ditto's personal models), else the
-    global model. Fine-tuning before evaluation (``eval.finetune_steps``) belongs here too.
+    global model. With ``finetune_steps`` (``eval.finetune_steps``) each client first takes that many local steps
+    from that model on its own training rows (:mod:`sim.finetune`; ``index``: the evaluation's metrics row).
     """
-    return exp.strategy.personal_models(ids, params, state)
+    models = exp.strategy.personal_models(ids, params, state)
+    if finetune_steps:
+        models = finetuned(exp.backend, exp.train, ids, params if models is None else models, finetune_steps, index)
+    return models
 
 
 class ClientEvaluator:
@@ -49,6 +56,7 @@ class ClientEvaluator:
         if log.clients is None:
             log.clients = ClientLog(log.path.with_name("clients.csv"))
         self.log = log.clients
+        self.metrics = log  # its row count names an evaluation's fine-tuning batches (sim/finetune.py)
 
     @classmethod
     def for_run(cls, exp: Experiment, log: MetricsLog) -> ClientEvaluator | None:
@@ -59,7 +67,7 @@ class ClientEvaluator:
     def fl(self, params: torch.Tensor, state: Any) -> dict[str, float]:
         """Each evaluated client's model (:func:`client_models`) on its own local test rows."""
         start = time.perf_counter()
-        models = client_models(self.exp, self.ids, params, state)
+        models = client_models(self.exp, self.ids, params, state, self.conf.finetune_steps, len(self.metrics.rows))
         if models is None:
             correct, loss_sum = shared_model_scores(
                 self.exp.model, self.exp.layout, params, self.x, self.y, self.lo, self.n
@@ -74,6 +82,9 @@ class ClientEvaluator:
         """Each evaluated gossip node's own model on its own local test rows, and on the pooled test set."""
         start = time.perf_counter()
         models = params[self.ids.to(params.device)]
+        if self.conf.finetune_steps:  # eval.finetune_steps: each node's own model, fine-tuned (sim/finetune.py)
+            steps, index = self.conf.finetune_steps, len(self.metrics.rows)
+            models = finetuned(self.exp.backend, self.exp.train, self.ids, models, steps, index)
         exp = self.exp
         correct, loss_sum = own_model_scores(exp.model, exp.layout, models, self.x, self.y, self.lo, self.n)
         test = torch.full((len(self.ids),), len(exp.data.y_test), dtype=torch.int64)
