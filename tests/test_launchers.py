@@ -1,7 +1,8 @@
 """Sweeps on Hydra's joblib and Ray launchers give the basic launcher's numbers; bad sweep settings fail early.
 
-The sweeps are real ``python -m sim --multirun`` processes (4 jobs, 2 rounds, 6 clients); the Ray one
-joins the tests' shared local Ray (tests/conftest.py, ``ray_session``) by its GCS address.
+The sweeps are real ``python -m sim --multirun`` processes (4 jobs, 2 rounds, 6 clients), forked from the tests'
+server that imported torch once (tests/forked_cli.py; joblib's workers are fresh interpreters, as a user's are); the
+Ray one joins the tests' shared local Ray (tests/conftest.py, ``ray_session``) by its GCS address.
 """
 
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from forked_cli import run_module
 
 from sim.errors import ConfigError
 from sim.sweeps import check_plugins, check_ray_address, search_space_values
@@ -21,9 +23,9 @@ JOB_ARGS = ("seed=0,1,2,3", "rounds=2", "num_clients=6", "participation.clients_
 
 
 def _sweep(cwd: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "sim", "--multirun", *JOB_ARGS, "progress=false", f"hydra.sweep.dir={cwd / name}"]
+    argv = ["--multirun", *JOB_ARGS, "progress=false", f"hydra.sweep.dir={cwd / name}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return run_module("sim", [*argv, *args], cwd, env, timeout=900)
 
 
 def _metrics(sweep: Path) -> dict[str, pd.DataFrame]:

@@ -3,7 +3,9 @@ interrupted.
 
 Real ``python -m sim`` processes, killed with SIGKILL at seeded moments (the files are compared byte
 for byte, times aside, with those of an uninterrupted launch in another folder), or sent SIGINT /
-SIGTERM as a process group, as Ctrl-C and a batch system do.
+SIGTERM as a process group, as Ctrl-C and a batch system do. Each is forked from the tests' server that imported
+torch once (tests/forked_cli.py: own pid, process group, exit code and signals); joblib's workers are fresh
+interpreters as a user's are.
 """
 
 import json
@@ -11,14 +13,13 @@ import os
 import random
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from forked_cli import ForkedProcess, start_module
 
-from tests.test_resume import COMMON, _argv, _run, assert_same_run, kill_then_resume
+from tests.test_resume import COMMON, _run, assert_same_run, kill_then_resume
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_a_killed_sweep_run_again_with_resume_true_skips_finished_jobs_and_resum
     full, part = tmp_path / "full", tmp_path / "part"
     full.mkdir(), part.mkdir()
     assert _run(full, "-m", "seed=0,1,2", *SWEEP).returncode == 0
-    proc = subprocess.Popen(_argv("-m", "seed=0,1,2", *SWEEP), cwd=part, stderr=subprocess.DEVNULL)
+    proc = start_module("sim", ["-m", "seed=0,1,2", *SWEEP], part)
     # Execute: SIGKILL at a seeded moment once job 1 has checkpointed (job 0 has then completed)
     deadline = time.monotonic() + 240
     while not list(part.glob("multirun/*/*/1/checkpoint.safetensors")):
@@ -53,9 +54,7 @@ def test_a_killed_sweep_run_again_with_resume_true_skips_finished_jobs_and_resum
     first = _job_folders(part)
     assert list(first) == [0], "only job 0 had completed when the sweep was killed"
     done_at = (first[0] / "summary.json").stat().st_mtime_ns
-    again = subprocess.run(  # the same command, now with resume=true
-        _argv("-m", "seed=0,1,2", *SWEEP, "resume=true"), cwd=part, capture_output=True, text=True, timeout=300
-    )
+    again = _run(part, "-m", "seed=0,1,2", *SWEEP, "resume=true")  # the same command, now with resume=true
     # Assert: job 0 was skipped (its files untouched), jobs 1 and 2 finished; every job equals the reference
     assert again.returncode == 0, again.stderr[-2000:]
     log = again.stdout + again.stderr
@@ -121,18 +120,10 @@ def _interrupt_sweep(cwd: Path, args: tuple, sig: signal.Signals, running: int =
     Returns the exit code and stderr; asserts that no process the sweep started outlives it.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        _argv(*args),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc: ForkedProcess = start_module("sim", list(args), cwd, env, new_session=True)
     deadline = time.monotonic() + 300
     while len(list(cwd.glob("multirun/*/*/*/metrics.csv"))) < running:
-        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the jobs never started their rounds"
         time.sleep(0.05)
     started = _descendants(proc.pid)
@@ -141,6 +132,8 @@ def _interrupt_sweep(cwd: Path, args: tuple, sig: signal.Signals, running: int =
     try:
         _, err = proc.communicate(timeout=240)
     finally:
+        proc.kill()  # a no-op once it ended; the fork server runs one child at a time
+        proc.wait(timeout=60)
         time.sleep(1)  # a worker that would survive has had time to be reparented; none may be left
         left = sorted(pid for pid in started if _alive(pid))
         for pid in left:
@@ -179,14 +172,8 @@ def test_ctrl_c_on_a_joblib_sweep_says_once_how_to_resume_and_the_resume_complet
     assert "interrupted" in statuses.values() and len(statuses) <= 3, statuses
     # Execute: the command that line gives
     command = shlex.split(resume_lines[0].split("Resume it with: ", 1)[1])
-    again = subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    assert command[:3] == ["python", "-m", "sim"]
+    again = _run(tmp_path, *command[3:])
     # Assert: every job completed in the first launch's folder, under the one parent run, now FINISHED
     assert again.returncode == 0, again.stderr[-3000:]
     assert list(tmp_path.glob("multirun/*/*")) == [sweep]
