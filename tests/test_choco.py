@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sim.compress import CompressConfig
 from sim.errors import ConfigError
 from sim.experiment import build_experiment, validate_config
 from sim.gossip import SyncGossip
@@ -124,9 +125,33 @@ def test_the_papers_order_equals_algorithm_2(make_cfg, overrides):
         (("preagg=clipping",), "preagg.name"),
         (("strategy.hat_init=initial", "gossip.shared_init=false"), "strategy.hat_init"),
         (("mode=federated", "topology=star"), "strategy"),
+        (("compress=topk", "compress.error_feedback=true"), "compress.error_feedback"),
+        (("compress=sign", "compress.error_feedback=true"), "compress.error_feedback"),
     ],
 )
 def test_refused_before_any_work(make_cfg, overrides, field):
     with pytest.raises(ConfigError) as err:
         validate_config(make_cfg(*SMALL, *overrides))
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("feedback", [(), ("compress.error_feedback=false",), ("compress.error_feedback=null",)])
+def test_the_configs_default_error_feedback_runs_with_choco_and_keeps_no_residual(make_cfg, feedback):
+    """compress=topk's default error_feedback is null (auto): CHOCO runs with it and with false, no residual kept."""
+    cfg = make_cfg(*SMALL, "compress=topk", "compress.fraction=0.05", *feedback)
+    assert cfg.compress.error_feedback is (False if feedback == ("compress.error_feedback=false",) else None)
+    validate_config(cfg)
+    exp = build_experiment(cfg)
+    loop = SyncGossip(exp, exp.topology, exp.gossip)
+    assert loop.choco is not None and loop.codec is None  # CHOCO's copies, no naive codec with its residuals
+    loop.choco.start(exp.initial_params.unsqueeze(0).repeat(exp.data.num_clients, 1))
+    assert set(loop.carried()) == {"states", "extras", "choco_hat"}
+
+
+def test_the_configs_default_error_feedback_is_on_outside_choco(make_cfg):
+    for name in ("topk", "randomk", "qsgd", "sign", "quantize"):
+        for mode in (("mode=federated", "topology=star", "strategy=fedavg"), ("mode=gossip", "strategy=gossip_avg")):
+            cfg = make_cfg(*mode, f"compress={name}")
+            assert cfg.compress.error_feedback is None  # the yaml's auto
+            validate_config(cfg)
+            assert CompressConfig.from_config(cfg.compress).error_feedback is True

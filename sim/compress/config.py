@@ -50,8 +50,9 @@ class CompressConfig:
                 raise ConfigError("compress.bits", bits, "4 or 8 (bits per value of uniform quantization)")
             conf["bits"] = int(bits)
         if name != "none":
-            conf["error_feedback"] = boolean(
-                "compress.error_feedback", get("error_feedback", False), "(a residual per client)"
+            feedback = get("error_feedback", False)  # null (the configs' auto): on; CHOCO never reads it (choco.py)
+            conf["error_feedback"] = feedback is None or boolean(
+                "compress.error_feedback", feedback, "(a residual per client), or null (auto)"
             )
             conf["downlink"] = boolean("compress.downlink", get("downlink", False), "(compress the FL broadcast)")
         return cls(**conf)

@@ -84,6 +84,15 @@ def check_choco_run(cfg: Any, mode: str, strategy: Any) -> None:
     attack = (cfg.get("attack") or {}).get("name", "none")
     if attack != "none":
         _refuse("attack.name", attack, "none with strategy=choco", "Byzantine nodes run with merge rules only.")
+    compress = cfg.get("compress") or {}
+    if compress.get("name", "none") != "none" and compress.get("error_feedback") is True:
+        _refuse(
+            "compress.error_feedback",
+            True,
+            "null (auto, the configs' default) or false with strategy=choco",
+            "CHOCO keeps no residual: what a message leaves out stays in x - x_hat and is sent in later rounds, "
+            "which is CHOCO's own error feedback, so a residual would be ignored.",
+        )
     if choco.hat_init == "initial" and not gossip.shared_init:
         _refuse(
             "strategy.hat_init",
