@@ -357,6 +357,9 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     if plain is not None:
+        from . import plot_process
+
+        plot_process.start()  # imports matplotlib for accuracy.png on the other core while the run trains
         run_single(plain)
         return
     run_command(hydra_main, sys.argv)

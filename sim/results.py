@@ -183,7 +183,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str, x_key: str = "round") -> None:
-    """Test accuracy (and mean local training loss) against rounds, as a PNG."""
+    """Test accuracy (and mean local training loss) against rounds, as a PNG: by the helper that a command-line run
+    started with matplotlib already imported (sim/plot_process.py), otherwise here."""
+    from .plot_process import plot
+
+    if not plot(path, rows, title, x_key):
+        write_accuracy_png(path, rows, title, x_key)
+
+
+def write_accuracy_png(path: Path, rows: list[dict[str, Any]], title: str, x_key: str = "round") -> None:
+    """:func:`plot_accuracy` in this process."""
     fig = accuracy_figure(rows, title, x_key)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
