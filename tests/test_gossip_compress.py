@@ -9,13 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 
 from sim.experiment import build_experiment
 from sim.gossip import AsyncGossip, SyncGossip
 from sim.gossip.timing import enabled_system
 from sim.results import MetricsLog
+from sim.run import run_experiment
+from sim.run_state import load_state
 from tests import choco_ref
-from tests.forked_cli import run_module
 
 ROUNDS = 3
 SMALL = ("mode=gossip", "num_clients=5", "model.hidden=[8]", f"rounds={ROUNDS}", "eval_every=3", "topology=ring")
@@ -31,45 +33,55 @@ def engine(make_cfg, *overrides: str, schedule=SyncGossip):
     return final, log.rows, exp
 
 
-def test_choco_gives_the_same_numbers_on_the_sequential_and_vectorized_backends(make_cfg):
-    seq, seq_rows, _ = engine(make_cfg, *CHOCO_QSGD, "backend=sequential")
+@pytest.fixture(scope="module")
+def sequential_choco():
+    """The sequential backend's CHOCO run, which the vectorized and the Ray runs are compared with."""
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["progress=false", *SMALL, *CHOCO_QSGD, "backend=sequential"])
+    return engine(lambda *_: cfg)
+
+
+def test_choco_gives_the_same_numbers_on_the_sequential_and_vectorized_backends(make_cfg, sequential_choco):
+    seq, seq_rows, _ = sequential_choco
     vec, vec_rows, _ = engine(make_cfg, *CHOCO_QSGD, "backend=vectorized")
     torch.testing.assert_close(vec, seq, rtol=0, atol=1e-5)
     assert [r["bytes_up"] for r in vec_rows] == [r["bytes_up"] for r in seq_rows]
 
 
-def test_choco_gives_the_same_numbers_on_the_ray_backend(make_cfg, ray_session):
+def test_choco_gives_the_same_numbers_on_the_ray_backend(make_cfg, ray_session, sequential_choco):
     ray_over = ("backend=ray", "backend.num_actors=2", "backend.num_cpus=0.5")
-    seq, _, _ = engine(make_cfg, *CHOCO_QSGD, "backend=sequential")
     ray_run, _, exp = engine(make_cfg, *CHOCO_QSGD, *ray_over)
     exp.backend.close()
-    torch.testing.assert_close(ray_run, seq, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ray_run, sequential_choco[0], rtol=0, atol=1e-5)
     from sim.gossip import partitioned_reason
 
     assert "CHOCO" in str(partitioned_reason(exp))  # the copies stay in the driver; the actors train
 
 
-def _resume_equals_uninterrupted(tmp_path: Path, args: tuple[str, ...], long: int, short: int) -> None:
-    common = (*args, "checkpoint.every=1", "progress=false", "save_model=true")
-    for name, rounds in (("long", long), ("short", short)):
-        done = run_module("sim", [*common, f"rounds={rounds}", f"hydra.run.dir={name}"], tmp_path, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resumed = run_module("sim", ["resume=short", f"rounds={long}"], tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns="wall_s") for d in ("long", "short"))
+def _resume_equals_uninterrupted(make_cfg, tmp_path: Path, args: tuple[str, ...], kept: str, key: str) -> None:
+    """A run resumed from the checkpoint ``kept`` of an uninterrupted run (what an interrupted run would have left)
+    ends with the uninterrupted run's rows and model, byte for byte; the checkpoint carries ``key``."""
+    small = tuple(o for o in SMALL if not o.startswith(("rounds=", "eval_every=")))
+    cfg = make_cfg(*small, *args, "rounds=4", "checkpoint.every=1", "checkpoint.keep_every=1", "save_model=true")
+    run_experiment(cfg, tmp_path / "full")
+    state = load_state(tmp_path / "full" / kept)
+    assert float(state["strategy"][key].abs().sum()) > 0  # the copies (residuals) the later rounds need
+    run_experiment(cfg, tmp_path / "part", resume_state=state)
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns="wall_s") for d in ("full", "part"))
+    assert len(a) == 5 if "checkpoint_round" in kept else len(a) > 3
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert (tmp_path / "long/model.safetensors").read_bytes() == (tmp_path / "short/model.safetensors").read_bytes()
+    assert (tmp_path / "full/model.safetensors").read_bytes() == (tmp_path / "part/model.safetensors").read_bytes()
 
 
-def test_a_resumed_choco_run_equals_the_uninterrupted_run(tmp_path):
-    small = tuple(o for o in SMALL if not o.startswith(("rounds=", "eval_every=")))
-    _resume_equals_uninterrupted(tmp_path, (*small, "eval_every=1", "backend=vectorized", *CHOCO_QSGD), 4, 2)
+def test_a_resumed_choco_run_equals_the_uninterrupted_run(make_cfg, tmp_path):
+    args = ("eval_every=1", "backend=vectorized", *CHOCO_QSGD)
+    _resume_equals_uninterrupted(make_cfg, tmp_path, args, "checkpoint_round2.safetensors", "choco_hat")
 
 
-def test_a_resumed_naive_async_run_with_residuals_equals_the_uninterrupted_run(tmp_path):
-    small = tuple(o for o in SMALL if not o.startswith(("rounds=", "eval_every=")))
+def test_a_resumed_naive_async_run_with_residuals_equals_the_uninterrupted_run(make_cfg, tmp_path):
     over = ("gossip.schedule=async", "compress=qsgd", "compress.levels=2", "compress.error_feedback=true")
-    _resume_equals_uninterrupted(tmp_path, (*small, "backend=vectorized", *over), 4, 2)
+    args = ("backend=vectorized", *over)
+    _resume_equals_uninterrupted(make_cfg, tmp_path, args, "checkpoint_eval2.safetensors", "compress_residuals")
 
 
 @pytest.mark.parametrize("feedback", [False, True])
