@@ -149,9 +149,16 @@ def test_the_configs_default_error_feedback_runs_with_choco_and_keeps_no_residua
 
 
 def test_the_configs_default_error_feedback_is_on_outside_choco(make_cfg):
-    for name in ("topk", "randomk", "qsgd", "sign", "quantize"):
-        for mode in (("mode=federated", "topology=star", "strategy=fedavg"), ("mode=gossip", "strategy=gossip_avg")):
-            cfg = make_cfg(*mode, f"compress={name}")
-            assert cfg.compress.error_feedback is None  # the yaml's auto
-            validate_config(cfg)
-            assert CompressConfig.from_config(cfg.compress).error_feedback is True
+    fl, gossip = ("mode=federated", "topology=star", "strategy=fedavg"), ("mode=gossip", "strategy=gossip_avg")
+    for name, mode in (
+        ("topk", fl),
+        ("topk", gossip),
+        ("randomk", fl),
+        ("qsgd", gossip),
+        ("sign", fl),
+        ("quantize", gossip),
+    ):
+        cfg = make_cfg(*mode, f"compress={name}")
+        assert cfg.compress.error_feedback is None  # the yaml's auto
+        validate_config(cfg)
+        assert CompressConfig.from_config(cfg.compress).error_feedback is True
