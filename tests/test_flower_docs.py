@@ -2,15 +2,13 @@
 
 The code blocks marked ``<!-- flower-doc-app: NAME ... -->`` are concatenated per NAME, in document
 order, and run as one script each, one after the other in one child process (Flower's ``run_simulation``
-starts and stops its own Ray). A run must end cleanly with no traceback anywhere in its output (Flower logs a failed
-evaluate message as a traceback but still exits 0) and report the server-side accuracy every round.
+starts and stops its own Ray; tests/flower_runs.py, which runs test_flower_simulation.py's script in the same child).
+A run must end cleanly with no traceback anywhere in its output (Flower logs a failed evaluate message as a traceback
+but still exits 0) and report the server-side accuracy every round.
 """
 
 import glob
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +17,7 @@ import torch
 
 pytest.importorskip("flwr")
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "flower.md"
-_BLOCK = re.compile(r"<!-- flower-doc-app: ([\w ]+) -->\n```python\n(.*?)```", re.S)
-
-
-def doc_apps() -> dict[str, str]:
-    """Each app name of the markers and the code of its blocks, concatenated in document order."""
-    apps: dict[str, list[str]] = {}
-    for names, code in _BLOCK.findall(DOC.read_text()):
-        for name in names.split():
-            apps.setdefault(name, []).append(code)
-    return {name: "\n\n".join(blocks) for name, blocks in apps.items()}
+from flower_runs import DOC, ROOT, doc_apps, flower_parts  # noqa: E402
 
 
 def test_the_doc_has_both_apps_and_each_is_whole():
@@ -41,38 +28,14 @@ def test_the_doc_has_both_apps_and_each_is_whole():
         assert "run_simulation(" in code and 'if __name__ == "__main__":' in code
 
 
-# Runs each script given as if it were started as `python app.py` (one interpreter and its torch / flwr imports for
-# both apps; each run_simulation still starts and stops its own Ray). A marker line opens each app's part of the log.
-_RUNNER = """
-import runpy, sys
-for path in sys.argv[1:]:
-    print(f"=== doc app {path}", flush=True)
-    runpy.run_path(path, run_name="__main__")
-    sys.stdout.flush(); sys.stderr.flush()
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_the_docs_flower_apps_run_quietly_and_report_accuracy(tmp_path):
+def test_the_docs_flower_apps_run_quietly_and_report_accuracy():
     apps = doc_apps()
-    for name, code in apps.items():
-        (tmp_path / f"{name}.py").write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, *(f"{name}.py" for name in apps)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=400,
-    )
-    log = proc.stdout
-    assert proc.returncode == 0, log[-5000:]
-    parts = dict(re.findall(r"^=== doc app (\w+)\.py\n(.*?)(?=^=== doc app |\Z)", log, re.M | re.S))
-    assert sorted(parts) == sorted(apps) == ["legacy", "message"], log[-3000:]
-    for name, part in parts.items():
+    parts = {name: part for name, part in flower_parts().items() if name in apps}
+    assert sorted(parts) == sorted(apps) == ["legacy", "message"]
+    for name, (code, part) in parts.items():
+        assert code == 0, (name, part[-5000:])
         assert "Traceback" not in part and "No evaluate function registered" not in part, (name, part[-5000:])
         assert len(part.splitlines()) < 150, f"{name}: {len(part.splitlines())} lines of log:\n{part[-3000:]}"
         accuracy = {int(r): float(a) for r, a in re.findall(r"^round (\d+): accuracy ([0-9.]+)$", part, re.M)}

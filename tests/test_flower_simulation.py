@@ -1,7 +1,8 @@
 """(b) Flower's simulation runtime with the adapter: it completes and the global model improves.
 
 The run happens in a child process: ``run_simulation`` starts and shuts down its own Ray, which must
-not touch the Ray session this test session may hold for other tests. One ServerApp runs two
+not touch the Ray session this test session may hold for other tests. That child also runs docs/flower.md's apps
+before it (tests/flower_runs.py: one interpreter's imports for the three simulations). One ServerApp runs two
 strategies back to back on the same virtual nodes (Ray starts once): FedAU with half of the nodes
 sampled per round (its per-node memory must follow Flower's node ids), then fisher_merge (the
 adapter asks for Fisher diagonals in the config; clients send them in a "fisher" record), then a
@@ -11,8 +12,6 @@ actor (``num_cpus`` 2 of 2) serves all nodes: each actor process would build the
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -80,12 +79,12 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_flower_simulation_with_the_adapter_completes_and_improves(tmp_path):
-    script = tmp_path / "flower_sim.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"simulation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+def test_flower_simulation_with_the_adapter_completes_and_improves():
+    from flower_runs import flower_parts
+
+    code, log = flower_parts()["flower_sim"]
+    lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
+    assert code == 0 and lines, f"simulation failed:\n{log[-8000:]}"
     report = json.loads(lines[-1][len("RESULT ") :])
 
     fedau, fisher = report["fedau"], report["fisher_merge"]
