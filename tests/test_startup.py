@@ -4,8 +4,8 @@
 torch._dynamo (pulled in by backend=auto's trial vmapped gradient), about 0.9 s to composing the
 config three times, 0.4 s to pyplot. The import check needs an interpreter of its own (the fork
 server of tests/forked_cli.py preloads torch and more), so one fresh ``python -c`` runs the real
-command line on W1 and reports what it imported and how often Hydra composed. (The default config's
-digits and Dirichlet partition import scikit-learn and flwr_datasets, which need what they import.)
+command line on W1 and reports what it imported and how often Hydra composed. (The default config's digits and
+Dirichlet partition no longer import scikit-learn or flwr_datasets: tests/test_default_path_imports.py.)
 """
 
 from __future__ import annotations
