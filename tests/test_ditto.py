@@ -149,3 +149,21 @@ def test_flower_refuses_personal_models(strategy):
     with pytest.raises(ConfigError) as err:
         ReplyAggregator(strategy, Layout.from_module(torch.nn.Linear(2, 2)))
     assert err.value.field == "strategy" and err.value.value == strategy.name
+
+
+def test_server_options_are_fedavgs_and_the_defaults_are_the_shipped_config():
+    from strategies import AggregationInfo, FedAvg
+    from strategies.ditto import _sum_stats
+
+    exp = build_experiment(compose_cfg(*TINY, "strategy=ditto"))
+    assert (exp.strategy.lam, exp.strategy.weighting, exp.strategy.server_lr) == (1.0, "samples", 1.0)
+    d = Ditto()
+    assert (d.lam, d.weighting, d.server_lr) == (1.0, "samples", 1.0)
+    models, ref = torch.tensor([[1.0, 2.0], [3.0, -4.0]]), torch.tensor([0.5, 0.5])
+    info = AggregationInfo(torch.tensor([0, 1]), torch.tensor([1, 3]), 1, 2, exp.layout, ref)
+    ours = Ditto(server_lr=0.5, weighting="uniform").aggregate(models, info, {})[0]
+    assert torch.equal(ours, FedAvg(server_lr=0.5, weighting="uniform").aggregate(models, info, {})[0])
+    assert torch.equal(ours, torch.tensor([1.25, -0.25]))  # 0.5 + 0.5 * ([2, -1] - 0.5)
+    assert _sum_stats({"retries": 1}, {"retries": 2, "other": 1}) == {"retries": 3, "other": 1}
+    mask = LocalOnly().shared_mask(exp.layout)
+    assert mask is not None and mask.dtype == torch.bool and mask.shape == (exp.layout.size,) and not mask.any()

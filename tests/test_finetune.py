@@ -128,3 +128,11 @@ def test_finetuning_without_per_client_evaluation_is_refused_before_any_work():
     with pytest.raises(ConfigError) as err:
         validate_config(compose_cfg(*TINY, "eval.finetune_steps=2"))
     assert err.value.field == "eval.finetune_steps" and err.value.value == 2
+
+
+def test_the_finetuning_config_is_exactly_k_steps_for_every_client():
+    from sim.finetune import finetune_config
+    from sim.training import TrainConfig
+
+    train = TrainConfig(epochs=3, lr=0.2, momentum=0.5, local_steps=8, local_steps_min=2)
+    assert finetune_config(train, 3) == replace(train, local_steps=3, local_steps_min=None)
