@@ -17,6 +17,9 @@ invocation, each run in its own child process (so its import, setup and peak mem
     python experiments/bench_scale.py                 # everything (about 15 minutes on 2 cores)
     python experiments/bench_scale.py --parts w1 aggregate
     python experiments/bench_scale.py --smoke         # tiny sizes, to check that it runs
+
+``--smoke`` forks its measurement processes from the script's own (imports paid once), so its figures include
+the parent's memory and say nothing; without it every measurement is a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -106,9 +109,34 @@ def child_aggregate(args: list[str]) -> dict:
 CHILDREN = {"sim": child_sim, "flower": child_flower, "aggregate": child_aggregate}
 
 
+#: --smoke: measurements run in processes forked from this one (tiny sizes: the figures only show that it runs)
+FORK_CHILDREN = False
+
+
+def _child(kind: str, args: list[str]) -> dict:
+    result = CHILDREN[kind](args)
+    result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def _forked_child(kind: str, args: list[str]) -> dict:
+    """``_child`` in a process forked from this one, after the imports every child makes (none starts a thread)."""
+    import importlib
+    import multiprocessing
+
+    for module in ("sim.experiment", "sim.run", "torch._dynamo"):
+        importlib.import_module(module)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_child, (kind, args))
+
+
 def run_child(kind: str, *args: str) -> dict:
     """Run one measurement in a fresh process; adds its whole wall time and peak memory."""
     start = time.perf_counter()
+    if FORK_CHILDREN:
+        result = _forked_child(kind, list(args))
+        result["process_s"] = time.perf_counter() - start
+        return result
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, *args],
         capture_output=True,
@@ -214,15 +242,15 @@ def part_aggregate(models: int, params: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        result = CHILDREN[sys.argv[2]](sys.argv[3:])
-        result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(json.dumps(result))
+        print(json.dumps(_child(sys.argv[2], sys.argv[3:])))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")
     args = ap.parse_args()
     smoke = args.smoke
+    global FORK_CHILDREN
+    FORK_CHILDREN = smoke
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
