@@ -78,7 +78,8 @@ def plot(path: Path, rows: list[dict[str, Any]], title: str, x_key: str) -> bool
         return False
     _, write_fd, read_fd, _ = _HELPER
     try:
-        _send(write_fd, pickle.dumps((str(path), rows, title, x_key)))
+        # absolute: the helper keeps the working directory of the moment it was forked
+        _send(write_fd, pickle.dumps((str(Path(path).resolve()), rows, title, x_key)))
         reply = _receive(read_fd)
     except OSError:
         reply = None

@@ -38,7 +38,10 @@ os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the helpe
 os.kill(pid, signal.SIGTERM)
 time.sleep(0.2)
 report["alive_after_signals"] = alive(pid)
-report["helper_wrote"] = plot_process.plot(out / "helper.png", ROWS, TITLE, "round")
+(out / "sub").mkdir()
+os.chdir(out / "sub")  # after the fork: a relative path is the caller's, not the helper's working directory
+report["helper_wrote"] = plot_process.plot(Path("helper.png"), ROWS, TITLE, "round")
+os.chdir(out)
 report["helper_gone"] = not alive(pid) and plot_process._HELPER is None
 
 # a helper that died: plot says so and plot_accuracy draws the figure here
@@ -79,9 +82,9 @@ def test_the_helper_writes_the_same_png_and_the_parent_draws_it_when_the_helper_
     reference = (tmp_path / "reference.png").read_bytes()
     assert reference[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["alive_after_signals"] and report["helper_wrote"] and report["helper_gone"]
-    assert (tmp_path / "helper.png").read_bytes() == reference
+    assert (tmp_path / "sub" / "helper.png").read_bytes() == reference
     assert report["dead_helper_wrote"] is False and not report["unused_exists"]
     assert (tmp_path / "fallback.png").read_bytes() == reference
     assert report["failure"] in ("NotADirectoryError", "FileExistsError")
     assert report["stopped_gone"]
-    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left by either process
+    assert not list(tmp_path.glob("**/.*.tmp"))  # no half-written file left by either process
