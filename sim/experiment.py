@@ -285,6 +285,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     train = TrainConfig.from_config(cfg.train)
     image_shape(model, train)  # augmentation on data that are not images: refused before any training
     layout = Layout.from_module(model)
+    strategy.shared_mask(layout)  # local layers (FedPer, FedBN) naming no tensor or every tensor: refused here
     initial_params = layout.flatten(model)
     if cfg.model.get("init_checkpoint"):
         initial_params = initial_from_checkpoint(cfg.model.init_checkpoint, layout)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from sim.errors import ConfigError
 from strategies import Strategy
+from strategies.client_state import client_held_state
 
 
 def _chosen(cfg: DictConfig, group: str) -> DictConfig | None:
@@ -21,6 +23,9 @@ def _chosen(cfg: DictConfig, group: str) -> DictConfig | None:
 def wrap_strategy(strategy: Strategy, cfg: DictConfig) -> Strategy:
     """``strategy`` inside the configured ``preagg`` and ``dp`` layers (ConfigError on a bad value)."""
     preagg = _chosen(cfg, "preagg")
+    for group, node in (("preagg", preagg), ("dp", _chosen(cfg, "dp"))):  # the layers would drop a rule's client state
+        if node is not None and (why := client_held_state(strategy, f"the {group} layer")) is not None:
+            raise ConfigError(f"{group}.name", node.get("name"), f"none with strategy {strategy.name}", why)
     if preagg is not None:
         from strategies.preagg import build_preagg
 

@@ -40,6 +40,7 @@ from sim.errors import ConfigError, RunError
 from sim.layout import Layout
 
 from .base import AggregationInfo, State, Strategy
+from .client_state import client_held_state
 
 log = logging.getLogger("flwr")  # Flower's console handler, so warnings show in Flower's logs
 
@@ -141,6 +142,10 @@ class _Row(NamedTuple):
     extras: dict[str, torch.Tensor]  # name -> flat [P] (a 0-d number for SCALAR_EXTRAS), one per required extra
 
 
+#: what cannot carry a client's own state (strategies/client_state.py)
+FLOWER = "Flower's messages (one model for every client) and stateless ClientApps"
+
+
 class ReplyAggregator:
     """Checks client updates, keeps node identity and the strategy's state, calls the strategy."""
 
@@ -167,6 +172,9 @@ class ReplyAggregator:
                 f"{strategy.name} needs its client part (control variates, gradient memory or local step counts) "
                 "on gossipsoup's own engine; run it with python -m sim.",
             )
+        held = client_held_state(strategy, FLOWER, "Run it with python -m sim.")
+        if held is not None:  # FedPer/FedRep/FedBN's local layers, Ditto's personal models
+            raise ConfigError("strategy", strategy.name, "a rule whose clients keep nothing between rounds", held)
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
         if num_clients is not None and (

@@ -70,6 +70,11 @@ class AutoBackend:
         return self.chosen.aggregate(strategy, params, info, state)
 
     @property
+    def train_config(self) -> TrainConfig | None:
+        """The run's training config (the chosen backend's); None before ``setup``."""
+        return None if self.chosen is None else self.chosen.train_config
+
+    @property
     def mover(self):
         """Both choices share one device and one byte count (sim/backends/device.py)."""
         return (self.chosen or self._vectorized).mover

@@ -179,6 +179,11 @@ class RayBackend:
         self._told_driver_aggregation = False
 
     # ---- lifecycle ----------------------------------------------------------------------------
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """The run's training config (what ``train(train=None)`` uses); None before ``setup``."""
+        return None if self._setup is None else self._setup.train
+
     def setup(self, setup: TrainingSetup) -> None:
         self._release()
         self._started = ray_cluster.connect(self.address, self.runtime_env) or self._started

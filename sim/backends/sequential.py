@@ -33,6 +33,11 @@ class SequentialBackend:
         """Bytes moved between host and device so far (0 on the CPU): the run's summary reports them."""
         return self.mover.host_device_bytes
 
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """The run's training config (what ``train(train=None)`` uses); None before ``setup``."""
+        return None if self._setup is None else self._setup.train
+
     def setup(self, setup: TrainingSetup) -> None:
         self.mover.upload_data(setup.data)
         self.mover.upload_model(setup.model)

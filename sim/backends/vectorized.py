@@ -128,6 +128,11 @@ class VectorizedBackend:
         """Bytes moved between host and device so far (0 on the CPU): the run's summary reports them."""
         return self.mover.host_device_bytes
 
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """The run's training config (what ``train(train=None)`` uses); None before ``setup``."""
+        return None if self._setup is None else self._setup.train
+
     def aggregate(self, strategy, params: torch.Tensor, info, state):
         """The FL strategy on the backend's device, where the trained models are (see aggregate_on_backend)."""
         return aggregate_on_device(self.mover, strategy, params, info, state)
