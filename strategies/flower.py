@@ -164,6 +164,9 @@ class ReplyAggregator:
         if strategy.offline_only or strategy.gossip_only:
             why = str(strategy.offline_only or strategy.gossip_only)
             raise ConfigError("strategy", strategy.name, "a rule a Flower server can apply", why)
+        held = client_held_state(strategy, FLOWER, "Run it with python -m sim.")
+        if held is not None:  # FedPer/FedRep/FedBN's local layers, Ditto's personal models
+            raise ConfigError("strategy", strategy.name, "a rule whose clients keep nothing between rounds", held)
         if strategy.needs_server:  # SCAFFOLD, FedDyn, FedNova: a client part that Flower's messages do not carry
             raise ConfigError(
                 "strategy",
@@ -172,9 +175,6 @@ class ReplyAggregator:
                 f"{strategy.name} needs its client part (control variates, gradient memory or local step counts) "
                 "on gossipsoup's own engine; run it with python -m sim.",
             )
-        held = client_held_state(strategy, FLOWER, "Run it with python -m sim.")
-        if held is not None:  # FedPer/FedRep/FedBN's local layers, Ditto's personal models
-            raise ConfigError("strategy", strategy.name, "a rule whose clients keep nothing between rounds", held)
         if on_invalid not in ON_INVALID:
             raise ConfigError("on_invalid", on_invalid, f"one of {', '.join(ON_INVALID)}")
         if num_clients is not None and (

@@ -146,7 +146,7 @@ def test_flower_refuses_personal_models(strategy):
     from sim.layout import Layout
     from strategies.flower import ReplyAggregator
 
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="keeps state on each client") as err:  # its own reason, not SCAFFOLD's
         ReplyAggregator(strategy, Layout.from_module(torch.nn.Linear(2, 2)))
     assert err.value.field == "strategy" and err.value.value == strategy.name
 
