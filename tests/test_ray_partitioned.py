@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from forked_cli import run_module
 
 pytest.importorskip("ray")
 pytest.importorskip("pymetis")
@@ -185,9 +184,10 @@ def test_checkpoints_are_interchangeable_with_the_sequential_loop(make_cfg, tmp_
     full = run_metrics(make_cfg, tmp_path / "full", *base, "rounds=4", "backend=sequential")
     run_metrics(make_cfg, tmp_path / "a", *base, "rounds=2", "backend=ray", *THREE)
     run_metrics(make_cfg, tmp_path / "b", *base, "rounds=2", "backend=sequential")
-    # Execute: the Ray checkpoint resumed by the command line, as a user would; the other one through the API
-    argv = [sys.executable, "-m", "sim", f"resume={tmp_path / 'a'}", "rounds=4", "backend=sequential"]
-    proc = subprocess.run([*argv, "backend.num_threads=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # Execute: the Ray checkpoint resumed by the command line, as a user would (a python -m sim process forked from
+    # the tests' server, tests/forked_cli.py); the other one through the API
+    argv = [f"resume={tmp_path / 'a'}", "rounds=4", "backend=sequential", "backend.num_threads=1"]
+    proc = run_module("sim", argv, tmp_path, timeout=300)
     cfg = make_cfg(*base, "rounds=4", "backend=ray", *THREE, "backend.num_threads=1")
     run_experiment(cfg, tmp_path / "b", None, read_checkpoint(tmp_path / "b"))
     # Assert
