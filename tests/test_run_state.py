@@ -90,7 +90,10 @@ def test_every_strategy_state_after_a_round_round_trips(path, tmp_path):
     strategy = build_strategy(OmegaConf.to_container(root, resolve=True)["strategy"])
     if strategy.offline_only or strategy.gossip_only or strategy.needs_validation or strategy.requires:
         pytest.skip(f"{name} needs a run (validation split, extras) to aggregate")
-    layout = Layout.from_module(torch.nn.Linear(2, 2))
+    # two Linear layers and a norm layer: FedPer/FedRep/FedBN need a body to share and a layer to keep
+    layout = Layout.from_module(
+        torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2), torch.nn.Linear(2, 2))
+    )
     reference = torch.arange(layout.size, dtype=torch.float32) / 10
     models = reference + torch.randn(3, layout.size, generator=torch.Generator().manual_seed(0))
     info = AggregationInfo(
