@@ -106,7 +106,7 @@ def test_every_group_option_validates(group, option, tmp_path):
 # Class 1: every float option must be finite; `v > 0` alone let inf through.
 #: strategies that only gossip can run (their keys are read in mode=gossip); every other rule is read in FL,
 #: where server-only rules (SCAFFOLD, FedDyn) are accepted
-GOSSIP_RULES = ("gossip_avg", "variance_corrected", "clipped_gossip")
+GOSSIP_RULES = ("gossip_avg", "variance_corrected", "clipped_gossip", "choco")
 
 NON_FINITE = {
     "train.lr": [],
