@@ -2,19 +2,22 @@
 
 1. q-FedAvg (Li et al. 2020, q-FFL): q > 0 raises the worst-10% accuracy and lowers the spread across clients at
    little cost to the mean. The global model on each client's local test rows, q = 0 (uniform FedAvg) to q = 5,
-   FedAvg (sample-weighted) beside them, Dirichlet(0.1) labels.
-2. Personalization against FedAvg, FedAvg + fine-tuning and local-only training under label skew (Dirichlet 0.1,
-   two shards per client) and feature skew (IID labels, images rotated by 0/90/180/270 degrees per client group,
-   ``partition.feature_skew=rotate``): mean and worst-10% accuracy of the model each client uses itself.
+   FedAvg (sample-weighted) beside them, on the paper's own Synthetic(1, 1) (100 users, softmax regression, 2000
+   rounds) and on digits with Dirichlet(0.1) labels (MLP, 100 rounds).
+2. Personalization (Ditto, FedPer, FedRep, fine-tuning, local-only training) against FedAvg under label skew
+   (Dirichlet 0.1, two shards per client) and feature skew (IID labels, images rotated by 0/90/180/270 degrees per
+   client group, ``partition.feature_skew=rotate``): mean and worst-10% accuracy of the model each client uses
+   itself; FedBN, which needs normalization layers, on a BatchNorm ResNet-8 beside FedAvg on the same model.
 3. Gossip on a ring of 16: each node's own model on its own local test rows and on the pooled test set, plain
    gossip averaging against variance-corrected gossip (Tian et al. 2024).
 
-Digits, an MLP, 20 clients (16 gossip nodes), 30 rounds, 25 % of each client's rows as its local test, seeds
-0 1 2 by default:
+Digits and an MLP unless a setting or method names others, 20 clients (16 gossip nodes), 30 rounds, 25 % of each
+client's rows as its local test, seeds 0 1 2 by default:
 
     OMP_NUM_THREADS=1 nice -n 10 python experiments/personalization.py [--seeds 0 1 2] [--jobs 2]
 
-A method is one entry of :data:`METHODS` (a name and its overrides); one whose strategy file does not exist yet
+A method is one entry of :data:`METHODS` (a name and its overrides; :data:`ONLY` limits some to some
+settings); one whose strategy file does not exist yet
 is listed as ``missing`` in the CSV, one the configuration refuses as ``refused: <reason>``. Each run is a real
 ``sim`` run whose folder under ``--runs`` is reused when complete. Results: experiments/personalization.csv (one
 row per run), the report personalization.md (its "## Findings" section, written by a person, is kept) and
@@ -42,30 +45,44 @@ sys.path.insert(0, str(ROOT))  # the repository, wherever this runs from
 
 FINDINGS = "## Findings"
 LOCAL_TEST = 0.25
+#: the data and model every run uses unless its setting or method names others (an override of the same key wins)
+BASE = ["dataset=digits", "model=mlp"]
 DIRICHLET = ("Dirichlet 0.1", ["partition=dirichlet", "partition.alpha=0.1", "partition.min_partition_size=8"])
 SHARDS = ("shards 2", ["partition=shards", "partition.shards_per_client=2"])
 ROTATE = ("rotate 4 groups", ["partition=iid", "partition.feature_skew=rotate", "partition.feature_skew_groups=4"])
-#: rounds of each part's runs (--rounds sets all): q-FFL's reweighting slows convergence, so part 1 runs longer
+#: FedProx's Synthetic(1, 1), the q-FedAvg paper's own synthetic set (litian96/fair_flearn data/synthetic: 100
+#: users, a softmax regression, lognormal sizes): one user per client, 10 a round, one epoch of batches of 10
+SYNTHETIC = (
+    "Synthetic(1,1)",
+    ["dataset=synthetic", "model=logreg", "num_clients=100", "train.epochs=1", "rounds=2000"],
+)
+#: FedBN needs normalization layers: the zoo's ResNet-8 with BatchNorm (only the sequential backend trains it)
+RESNET_BN = ["model=resnet", "model.depth=8", "model.norm=batch", "backend=sequential"]
+#: rounds of each part's runs (--rounds sets all; a setting's own rounds= wins over both): q-FFL's reweighting
+#: slows convergence, so part 1 runs longer
 ROUNDS = {"qfedavg": 100, "personalization": 30, "gossip": 30}
+FINETUNE = "eval.finetune_steps=10"
 #: part -> (settings, methods); a method is (name, overrides). Adding a rule to a part is one entry here.
 METHODS: dict[str, tuple[list, list[tuple[str, list[str]]]]] = {
     "qfedavg": (
-        [DIRICHLET],
+        [SYNTHETIC, DIRICHLET],
         [
             ("FedAvg", ["strategy=fedavg"]),
-            *[(f"q-FedAvg q={q}", ["strategy=qfedavg", f"strategy.q={q}"]) for q in ("0", "0.1", "0.5", "1")],
+            *[(f"q-FedAvg q={q}", ["strategy=qfedavg", f"strategy.q={q}"]) for q in ("0", "0.1", "0.5", "1", "5")],
         ],
     ),
     "personalization": (
         [DIRICHLET, SHARDS, ROTATE],
         [
             ("FedAvg", ["strategy=fedavg"]),
-            ("FedAvg + fine-tune 10", ["strategy=fedavg", "eval.finetune_steps=10"]),
+            ("FedAvg + fine-tune 10", ["strategy=fedavg", FINETUNE]),
             ("local only", ["strategy=local_only"]),
             ("Ditto", ["strategy=ditto"]),
+            ("Ditto + fine-tune 10", ["strategy=ditto", FINETUNE]),
             ("FedPer", ["strategy=fedper"]),
             ("FedRep", ["strategy=fedrep"]),
-            ("FedBN", ["strategy=fedbn"]),
+            ("FedAvg, ResNet-8 BN", ["strategy=fedavg", *RESNET_BN]),
+            ("FedBN, ResNet-8 BN", ["strategy=fedbn", *RESNET_BN]),
         ],
     ),
     "gossip": (
@@ -75,6 +92,14 @@ METHODS: dict[str, tuple[list, list[tuple[str, list[str]]]]] = {
             ("variance-corrected", ["mode=gossip", "topology=ring", "strategy=variance_corrected"]),
         ],
     ),
+}
+
+#: methods run in some settings only (the rest: every setting of their part): FedBN in its natural setting, feature
+#: skew, beside FedAvg on the same model; Synthetic's runs are the costly ones, so q there is the paper's (1) only
+ONLY: dict[str, set[str]] = {
+    "FedAvg, ResNet-8 BN": {ROTATE[0]},
+    "FedBN, ResNet-8 BN": {ROTATE[0]},
+    **{f"q-FedAvg q={q}": {DIRICHLET[0]} for q in ("0.1", "0.5", "5")},
 }
 
 
@@ -93,23 +118,39 @@ def specs(parts: set[str]) -> list[Spec]:
         if part in parts
         for setting, where in settings
         for method, how in methods
+        if setting in ONLY.get(method, {setting})
     ]
 
 
-def common(spec: Spec, clients: int, rounds_arg: int | None) -> list[str]:
+def merged(*groups: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides of all groups, a later value of a key replacing an earlier one (Hydra takes a key once)."""
+    out: dict[str, str] = {}
+    for group in groups:
+        for o in group:
+            out[o.split("=", 1)[0]] = o
+    return list(out.values())
+
+
+def run_overrides(spec: Spec, clients: int, rounds_arg: int | None) -> list[str]:
+    """Every override of one run: the base, the per-client evaluation, then the setting's and method's own."""
     gossip = "mode=gossip" in spec.overrides
-    rounds = ROUNDS[spec.part] if rounds_arg is None else rounds_arg
-    return [
-        "dataset=digits",
-        "model=mlp",
+    own = merged(spec.overrides)
+    rounds = next((int(o.split("=")[1]) for o in own if o.startswith("rounds=")), ROUNDS[spec.part])
+    if rounds_arg is not None:
+        rounds = rounds_arg
+    common = [
+        *BASE,
         f"num_clients={16 if gossip and clients == 20 else clients}",
-        f"rounds={rounds}",
         f"eval_every={rounds}",
         "eval.clients=all",
         f"eval.local_test_fraction={LOCAL_TEST}",
         "progress=false",
         "checkpoint.every=null",
     ]
+    out = merged(common, own, [f"rounds={rounds}"])
+    if clients != 20:  # --clients: every setting at that size (a smoke run), Synthetic's 100 users too
+        out = merged(out, [f"num_clients={clients}"])
+    return out
 
 
 def _finetune_landed() -> bool:
@@ -166,7 +207,7 @@ def run_all(todo: list[tuple[Spec, int]], root: Path, clients: int, rounds: int 
     jobs_list = []
     for spec, seed in todo:
         if missing_strategy(spec.overrides) is None:
-            overrides = [*common(spec, clients, rounds), *spec.overrides]
+            overrides = run_overrides(spec, clients, rounds)
             jobs_list.append((tuple(overrides), seed, str(run_dir(root, overrides, seed))))
     unique = list(dict.fromkeys(jobs_list))
     start = time.perf_counter()
@@ -192,7 +233,7 @@ def collect(todo: list[tuple[Spec, int]], root: Path, clients: int, rounds: int 
     rows = []
     for spec, seed in todo:
         ident = {"part": spec.part, "setting": spec.setting, "method": spec.method, "seed": seed}
-        overrides = [*common(spec, clients, rounds), *spec.overrides]
+        overrides = run_overrides(spec, clients, rounds)
         absent = missing_strategy(spec.overrides)
         folder = run_dir(root, overrides, seed)
         if absent is not None:
@@ -219,6 +260,7 @@ def collect(todo: list[tuple[Spec, int]], root: Path, clients: int, rounds: int 
                 "client_mean": float(last["client_accuracy_mean"]),
                 "client_p10": float(last["client_accuracy_p10"]),
                 "client_std": float(last["client_accuracy_std"]),
+                "client_var": float(last["client_accuracy_std"]) ** 2 * 1e4,  # fair_flearn's variance (ddof 0)
                 "client_min": float(last["client_accuracy_min"]),
                 "pooled_mean": float(pooled.mean()) if pooled is not None else np.nan,
                 "pooled_p10": worst_share(pooled) if pooled is not None else np.nan,
@@ -288,6 +330,13 @@ CLIENT_COLUMNS = [
     ("client_std", "std across clients"),
     ("test_accuracy", "pooled test (global model)"),
 ]
+Q_COLUMNS = [
+    ("client_mean", "mean"),
+    ("client_p10", "worst 10 %"),
+    ("client_var", "variance x 1e4"),
+    ("client_min", "worst client"),
+    ("test_accuracy", "pooled test"),
+]
 GOSSIP_COLUMNS = [
     ("client_mean", "own data: mean"),
     ("client_p10", "own data: worst 10 %"),
@@ -310,9 +359,15 @@ def write_report(runs: pd.DataFrame, out: Path, command: str) -> None:
         "clients, as q-FedAvg's authors compute it). Reproduce with\n",
         f"    {command}\n",
         "![per-client accuracy](personalization.png)\n",
-        "## 1. q-FedAvg: fairness at little cost to the mean (Dirichlet 0.1 labels, 20 clients, 10 a round)\n",
-        summary_table(runs, "qfedavg", CLIENT_COLUMNS),
-        "## 2. Personalization under label and feature skew (20 clients, 10 a round)\n",
+        "## 1. q-FedAvg: fairness at little cost to the mean (the global model on each client's local test)\n",
+        "Synthetic(1,1): 100 users (one client each), softmax regression, 10 clients a round, 1 epoch, 2000 rounds. "
+        "Dirichlet 0.1: digits, MLP, 20 clients, 10 a round, 2 epochs, 100 rounds. Variance is fair_flearn's "
+        "`np.var(accuracies) * 10000`.\n",
+        summary_table(runs, "qfedavg", Q_COLUMNS),
+        "## 2. Personalization under label and feature skew (digits, 20 clients, 10 a round, 30 rounds)\n",
+        "MLP unless the method names the BatchNorm ResNet-8 (depth 8, `model.norm=batch`, sequential backend). "
+        "Pooled test: the run's global model on the server's test set (for FedPer/FedRep/FedBN the averaged shared "
+        "layers with the initial, never-trained local layers; for local-only the initial model).\n",
         summary_table(runs, "personalization", CLIENT_COLUMNS),
         "## 3. Gossip on a ring of 16: own data against pooled data\n",
         summary_table(runs, "gossip", GOSSIP_COLUMNS),

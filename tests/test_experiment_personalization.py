@@ -58,3 +58,29 @@ def test_tiny_run_writes_the_table_report_and_figure(exp, tmp_path, monkeypatch)
     (out / "personalization.md").write_text(report.replace("(to be written from the tables above)", "Kept."))
     assert exp.main(argv) == 0
     assert "Kept." in (out / "personalization.md").read_text()
+
+
+def test_run_overrides_a_setting_or_method_replaces_the_base(exp) -> None:
+    """No runs: Synthetic's own data, model, clients and rounds win over the base; --clients wins over both."""
+    spec = next(s for s in exp.specs({"qfedavg"}) if s.setting == exp.SYNTHETIC[0] and s.method == "FedAvg")
+    full = exp.run_overrides(spec, 20, None)
+    keys = [o.split("=", 1)[0] for o in full]
+    assert len(keys) == len(set(keys))  # Hydra takes each key once
+    for o in ("dataset=synthetic", "model=logreg", "num_clients=100", "rounds=2000", "eval_every=2000"):
+        assert o in full, o
+    assert "dataset=digits" not in full and "model=mlp" not in full
+    small = exp.run_overrides(spec, 8, 3)
+    assert {"num_clients=8", "rounds=3", "eval_every=3"} <= set(small)
+    gossip = next(s for s in exp.specs({"gossip"}))
+    assert "num_clients=16" in exp.run_overrides(gossip, 20, None)
+    bn = next(s for s in exp.specs({"personalization"}) if s.method.startswith("FedBN"))
+    assert {"model=resnet", "model.norm=batch", "dataset=digits", "rounds=30"} <= set(exp.run_overrides(bn, 20, None))
+
+
+def test_only_limits_methods_to_their_settings(exp) -> None:
+    settings = {(s.method, s.setting) for s in exp.specs({"personalization", "qfedavg"})}
+    assert {m for m, _ in settings if m.startswith("FedBN")} == {"FedBN, ResNet-8 BN"}
+    assert {st for m, st in settings if m.startswith("FedBN")} == {exp.ROTATE[0]}
+    assert {st for m, st in settings if m == "q-FedAvg q=1"} == {exp.SYNTHETIC[0], exp.DIRICHLET[0]}
+    assert {st for m, st in settings if m == "q-FedAvg q=5"} == {exp.DIRICHLET[0]}
+    assert {st for m, st in settings if m == "Ditto"} == {exp.DIRICHLET[0], exp.SHARDS[0], exp.ROTATE[0]}
