@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, RunInterrupted
 from .run_state import load_state, save_state
 from .validation import is_int
 
@@ -190,7 +190,13 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Turn SIGINT and SIGTERM into a :class:`StopRequest` for the duration (main thread only)."""
+    """Turn SIGINT and SIGTERM into a :class:`StopRequest` for the duration (main thread only).
+
+    The run holds it until its files are written, so a second copy of the signal (a sweep's launcher passes a
+    signal to the group on to its workers) cannot cut a checkpoint or summary short. A signal the run did not
+    stop on (it came in the last round or during the final writes) goes to the handler there was before once
+    the files are written: a sweep's launcher or worker then stops the sweep, as it would have without the run.
+    """
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -200,11 +206,17 @@ def stop_on_signals() -> Iterator[StopRequest]:
         request.signal_name = signal.Signals(signum).name
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped = False
     try:
         yield request
+    except RunInterrupted:
+        stopped = True
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if request.signal_name is not None and not stopped:
+            signal.raise_signal(signal.Signals[request.signal_name])
 
 
 def run_state(

@@ -187,8 +187,11 @@ def run_experiment(
     resume = None
     if resume_state is not None:
         resume = Resume(int(resume_state["round"]), resume_state["params"], resume_state["strategy"])
-    try:
-        with stop_on_signals() as stop:
+    # SIGINT / SIGTERM are noted from here until the summary is written: a signal that stops the run at a round
+    # boundary may come twice (a sweep's launcher passes it on to its workers), and a second copy must not cut
+    # the writing of the checkpoint or summary short (sim/resume.py: stop_on_signals)
+    with stop_on_signals() as stop:
+        try:
 
             def round_end(round_: int, params, state) -> None:
                 due = every is not None and (round_ % every == 0 or round_ == rounds)
@@ -225,63 +228,63 @@ def run_experiment(
                 final_params = run_async_fl(exp, metrics, on_round, resume=resume, row_end=writer)
             else:
                 final_params = run_federated(exp, metrics, on_round, resume=resume, round_end=round_end)
-    except GossipsoupError as exc:
+        except GossipsoupError as exc:
+            metrics.flush()
+            status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+            summary.update(status=status, error=str(exc), wall_s=time.perf_counter() - t0)
+            write_json(out / "summary.json", summary)
+            tracker.finish(summary, out)
+            raise
+        finally:
+            bar.close()
+            exp.backend.close()
         metrics.flush()
-        status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
-        summary.update(status=status, error=str(exc), wall_s=time.perf_counter() - t0)
+        if mover is not None:  # in-process backends: where they trained and what crossed between host and device
+            summary.update(device=str(mover.device), host_device_bytes=mover.host_device_bytes)
+        last = metrics.rows[-1]
+        summary.update(
+            status="completed",
+            final={
+                k: last[k]
+                for k in (
+                    "round",
+                    "time",
+                    "test_accuracy",
+                    "test_loss",
+                    "val_accuracy",
+                    "train_loss",
+                    "test_accuracy_min",
+                    "test_accuracy_max",
+                    "consensus_distance",
+                    "dp_epsilon",
+                )
+                if k in last
+            },
+            best=_best(metrics.rows),
+            wall_s=time.perf_counter() - t0,
+            setup_s=setup_s,
+            loop_s=last["wall_s"],
+        )
+        if cfg.save_model:
+            save_checkpoint(
+                out / "model.safetensors",
+                exp.layout,
+                final_params,
+                {
+                    "strategy": exp.strategy.name,
+                    "seed": str(cfg.seed),
+                    "round": str(last["round"]),
+                    "model": "average of the node models" if gossip else "global model",
+                },
+            )
+        plot_accuracy(out / "accuracy.png", metrics.rows, accuracy_title(exp, cfg))
         write_json(out / "summary.json", summary)
         tracker.finish(summary, out)
-        raise
-    finally:
-        bar.close()
-        exp.backend.close()
-    metrics.flush()
-    if mover is not None:  # in-process backends: where they trained and what crossed between host and device
-        summary.update(device=str(mover.device), host_device_bytes=mover.host_device_bytes)
-    last = metrics.rows[-1]
-    summary.update(
-        status="completed",
-        final={
-            k: last[k]
-            for k in (
-                "round",
-                "time",
-                "test_accuracy",
-                "test_loss",
-                "val_accuracy",
-                "train_loss",
-                "test_accuracy_min",
-                "test_accuracy_max",
-                "consensus_distance",
-                "dp_epsilon",
-            )
-            if k in last
-        },
-        best=_best(metrics.rows),
-        wall_s=time.perf_counter() - t0,
-        setup_s=setup_s,
-        loop_s=last["wall_s"],
-    )
-    if cfg.save_model:
-        save_checkpoint(
-            out / "model.safetensors",
-            exp.layout,
-            final_params,
-            {
-                "strategy": exp.strategy.name,
-                "seed": str(cfg.seed),
-                "round": str(last["round"]),
-                "model": "average of the node models" if gossip else "global model",
-            },
+        log.info(
+            "final test accuracy %.4f after %d rounds in %.1f s; results in %s",
+            last["test_accuracy"],
+            last["round"],
+            summary["wall_s"],
+            out,
         )
-    plot_accuracy(out / "accuracy.png", metrics.rows, accuracy_title(exp, cfg))
-    write_json(out / "summary.json", summary)
-    tracker.finish(summary, out)
-    log.info(
-        "final test accuracy %.4f after %d rounds in %.1f s; results in %s",
-        last["test_accuracy"],
-        last["round"],
-        summary["wall_s"],
-        out,
-    )
-    return summary
+        return summary

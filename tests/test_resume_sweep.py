@@ -218,3 +218,67 @@ def test_ctrl_c_on_a_sweep_of_the_basic_launcher_stops_it_with_one_line(tmp_path
     assert not (sweep / "1").exists()
     parents, children = _mlflow_runs(tmp_path)
     assert [p.info.status for p in parents] == ["KILLED"] and [c.info.status for c in children] == ["KILLED"]
+
+
+@pytest.fixture
+def joblib_worker(tmp_path, monkeypatch):
+    """This process as a joblib worker of a stopped sweep: the job wrapper's SIGTERM handler raises SweepStop.
+
+    A worker gets SIGTERM twice when the group is signalled: from the group, and again from its launcher, which
+    passes the signal on (sim/sweep_stop.py). ``signal_at(name)`` wraps sim.run's ``name`` so that SIGTERM reaches
+    this process when the run calls it, as a late copy does.
+    """
+    import sim.run
+    from sim import sweep_stop
+
+    monkeypatch.setenv(sweep_stop.STOP_ENV, str(tmp_path / "stop"))
+    monkeypatch.setenv(sweep_stop.LAUNCHER_ENV, "0")  # not this process: sweep_job takes it for a worker
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    handlers = {s: signal.getsignal(s) for s in sweep_stop.SIGNALS}
+
+    def signal_at(name: str) -> None:
+        real = getattr(sim.run, name)
+
+        def late_copy(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(sim.run, name, late_copy)
+
+    yield signal_at
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # sweep_job blocks the signals again after its job
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def test_sigterm_again_while_an_interrupted_job_writes_its_summary_leaves_the_summary_written(
+    make_cfg, tmp_path, joblib_worker
+):
+    # Prepare: SIGTERM in the first round, and once more when the run writes its summary
+    from sim.run import run_experiment
+    from sim.sweep_stop import sweep_job
+
+    cfg = make_cfg(*TINY, "strategy=fedavg", "rounds=3", "checkpoint.every=null")
+    joblib_worker("run_federated")
+    joblib_worker("write_json")
+    # Execute
+    objective = sweep_job(lambda c: run_experiment(c, tmp_path / "run")["final"]["test_accuracy"])(cfg)
+    # Assert: the job stopped after round 1 with its checkpoint and summary; the sweep is marked stopped
+    assert objective != objective  # NaN: the job returned as an interrupted one does
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "round 1" in summary["error"], summary.get("error")
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "stop").read_text() == "SIGTERM"
+
+
+def test_sigterm_in_the_last_round_completes_the_job_then_stops_the_sweep(make_cfg, tmp_path, joblib_worker):
+    # Prepare: SIGTERM during the only round, which ends the run anyway (no boundary to stop at before the end)
+    from sim.run import run_experiment
+    from sim.sweep_stop import SweepStop, _job_signals
+
+    cfg = make_cfg(*TINY, "strategy=fedavg", "rounds=1", "checkpoint.every=null")
+    joblib_worker("run_federated")
+    # Execute / Assert: the signal reaches the worker's handler once the run's files are written (before, it was lost)
+    with pytest.raises(SweepStop), _job_signals(in_launcher=False):
+        run_experiment(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
