@@ -1,4 +1,4 @@
-"""Exact numbers for the strategies/personal_layers.py mutants the FedRep tests let survive (docs/mutation_testing.md).
+"""Exact numbers for the mutants of personal_layers.py and layer_patterns.py that survived (docs/mutation_testing.md).
 
 FedRep's round is two backend calls; ``_both_phases`` joins their ClientBatches. Hand-made batches pin how.
 """
@@ -10,6 +10,8 @@ import math
 import torch
 
 from sim.backends.base import ClientBatch
+from sim.layout import Layout
+from strategies.layer_patterns import matched_names
 from strategies.personal_layers import _both_phases
 
 
@@ -43,3 +45,22 @@ def test_both_phases_counts_a_phase_without_step_counts_as_no_steps():
     assert out.num_steps.tolist() == [2, 1] and out.train_loss.tolist() == [3.0, 6.0]
     out = _both_phases(batch([1.0, 2.0], [1, 2], {}), batch([3.0, 6.0], None, {}))
     assert out.num_steps.tolist() == [1, 2] and out.train_loss.tolist() == [1.0, 2.0]
+
+
+class RootParams(torch.nn.Module):
+    """A model whose tensors sit on the root module (names without a dot): one layer, the module ``""``."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.bias = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return x * self.weight + self.bias
+
+
+def test_tensors_of_the_root_module_form_one_layer():
+    # both root tensors belong to the last layer; the 1-D root "weight" makes the root a norm-like layer, bias included
+    layout = Layout.from_module(RootParams())
+    assert matched_names(layout, "<last>") == ["weight", "bias"]
+    assert matched_names(layout, "<norm>") == ["weight", "bias"]
