@@ -64,3 +64,12 @@ def test_tensors_of_the_root_module_form_one_layer():
     layout = Layout.from_module(RootParams())
     assert matched_names(layout, "<last>") == ["weight", "bias"]
     assert matched_names(layout, "<norm>") == ["weight", "bias"]
+
+
+def test_last_layer_with_one_tensor_and_a_norm_layer_without_affine_weights():
+    # the last layer's weight alone (bias=False) is the last layer; BatchNorm(affine=False) is told by running_mean only
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, affine=False), nn.Linear(3, 2, bias=False))
+    layout = Layout.from_module(model)
+    assert matched_names(layout, "<last>") == ["2.weight"]
+    assert matched_names(layout, "<norm>") == ["1.running_mean", "1.running_var"]  # the layout keeps float tensors
