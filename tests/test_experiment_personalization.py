@@ -80,7 +80,9 @@ def test_run_overrides_a_setting_or_method_replaces_the_base(exp) -> None:
 def test_only_limits_methods_to_their_settings(exp) -> None:
     settings = {(s.method, s.setting) for s in exp.specs({"personalization", "qfedavg"})}
     assert {m for m, _ in settings if m.startswith("FedBN")} == {"FedBN, ResNet-8 BN"}
-    assert {st for m, st in settings if m.startswith("FedBN")} == {exp.ROTATE[0]}
+    assert {st for m, st in settings if m.startswith("FedBN")} == {exp.ROTATE[0], exp.INTENSITY[0]}
+    bn = {"FedAvg", "FedAvg, ResNet-8 BN", "FedBN, ResNet-8 BN"}
+    assert {m for m, st in settings if st == exp.INTENSITY[0]} == bn
     assert {st for m, st in settings if m == "q-FedAvg q=1"} == {exp.SYNTHETIC[0], exp.DIRICHLET[0]}
     assert {st for m, st in settings if m == "q-FedAvg q=5"} == {exp.DIRICHLET[0]}
     assert {st for m, st in settings if m == "Ditto"} == {exp.DIRICHLET[0], exp.SHARDS[0], exp.ROTATE[0]}
