@@ -55,8 +55,14 @@ def check_gossip_compress_run(cfg: Any, mode: str, strategy: Any) -> None:
 
 
 def message_bytes(exp: Any) -> int:
-    """Bytes of one gossip model message of this run: encoded when compress=... is set, else float models."""
-    p, size = exp.layout.size, exp.initial_params.element_size()
+    """Bytes of one gossip model message of this run: encoded when compress=... is set, else float models.
+
+    A message carries the strategy's shared entries only (``shared_mask``: FedPer, FedBN keep local layers home), as
+    FL's uploads do (sim/federated.py).
+    """
+    shared = exp.strategy.shared_mask(exp.layout)
+    p = exp.layout.size if shared is None else int(shared.sum())
+    size = exp.initial_params.element_size()
     choco = ChocoGossip.for_run(exp)
     if choco is not None:
         return choco.message_bytes(p, size)
@@ -67,12 +73,17 @@ def message_bytes(exp: Any) -> int:
 class ModelCodec:
     """What receivers decode from the senders' compressed models, with the senders' residuals."""
 
-    def __init__(self, conf: CompressConfig, seed: int, num_nodes: int, num_values: int):
+    def __init__(
+        self, conf: CompressConfig, seed: int, num_nodes: int, num_values: int, shared: torch.Tensor | None = None
+    ):
         compressor = conf.build()
         assert compressor is not None
         self.feedback = ErrorFeedback(compressor, conf.error_feedback)
         self.seed = seed
-        self.residuals = self.feedback.init_memory(num_nodes, num_values) if conf.error_feedback else None
+        # only the shared entries are sent and compressed (local layers stay home); residuals are [N, shared]
+        self.index = None if shared is None else torch.nonzero(shared).squeeze(1)
+        sent = num_values if self.index is None else len(self.index)
+        self.residuals = self.feedback.init_memory(num_nodes, sent) if conf.error_feedback else None
 
     @classmethod
     def for_run(cls, exp: Any) -> ModelCodec | None:
@@ -80,12 +91,19 @@ class ModelCodec:
         conf = CompressConfig.from_config(exp.cfg.get("compress"))
         if conf.name == "none" or find_choco(exp.strategy) is not None:
             return None
-        return cls(conf, int(exp.cfg.seed), exp.data.num_clients, exp.layout.size)
+        shared = exp.strategy.shared_mask(exp.layout)
+        return cls(conf, int(exp.cfg.seed), exp.data.num_clients, exp.layout.size, shared)
 
     def encode(self, models: torch.Tensor, senders: torch.Tensor, stream: str, key: int) -> torch.Tensor:
         """``[K, P]``: the decoded messages of ``senders`` (unique), their residuals updated."""
         gens = compress_streams(self.seed, (stream,), key, senders) if self.feedback.compressor.random else None
-        decoded, self.residuals = self.feedback.apply(models, self.residuals, senders, gens)
+        if self.index is None:
+            decoded, self.residuals = self.feedback.apply(models, self.residuals, senders, gens)
+            return decoded
+        index = self.index.to(models.device)
+        part, self.residuals = self.feedback.apply(models[:, index], self.residuals, senders, gens)
+        decoded = models.clone()  # the local entries are not sent: a merge keeps the receiver's own (info.reference)
+        decoded[:, index] = part
         return decoded
 
     def carried(self) -> dict[str, torch.Tensor]:

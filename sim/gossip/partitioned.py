@@ -42,6 +42,7 @@ from sim.errors import RunError
 from sim.results import MetricsLog
 from sim.run_metrics import accuracy_columns, variance_columns
 
+from .compressed import message_bytes
 from .config import GossipConfig
 from .nodes import evaluated_nodes
 from .partition import cut_summary, partition_edges, partition_nodes
@@ -99,7 +100,7 @@ class PartitionedSyncGossip:
         self.n = exp.data.num_clients
         self.sizes = exp.data.client_sizes
         self.k = min(self.backend.pool_size, self.n)
-        self.bytes_per_model = exp.layout.size * exp.initial_params.element_size()
+        self.bytes_per_model = message_bytes(exp)  # the shared entries (compress and CHOCO run in the driver)
         self.extras_row_bytes = 0
         seed = int(exp.cfg.seed)
         self.eval_sample = evaluated_nodes(self.n, cfg.eval_nodes, seed)
