@@ -7,7 +7,8 @@ and each job prints its own ``resume=RUN`` line. Here instead, on the basic and 
 
 - the launcher process notes the signal, passes it on to its child processes (joblib's workers),
   and marks the sweep stopped in a file whose path its jobs inherit (``STOP_ENV``);
-- a job that is running stops at its next round boundary and saves a checkpoint (:mod:`sim.run`),
+- a job that is running stops at its next round boundary and saves a checkpoint and its summary (:mod:`sim.run`,
+  which holds the signals until the summary is written: a worker also gets the launcher's copy of the signal),
   marks the sweep stopped too (the basic launcher's jobs take the signal in the launcher's process),
   then returns instead of ending its process; a job not yet started sees the mark and does not start,
   so Hydra's sweep ends normally (with its callbacks: the MLflow parent is marked KILLED);
