@@ -200,6 +200,11 @@ def test_checkpoints_are_interchangeable_with_the_sequential_loop(make_cfg, tmp_
     assert torch.allclose(params, read_checkpoint(tmp_path / "full")["params"], atol=1e-5)
 
 
+def test_a_message_of_fedper_counts_its_shared_entries(make_cfg, ray_session):
+    # the MLP with one hidden layer of 16: 64 * 16 + 16 shared floats; the last layer (16 * 10 + 10) stays home
+    assert _loop(make_cfg, "topology=ring", "strategy=fedper").bytes_per_model == (64 * 16 + 16) * 4
+
+
 def test_runs_the_driver_loop_where_partitions_cannot_hold_the_run(make_cfg):
     from sim.gossip import partitioned_reason
 
