@@ -134,8 +134,8 @@ def global_objective_columns() -> Iterator[None]:
     """
     original_row, original_plot = federated.evaluation_row, sim_run.plot_accuracy
 
-    def with_objectives(exp, params):
-        return {**original_row(exp, params), **training_objectives(exp, params)}
+    def with_objectives(exp, params, *args, **kwargs):
+        return {**original_row(exp, params, *args, **kwargs), **training_objectives(exp, params)}
 
     federated.evaluation_row = with_objectives
     sim_run.plot_accuracy = lambda *args, **kwargs: None

@@ -198,15 +198,18 @@ def run_one(job: tuple[tuple[str, ...], int, str]) -> str:
     import sim.run
     from sim.errors import ConfigError
 
-    sim.run.plot_accuracy = lambda *_, **__: None  # each run's own accuracy.png: not needed here
     with initialize_config_module(config_module="configs", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"seed={seed}"])  # a refusal here is a bug of this script
     folder.mkdir(parents=True, exist_ok=True)
-    try:
+    drawn = sim.run.plot_accuracy
+    sim.run.plot_accuracy = lambda *_, **__: None  # each run's own accuracy.png: not needed here
+    try:  # put back afterwards: a caller in the same process (the smoke test) keeps its figures
         sim.run.run_experiment(cfg, folder, progress=False)
     except ConfigError as err:
         (folder / "refused.txt").write_text(str(err))
         return "refused"
+    finally:
+        sim.run.plot_accuracy = drawn
     return "ran"
 
 

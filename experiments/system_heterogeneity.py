@@ -137,26 +137,31 @@ def run_all(todo: list[tuple[Spec, int]], root: Path) -> None:
 
     import sim.run
 
+    drawn = sim.run.plot_accuracy
     sim.run.plot_accuracy = lambda *_, **__: None  # each run's own accuracy.png: not needed here
-    with initialize_config_module(config_module="configs", version_base="1.3"):
-        done: set[Path] = set()
-        for i, (spec, seed) in enumerate(todo):
-            folder = run_dir(root, spec.overrides, seed)
-            summary = folder / "summary.json"
-            if folder in done or (summary.exists() and json.loads(summary.read_text()).get("status") == "completed"):
+    try:  # put back afterwards: a caller in the same process (the smoke test) keeps its figures
+        with initialize_config_module(config_module="configs", version_base="1.3"):
+            done: set[Path] = set()
+            for i, (spec, seed) in enumerate(todo):
+                folder = run_dir(root, spec.overrides, seed)
+                summary = folder / "summary.json"
+                finished = summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+                if folder in done or finished:
+                    done.add(folder)
+                    continue
+                cfg = compose("config", overrides=[*COMMON, *spec.overrides, f"seed={seed}"])
+                start, log = time.perf_counter(), {}
+                with recording_kept(log):
+                    sim.run.run_experiment(cfg, folder, progress=False)
+                (folder / "kept.json").write_text(json.dumps(log))
                 done.add(folder)
-                continue
-            cfg = compose("config", overrides=[*COMMON, *spec.overrides, f"seed={seed}"])
-            start, log = time.perf_counter(), {}
-            with recording_kept(log):
-                sim.run.run_experiment(cfg, folder, progress=False)
-            (folder / "kept.json").write_text(json.dumps(log))
-            done.add(folder)
-            print(
-                f"[{i + 1}/{len(todo)}] {spec.part}: {spec.setting}, {spec.method}, seed {seed}: "
-                f"{time.perf_counter() - start:.1f} s",
-                flush=True,
-            )
+                print(
+                    f"[{i + 1}/{len(todo)}] {spec.part}: {spec.setting}, {spec.method}, seed {seed}: "
+                    f"{time.perf_counter() - start:.1f} s",
+                    flush=True,
+                )
+    finally:
+        sim.run.plot_accuracy = drawn
 
 
 def collect(todo: list[tuple[Spec, int]], root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
