@@ -214,6 +214,10 @@ def test_runs_the_driver_loop_where_partitions_cannot_hold_the_run(make_cfg):
     assert partitioned_reason(exp) == "the backend does not partition the graph"
     exp = build_experiment(make_cfg(*SMALL, "topology=ring", "backend=ray", "attack=sign_flip", "attack.f=1"))
     assert "Byzantine" in partitioned_reason(exp)
+    exp = build_experiment(
+        make_cfg(*SMALL, "topology=ring", "backend=ray", "eval.clients=all", "eval.local_test_fraction=0.2")
+    )
+    assert "per-client evaluation" in partitioned_reason(exp)  # docs/evaluation.md: scored in the driver
     exp = build_experiment(make_cfg(*SMALL, "topology=ring", "backend=ray"))
     assert partitioned_reason(exp) is None
 
