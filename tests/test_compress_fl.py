@@ -121,6 +121,7 @@ def test_a_resumed_compressed_run_equals_the_uninterrupted_run(tmp_path):
     ("overrides", "field"),
     [
         (("strategy=fisher_merge", "compress=topk"), "compress.name"),
+        (("mode=gossip", "topology=ring", "strategy=fisher_merge", "compress=topk"), "compress.name"),
         (("federated.schedule=async", "compress=sign"), "compress.name"),
         (("compress=topk", "compress.fraction=0"), "compress.fraction"),
         (("compress=qsgd", "compress.levels=0"), "compress.levels"),

@@ -80,6 +80,17 @@ def build_compressor(cfg_compress: Any) -> Compressor | None:
 MODEL_SIZED_EXTRAS = frozenset({"fisher"})
 
 
+def refuse_model_sized_extras(conf: CompressConfig, strategy: Any, why: str) -> None:
+    """ConfigError when ``strategy`` needs a per-client extra as large as the model (FL uploads and gossip
+    messages alike: the extra would travel uncompressed beside the compressed model); ``why`` says what the
+    run's messages carry, with ``{needs}`` for the extras' names."""
+    needs = sorted(MODEL_SIZED_EXTRAS & set(strategy.requires))
+    if needs:
+        raise ConfigError(
+            "compress.name", conf.name, f"none with strategy={strategy.name}", why.format(needs=", ".join(needs))
+        )
+
+
 def check_compress_run(cfg: Any, mode: str, strategy: Any) -> CompressConfig:
     """The checked ``compress`` block (every mode), and in FL the combinations refused before any work.
 
@@ -90,15 +101,12 @@ def check_compress_run(cfg: Any, mode: str, strategy: Any) -> CompressConfig:
     conf = CompressConfig.from_config(cfg.get("compress"))
     if conf.name == "none" or mode != "federated":
         return conf
-    needs = sorted(MODEL_SIZED_EXTRAS & set(strategy.requires))
-    if needs:
-        raise ConfigError(
-            "compress.name",
-            conf.name,
-            f"none with strategy={strategy.name}",
-            f"The rule needs each client's exact {', '.join(needs)} (as large as the model) beside its model; "
-            "compressed uploads carry only the compressed model update.",
-        )
+    refuse_model_sized_extras(
+        conf,
+        strategy,
+        "The rule needs each client's exact {needs} (as large as the model) beside its model; "
+        "compressed uploads carry only the compressed model update.",
+    )
     schedule = (cfg.get("federated") or {}).get("schedule", "sync")
     if schedule == "async":
         raise ConfigError(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from sim.compress import CompressConfig, ErrorFeedback, compress_streams
-from sim.compress.config import MODEL_SIZED_EXTRAS
+from sim.compress.config import refuse_model_sized_extras
 from sim.errors import ConfigError
 
 from .choco import ChocoGossip, check_choco_run, find_choco
@@ -36,14 +36,9 @@ def check_gossip_compress_run(cfg: Any, mode: str, strategy: Any) -> None:
     conf = CompressConfig.from_config(cfg.get("compress"))
     if mode != "gossip" or conf.name == "none" or find_choco(strategy) is not None:
         return
-    needs = sorted(MODEL_SIZED_EXTRAS & set(strategy.requires))
-    if needs:
-        raise ConfigError(
-            "compress.name",
-            conf.name,
-            f"none with strategy={strategy.name}",
-            f"The rule merges with each sender's exact {', '.join(needs)}, as large as the model itself.",
-        )
+    refuse_model_sized_extras(
+        conf, strategy, "The rule merges with each sender's exact {needs}, as large as the model itself."
+    )
     attack = (cfg.get("attack") or {}).get("name", "none")
     if attack != "none":
         raise ConfigError(
