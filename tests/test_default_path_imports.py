@@ -45,6 +45,10 @@ def labels_of(kind: str) -> np.ndarray:
         return rng.choice(np.array([40, 3, 17]), size=300)
     if kind == "one_big_class":
         return np.concatenate([np.zeros(500, dtype=np.int64), rng.integers(1, 5, size=40)])
+    if kind == "one_row_class":  # class 9 has a single row, class 0 most of them
+        return rng.permutation(np.concatenate([np.zeros(60, dtype=np.int64), rng.integers(1, 9, size=20), [9]]))
+    if kind == "few_rows":  # 12 rows for 10 partitions: most clients get zero or one row
+        return rng.integers(0, 3, size=12)
     raise AssertionError(kind)
 
 
@@ -55,6 +59,10 @@ CASES = [
     ("uniform", 50, 0.1, 1, True, 3),  # many small clients, strong skew
     ("sparse_ids", 6, 0.3, 5, False, 4),
     ("one_big_class", 8, 0.5, 3, True, 5),
+    ("one_row_class", 5, 0.5, 0, True, 6),
+    ("one_row_class", 9, 1.0, 0, False, 7),
+    ("few_rows", 10, 0.5, 0, True, 8),  # nearly as many partitions as rows, empty clients allowed
+    ("few_rows", 10, 0.5, 0, False, 9),
     ("uniform", 30, 0.5, 8, False, 0),  # retried draws (some client below 8 rows at first)
 ]
 
