@@ -19,6 +19,7 @@ from sim.client_eval import (
     shared_model_scores,
     worst_share_mean,
 )
+from sim.client_eval.scores import client_rows
 from sim.data import load_federated_data
 from sim.data.local_test import carve_local_test
 from sim.errors import ConfigError
@@ -150,6 +151,23 @@ def test_scores_by_hand_and_every_path_agrees():
     assert cols["client_loss_weighted"] == pytest.approx(sum(ce) / 5)
 
 
+def test_client_rows_place_each_clients_rows_and_a_kept_placement_scores_the_same():
+    # the evaluated clients' local test blocks are not contiguous (a sample skips clients) and one is empty
+    lo, n = torch.tensor([5, 0, 9]), torch.tensor([2, 0, 3])
+    rows, owner = client_rows(lo, n)
+    assert rows.tolist() == [5, 6, 9, 10, 11] and owner.tolist() == [0, 0, 2, 2, 2]
+    model, layout, params = _linear([[1.0, -1.0], [0.5, 2.0]], [0.1, -0.2])
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(3)) * torch.tensor([1.0, 1e6])
+    y = torch.tensor([0, 1] * 6)
+    fresh = shared_model_scores(model, layout, params, x, y, lo, n, chunk=2)
+    kept = shared_model_scores(model, layout, params, x, y, lo, n, chunk=2, placed=(rows, owner))
+    assert kept[0].tolist() == fresh[0].tolist() and kept[1].tolist() == fresh[1].tolist()
+    acc, loss = sequential_scores(model, layout, params.expand(3, -1), x, y, lo, n)
+    has = n > 0
+    assert (kept[0][has].double() / n[has]).tolist() == acc[has].tolist()
+    assert (kept[1][has] / n[has]).tolist() == pytest.approx(loss[has].tolist(), rel=1e-5)
+
+
 def test_each_client_scores_its_own_model_and_vectorized_equals_sequential():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
@@ -177,6 +195,10 @@ def test_worst_10_percent_is_fair_flearns_mean_of_the_lowest_int_tenth():
     assert worst_share_mean(acc) == pytest.approx(np.mean(np.sort(acc)[: int(len(acc) * 0.1)]))
     assert worst_share_mean(acc) == pytest.approx(0.075)
     assert worst_share_mean(np.array([0.4, 0.2, 0.9])) == 0.2  # fewer than 10 clients: the worst one
+    rng = np.random.default_rng(0)
+    for k in (10, 19, 29, 30, 70, 123):  # fair_flearn's int(num_user * 0.1), ties included (values on a 1/8 grid)
+        acc = rng.integers(0, 9, k) / 8
+        assert worst_share_mean(acc) == np.mean(np.sort(acc)[: int(k * 0.1)])
 
 
 def test_the_client_sample_is_seeded_fixed_and_skips_ineligible_clients():

@@ -17,7 +17,7 @@ from sim.finetune import finetuned
 from sim.results import ClientLog, MetricsLog
 
 from .config import EvalConfig, evaluated_clients
-from .scores import distribution_columns, own_model_scores, shared_model_scores
+from .scores import client_rows, distribution_columns, own_model_scores, shared_model_scores
 
 if TYPE_CHECKING:
     from sim.experiment import Experiment
@@ -53,6 +53,8 @@ class ClientEvaluator:
         assert data.local_offsets is not None and data.x_local is not None and data.y_local is not None
         self.lo, self.n = data.local_offsets[:-1][self.ids], data.local_sizes[self.ids]
         self.x, self.y = data.x_local, data.y_local
+        self.placed = client_rows(self.lo, self.n)  # the global model's row order, the same at every evaluation
+        self.test_n = torch.full((len(self.ids),), len(data.y_test), dtype=torch.int64)  # gossip: the pooled test
         if log.clients is None:
             log.clients = ClientLog(log.path.with_name("clients.csv"))
         self.log = log.clients
@@ -70,7 +72,7 @@ class ClientEvaluator:
         models = client_models(self.exp, self.ids, params, state, self.conf.finetune_steps, len(self.metrics.rows))
         if models is None:
             correct, loss_sum = shared_model_scores(
-                self.exp.model, self.exp.layout, params, self.x, self.y, self.lo, self.n
+                self.exp.model, self.exp.layout, params, self.x, self.y, self.lo, self.n, placed=self.placed
             )
         else:
             correct, loss_sum = own_model_scores(
@@ -87,7 +89,7 @@ class ClientEvaluator:
             models = finetuned(self.exp.backend, self.exp.train, self.ids, models, steps, index)
         exp = self.exp
         correct, loss_sum = own_model_scores(exp.model, exp.layout, models, self.x, self.y, self.lo, self.n)
-        test = torch.full((len(self.ids),), len(exp.data.y_test), dtype=torch.int64)
+        test = self.test_n
         hits, losses = own_model_scores(
             exp.model, exp.layout, models, exp.data.x_test, exp.data.y_test, torch.zeros_like(test), test
         )

@@ -28,11 +28,13 @@ from sim.layout import Layout
 ROWS_PER_CHUNK = 16384
 
 
-def _rows(lo: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """The row indices ``lo[k] .. lo[k] + n[k] - 1`` of every client, client after client."""
+def client_rows(lo: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, owner)``: the row indices ``lo[k] .. lo[k] + n[k] - 1`` of every client, client after client, and
+    the position ``k`` each row belongs to. Fixed for a run, so :class:`~sim.client_eval.ClientEvaluator` builds
+    them once and passes them to every :func:`shared_model_scores` call."""
     owner = torch.repeat_interleave(torch.arange(len(n)), n)
     start = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-    return lo[owner] + torch.arange(int(n.sum())) - start
+    return lo[owner] + torch.arange(int(n.sum())) - start, owner
 
 
 @torch.no_grad()
@@ -45,10 +47,13 @@ def shared_model_scores(
     lo: torch.Tensor,
     n: torch.Tensor,
     chunk: int = 8192,
+    placed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(correct [K] int64, loss_sum [K] float64)`` of one model ``[P]`` on each client's rows ``lo[k]:lo[k]+n[k]``."""
-    rows = _rows(lo, n)
-    owner = torch.repeat_interleave(torch.arange(len(n)), n)
+    """``(correct [K] int64, loss_sum [K] float64)`` of one model ``[P]`` on each client's rows ``lo[k]:lo[k]+n[k]``.
+
+    ``placed``: :func:`client_rows` of ``(lo, n)`` when the caller keeps it (built here otherwise).
+    """
+    rows, owner = client_rows(lo, n) if placed is None else placed
     correct = torch.zeros(len(n), dtype=torch.int64)
     loss_sum = torch.zeros(len(n), dtype=torch.float64)
     state = layout.to_state_dict(params)
