@@ -56,10 +56,27 @@ class Choco(Strategy):
         )
 
 
-def consensus(x: torch.Tensor, hat: torch.Tensor, w: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``x_i + gamma * sum_j w_ij (x_hat_j - x_hat_i)`` for every node: ``[N, P]``, ``w`` a sparse ``[N, N]``."""
+def mixing_terms(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w in dtype, its row sums [N, 1])``: what :func:`consensus` reads of a sparse ``[N, N]`` mixing matrix.
+
+    A static graph's matrix is the same every round, so the gossip loop builds these once (sim/gossip/choco.py).
+    """
     w = w.coalesce()
-    rows = w.indices()[0]
-    row_sums = torch.zeros(w.shape[0], dtype=w.dtype).index_add_(0, rows, w.values())
-    mixed = torch.sparse.mm(w.to(hat.dtype), hat) - row_sums.to(hat.dtype).unsqueeze(1) * hat
+    row_sums = torch.zeros(w.shape[0], dtype=w.dtype).index_add_(0, w.indices()[0], w.values())
+    return w.to(dtype), row_sums.to(dtype).unsqueeze(1)
+
+
+def consensus(
+    x: torch.Tensor,
+    hat: torch.Tensor,
+    w: torch.Tensor,
+    gamma: float,
+    terms: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``x_i + gamma * sum_j w_ij (x_hat_j - x_hat_i)`` for every node: ``[N, P]``, ``w`` a sparse ``[N, N]``.
+
+    ``terms``: ``mixing_terms(w, hat.dtype)`` when the caller keeps them across rounds.
+    """
+    w_cast, row_sums = mixing_terms(w, hat.dtype) if terms is None else terms
+    mixed = torch.sparse.mm(w_cast, hat) - row_sums * hat
     return x + gamma * mixed

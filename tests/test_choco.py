@@ -162,3 +162,34 @@ def test_the_configs_default_error_feedback_is_on_outside_choco(make_cfg):
         assert cfg.compress.error_feedback is None  # the yaml's auto
         validate_config(cfg)
         assert CompressConfig.from_config(cfg.compress).error_feedback is True
+
+
+def test_the_mixing_terms_of_a_static_graph_are_built_once_and_give_the_consensus_by_hand(monkeypatch):
+    import sim.gossip.choco as engine_choco
+    from strategies.choco import Choco, mixing_terms
+
+    calls = []
+
+    def counted(w, dtype):
+        calls.append(w)
+        return mixing_terms(w, dtype)
+
+    monkeypatch.setattr(engine_choco, "mixing_terms", counted)
+    # a path of 3 nodes with a self-weight; row 0 sums to 0.75, so the row sums matter
+    w = torch.tensor([[0.5, 0.25, 0.0], [0.25, 0.5, 0.25], [0.0, 0.25, 0.75]]).to_sparse().coalesce()
+    gossip = engine_choco.ChocoGossip(Choco(gamma=0.5, hat_init="initial"), None, seed=0, num_nodes=3)
+    x0 = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 1e6]])
+    gossip.start(x0)
+    trained = x0 + 1.0
+    first = gossip.mix(trained, w, 1)
+    # x + gamma (W x_hat - rowsum(W) x_hat), x_hat = x0: node 0, column 0: 2 + 0.5 (0.5 + 0.25 * 3 - 0.75) = 2.25
+    dense = w.to_dense()
+    expected = trained + 0.5 * (dense @ x0 - dense.sum(1, keepdim=True) * x0)
+    torch.testing.assert_close(first, expected, rtol=0, atol=1e-6)
+    assert first[0, 0].item() == pytest.approx(2.25)
+    second = gossip.mix(first + 1.0, w, 2)  # the copies are the first round's models now (no compressor)
+    torch.testing.assert_close(second, first + 1.0 + 0.5 * (dense @ first - dense.sum(1, keepdim=True) * first))
+    assert len(calls) == 1  # the same matrix object: its cast and row sums are not rebuilt
+    other = w * 1.0  # a new matrix (another round's graph) is read afresh
+    gossip.mix(second, other, 3)
+    assert len(calls) == 2 and calls[1] is other

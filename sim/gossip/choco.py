@@ -23,7 +23,7 @@ import torch
 
 from sim.compress import CompressConfig, Compressor, compress_streams
 from sim.errors import ConfigError
-from strategies.choco import Choco, consensus
+from strategies.choco import Choco, consensus, mixing_terms
 
 from .config import GossipConfig
 
@@ -109,6 +109,8 @@ class ChocoGossip:
         self.rule, self.compressor, self.seed = rule, compressor, seed
         self.ids = torch.arange(num_nodes)
         self.hat: torch.Tensor | None = None
+        # a static graph's mixing matrix is the same object every round: its cast and row sums are built once
+        self._mixing: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
     def for_run(cls, exp: Any) -> ChocoGossip | None:
@@ -136,11 +138,13 @@ class ChocoGossip:
         """The round's consensus on the copies, then every node's compressed difference added to its copy."""
         assert self.hat is not None
         hat = self.hat.to(params.device)
-        w = w.to(params.device)
+        if self._mixing is None or self._mixing[0] is not w:
+            self._mixing = (w, mixing_terms(w.to(params.device), hat.dtype))
+        terms = self._mixing[1]
         if self.rule.order == "paper":  # Algorithm 2: send the trained model's difference, then the consensus step
             self.hat = hat + self.message(params - hat, round_)
-            return consensus(params, self.hat, w, self.rule.gamma)
-        x = consensus(params, hat, w, self.rule.gamma)
+            return consensus(params, self.hat, w, self.rule.gamma, terms)
+        x = consensus(params, hat, w, self.rule.gamma, terms)
         self.hat = hat + self.message(x - hat, round_)
         return x
 
