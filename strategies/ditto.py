@@ -36,30 +36,17 @@ import torch
 from sim.training import ClientCorrection
 
 from .base import AggregationInfo, State, check_positive
+from .client_state import PERSONAL, personal_rows, store_rows, sum_stats
 from .fedavg import FedAvg
 
 if TYPE_CHECKING:
     from sim.backends.base import Backend, ClientBatch
     from sim.layout import Layout
 
-#: the strategy-state key of the personal models ``[N, P]`` (checkpointed with the rest of the state)
-PERSONAL = "personal"
-
 _NO_GOSSIP = (
     "{name} keeps a personal model on every client beside the global model that one server sends out; the gossip "
     "loops train one model per node, which is already that node's own. Use mode=federated."
 )
-
-
-def personal_rows(state: State, client_ids: torch.Tensor) -> torch.Tensor:
-    """``[K, P]`` the personal models of ``client_ids`` (on the device the state lives on)."""
-    personal = state[PERSONAL]
-    return personal[client_ids.to(personal.device)]
-
-
-def _sum_stats(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """Both trainings' backend counters (e.g. Ray retries) in one metrics row."""
-    return {key: a.get(key, 0) + b.get(key, 0) for key in {**a, **b}}
 
 
 class Ditto(FedAvg):
@@ -89,7 +76,7 @@ class Ditto(FedAvg):
     ) -> tuple[ClientBatch, State]:
         batch = backend.train(client_ids, params, round_, self.requires, correction=correction)
         personal = self._train_personal(backend, client_ids, params, round_, state)
-        batch.stats = _sum_stats(batch.stats, personal.stats)
+        batch.stats = sum_stats(batch.stats, personal.stats)
         return batch, self._store(state, personal)
 
     def _train_personal(
@@ -104,9 +91,7 @@ class Ditto(FedAvg):
 
     @staticmethod
     def _store(state: State, personal: ClientBatch) -> State:
-        rows = state[PERSONAL]
-        ids = personal.client_ids.to(rows.device)
-        return {**state, PERSONAL: rows.index_copy(0, ids, personal.params.to(rows.device, rows.dtype))}
+        return store_rows(state, personal.client_ids, personal.params)
 
     def personal_models(self, client_ids: torch.Tensor, params: torch.Tensor, state: State) -> torch.Tensor | None:
         return personal_rows(state, client_ids).to(params.device)

@@ -35,6 +35,7 @@ from sim.training import ClientCorrection, TrainConfig
 from sim.validation import choice, optional_integer
 
 from .base import AggregationInfo, State, Strategy
+from .client_state import PERSONAL, store_rows, sum_stats
 from .fedavg import FedAvg
 from .layer_patterns import LAST, NORM, check_patterns, local_mask
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from sim.backends.base import Backend, ClientBatch
     from sim.layout import Layout
 
-#: the strategy-state key of every client's local entries ``[N, L]``
-PERSONAL = "personal"
 VARIANTS = ("fedper", "fedrep", "fedbn")
 DEFAULT_LOCAL = {"fedper": (LAST,), "fedrep": (LAST,), "fedbn": (NORM,)}
 #: the stream FedRep's body phase draws its batches from (the head phase draws the round's "train")
@@ -83,22 +82,27 @@ class PersonalLayers(Strategy):
         self.inner = FedAvg(weighting=weighting, server_lr=server_lr)
         self._masks: dict[Layout, torch.Tensor] = {}
         self._local: torch.Tensor | None = None  # the run's local mask, set by shared_mask(layout)
+        self._on: dict[torch.device, torch.Tensor] = {}  # _local on each device it was asked for (one copy a run)
 
     # ---- the split --------------------------------------------------------------------------------
     def local_mask(self, layout: Layout) -> torch.Tensor:
         """``[P]`` bool: the entries that stay on the client (ConfigError for a pattern that names nothing)."""
         if layout not in self._masks:
             self._masks[layout] = local_mask(layout, self.patterns)
-        self._local = self._masks[layout]
+        if self._local is not self._masks[layout]:
+            self._local, self._on = self._masks[layout], {}
         return self._local
 
     def shared_mask(self, layout: Layout) -> torch.Tensor:
         return ~self.local_mask(layout)
 
     def _mask(self, device: torch.device) -> torch.Tensor:
+        """The run's local mask on ``device``, copied there once (starts, train_clients, aggregate: every round)."""
         if self._local is None:
             raise RuntimeError("shared_mask(layout) must be called before training (the FL loop does it first)")
-        return self._local.to(device)
+        if device not in self._on:
+            self._on[device] = self._local.to(device)
+        return self._on[device]
 
     def _personal(self, state: State, params: torch.Tensor, num_clients: int | None = None) -> torch.Tensor:
         """``[N, L]`` every client's local entries: the state's, or (before the first round) the initial model's."""
@@ -138,10 +142,9 @@ class PersonalLayers(Strategy):
             batch = self._fedrep(backend, client_ids, starts, round_, correction)
         else:
             batch = backend.train(client_ids, starts, round_, self.requires, correction=correction)
-        rows = self._personal(state, params)
         local = self._mask(batch.params.device)
-        trained = batch.params[:, local].to(rows.device, rows.dtype)
-        return batch, {**state, PERSONAL: rows.index_copy(0, batch.client_ids.to(rows.device), trained)}
+        state = {**state, PERSONAL: self._personal(state, params)}
+        return batch, store_rows(state, batch.client_ids, batch.params[:, local])
 
     def _phase_config(self, run: TrainConfig, epochs: int | None) -> TrainConfig | None:
         if epochs is None:
@@ -184,7 +187,8 @@ class PersonalLayers(Strategy):
     def aggregate(self, models: torch.Tensor, info: AggregationInfo, state: State) -> tuple[torch.Tensor, State]:
         """FedAvg over the shared entries; the local ones stay the reference's (the global's, or a node's own)."""
         merged, _ = self.inner.aggregate(models, info, {})
-        local = self.local_mask(info.layout).to(merged.device)
+        self.local_mask(info.layout)
+        local = self._mask(merged.device)
         return torch.where(local, info.reference.to(merged.dtype), merged), state
 
 
@@ -197,5 +201,5 @@ def _both_phases(head: ClientBatch, body: ClientBatch) -> ClientBatch:
     loss_h = torch.nan_to_num(head.train_loss.double().cpu()) * w_h
     loss_b = torch.nan_to_num(body.train_loss.double().cpu()) * w_b
     loss = torch.where(total > 0, (loss_h + loss_b) / total.clamp_min(1), torch.tensor(float("nan")))
-    stats = {k: head.stats.get(k, 0) + body.stats.get(k, 0) for k in {**head.stats, **body.stats}}
+    stats = sum_stats(head.stats, body.stats)
     return dataclasses.replace(body, train_loss=loss.to(torch.float32), num_steps=total, stats=stats)

@@ -153,7 +153,7 @@ def test_flower_refuses_personal_models(strategy):
 
 def test_server_options_are_fedavgs_and_the_defaults_are_the_shipped_config():
     from strategies import AggregationInfo, FedAvg
-    from strategies.ditto import _sum_stats
+    from strategies.client_state import sum_stats as _sum_stats
 
     exp = build_experiment(compose_cfg(*TINY, "strategy=ditto"))
     assert (exp.strategy.lam, exp.strategy.weighting, exp.strategy.server_lr) == (1.0, "samples", 1.0)
