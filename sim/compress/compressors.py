@@ -137,7 +137,26 @@ class Compressor:
         raise NotImplementedError
 
 
-class TopK(Compressor):
+class Sparse(Compressor):
+    """k = max(1, ceil(fraction * n)) entries per row, the rest zero, sent as k int32 indices + k float32 values."""
+
+    def __init__(self, fraction: float):
+        self.fraction = float(fraction)
+
+    def entries(self, x: torch.Tensor, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, cols)`` of the kept entries of each row."""
+        raise NotImplementedError
+
+    def mask(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        out = torch.zeros_like(x, dtype=torch.bool)
+        out[self.entries(x, generator)] = True
+        return out
+
+    def message_bytes(self, num_values: int) -> int:
+        return 8 * min(num_values, count_for(self.fraction, num_values))
+
+
+class TopK(Sparse):
     """The k entries of largest magnitude per row, the rest zero (Stich et al. 2018; ChocoSGD's ``top_k``).
 
     Ties at the k-th magnitude go to the lowest indices (``torch.topk`` leaves that order unspecified).
@@ -145,26 +164,15 @@ class TopK(Compressor):
 
     name = "topk"
 
-    def __init__(self, fraction: float):
-        self.fraction = float(fraction)
-
-    def entries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def entries(self, x: torch.Tensor, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = _as_stack(x)
         return top_entries(x.abs(), count_for(self.fraction, x.shape[1]))
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x, dtype=torch.bool)
-        out[self.entries(x)] = True
-        return out
 
     def roundtrip(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return keep_entries(x, *self.entries(x))
 
-    def message_bytes(self, num_values: int) -> int:
-        return 8 * min(num_values, count_for(self.fraction, num_values))
 
-
-class RandomK(Compressor):
+class RandomK(Sparse):
     """k entries per row drawn uniformly without replacement, the rest zero.
 
     ``scaled=False`` (the default) sends the entries as they are: a contraction, what error feedback
@@ -177,17 +185,13 @@ class RandomK(Compressor):
     random = True
 
     def __init__(self, fraction: float, scaled: bool = False):
-        self.fraction, self.scaled = float(fraction), bool(scaled)
+        super().__init__(fraction)
+        self.scaled = bool(scaled)
 
-    def entries(self, x: torch.Tensor, generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+    def entries(self, x: torch.Tensor, generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = _as_stack(x)
         draws = uniform(tuple(x.shape), generator)  # type: ignore[arg-type]
         return top_entries(-draws, count_for(self.fraction, x.shape[1]))  # float32 draws repeat: ties to lowest index
-
-    def mask(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
-        out = torch.zeros_like(x, dtype=torch.bool)
-        out[self.entries(x, generator)] = True
-        return out
 
     def roundtrip(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         out = keep_entries(x, *self.entries(x, generator))
@@ -195,9 +199,6 @@ class RandomK(Compressor):
             n = x.shape[1]
             out = out * (n / min(n, count_for(self.fraction, n)))
         return out
-
-    def message_bytes(self, num_values: int) -> int:
-        return 8 * min(num_values, count_for(self.fraction, num_values))
 
 
 class QSGD(Compressor):
