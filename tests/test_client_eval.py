@@ -100,6 +100,13 @@ def test_bad_eval_values_are_refused_naming_the_field(block, field):
     assert info.value.field == field
 
 
+def test_eval_clients_null_reads_as_none_and_the_accepted_values_parse():
+    assert EvalConfig.from_config({"clients": None}).clients is None  # eval.clients=null on the command line
+    assert not EvalConfig.from_config({"clients": None}).active
+    assert EvalConfig.from_config({"clients": "all"}).clients == "all"
+    assert EvalConfig.from_config({"clients": 3}).clients == 3
+
+
 def test_run_config_checks_happen_before_any_work(make_cfg, tmp_path):
     with pytest.raises(ConfigError) as info:
         run_experiment(make_cfg(*TINY, "eval.clients=0"), tmp_path / "a")

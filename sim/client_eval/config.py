@@ -30,8 +30,8 @@ class EvalConfig:
     def from_config(cls, block: Any) -> EvalConfig:
         block = {} if block is None else block
         clients = block.get("clients", "none")
-        if isinstance(clients, str) and clients in ("none", "all"):
-            chosen: int | str | None = None if clients == "none" else "all"
+        if clients is None or (isinstance(clients, str) and clients in ("none", "all")):  # null reads as none
+            chosen: int | str | None = None if clients in (None, "none") else "all"
         elif is_int(clients) and clients >= 1:
             chosen = int(clients)
         else:
