@@ -7,7 +7,15 @@ builds the experiment and trains, then draws the run's figure when :func:`sim.re
 whether it wrote the file. It is the same code on the same rows, so the PNG is the same bytes
 (tests/test_plot_process.py). When the helper is missing, died or failed, the parent draws the figure itself, as
 before. The helper ignores SIGINT and SIGTERM (the parent handles them), sees end of file when the parent ends,
-and is killed once it has drawn the figure or the parent exits, so it never outlives the run.
+and is killed once it has drawn the figure or the parent exits, so it never outlives the run. A helper that takes
+no request or sends no reply within ``REPLY_TIMEOUT_S`` is killed and the parent draws the figure (tested with a
+stopped helper).
+
+Limits: only a single run from the command line starts it (``--multirun`` and its joblib workers never do, nor
+``run_experiment`` in-process). The helper points its stdin/stdout/stderr at /dev/null but keeps the other descriptors
+the parent had at the fork; when the parent is killed outright (SIGKILL, no atexit) it holds them until it has warmed
+up and reads end of file, about a second. A process the run forks after it (not spawns) inherits the request pipe,
+so then the helper lives until both have ended.
 """
 
 from __future__ import annotations
@@ -15,13 +23,18 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import select
 import signal
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 #: (helper pid, fd the parent writes requests to, fd it reads replies from, pid of the parent that started it)
 _HELPER: tuple[int, int, int, int] | None = None
+#: seconds plot() waits for the helper to take its request and reply before it kills it and the parent draws the figure
+#: itself (a helper hung after the fork must not hold the finished run; drawing one figure takes well under a second)
+REPLY_TIMEOUT_S = 60.0
 _WARM_ROWS = [{"round": 0, "test_accuracy": 0.1, "train_loss": 2.0}, {"round": 1, "test_accuracy": 0.5}]
 
 
@@ -50,6 +63,7 @@ def start() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     os.close(from_parent)
     os.close(from_helper_w)
+    os.set_blocking(to_helper, False)  # a request larger than the pipe's buffer must not block past the deadline
     _HELPER = (pid, to_helper, from_helper_r, os.getpid())
     atexit.register(stop)
 
@@ -79,8 +93,10 @@ def plot(path: Path, rows: list[dict[str, Any]], title: str, x_key: str) -> bool
     _, write_fd, read_fd, _ = _HELPER
     try:
         # absolute: the helper keeps the working directory of the moment it was forked
-        _send(write_fd, pickle.dumps((str(Path(path).resolve()), rows, title, x_key)))
-        reply = _receive(read_fd)
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        _send(write_fd, pickle.dumps((str(Path(path).resolve()), rows, title, x_key)), deadline)
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+        reply = _receive(read_fd) if ready else None
     except OSError:
         reply = None
     stop()  # one figure a run: the helper has done its work
@@ -111,9 +127,12 @@ def _serve(read_fd: int, write_fd: int) -> None:
     _send(write_fd, reply)
 
 
-def _send(fd: int, data: bytes) -> None:
+def _send(fd: int, data: bytes, deadline: float | None = None) -> None:
+    """One message; with a deadline (``fd`` non-blocking) TimeoutError once it passes with bytes still unwritten."""
     view = memoryview(struct.pack("<Q", len(data)) + data)
     while view:
+        if deadline is not None and not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+            raise TimeoutError("the accuracy.png helper took no request")
         view = view[os.write(fd, view) :]
 
 

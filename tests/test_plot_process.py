@@ -64,6 +64,21 @@ try:
 except OSError as exc:
     report["failure"] = type(exc).__name__
 
+# a helper that hangs (stopped) takes no request larger than the pipe's buffer and sends no reply: plot gives up at
+# the deadline, kills it, and the caller draws the figure
+plot_process.REPLY_TIMEOUT_S = 0.5
+for big in (False, True):
+    plot_process.start()
+    pid = plot_process._HELPER[0]
+    os.kill(pid, signal.SIGSTOP)
+    rows = [{"round": r, "test_accuracy": 0.5, "train_loss": 1.0} for r in range(5000 if big else 5)]
+    report[f"hung_helper_wrote_{big}"] = plot_process.plot(out / "hung.png", rows, "t", "round")
+    report[f"hung_helper_gone_{big}"] = not alive(pid) and plot_process._HELPER is None
+plot_process.REPLY_TIMEOUT_S = 60.0
+# a healthy helper still warming up takes a request larger than the pipe's buffer (the parent waits for room)
+plot_process.start()
+report["big_request_wrote"] = plot_process.plot(out / "big.png", rows, "t", "round")
+
 # a helper nobody asks: stop() (at exit) ends it
 plot_process.start()
 pid = plot_process._HELPER[0]
@@ -87,4 +102,8 @@ def test_the_helper_writes_the_same_png_and_the_parent_draws_it_when_the_helper_
     assert (tmp_path / "fallback.png").read_bytes() == reference
     assert report["failure"] in ("NotADirectoryError", "FileExistsError")
     assert report["stopped_gone"]
+    for big in ("False", "True"):
+        assert report[f"hung_helper_wrote_{big}"] is False and report[f"hung_helper_gone_{big}"], big
+    assert not (tmp_path / "hung.png").exists()
+    assert report["big_request_wrote"] and (tmp_path / "big.png").exists()
     assert not list(tmp_path.glob("**/.*.tmp"))  # no half-written file left by either process
