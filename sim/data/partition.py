@@ -1,8 +1,10 @@
 """Dividing the training pool among clients.
 
-``dirichlet`` and ``shards`` are flwr-datasets' own partitioners, so a partition means what it
-means for Flower users; they see a ``datasets.Dataset`` with a ``row`` column (the pool index) and
-a ``label`` column, and each partition's ``row`` values say which pool rows a client owns.
+``dirichlet`` and ``shards`` give flwr-datasets' partitions, so a partition means what it means for Flower users.
+``shards`` runs flwr-datasets' ``ShardPartitioner`` on a ``datasets.Dataset`` with a ``row`` column (the pool index)
+and a ``label`` column; each partition's ``row`` values say which pool rows a client owns. ``dirichlet`` runs a NumPy
+transcription of its ``DirichletPartitioner`` (:mod:`sim.data.dirichlet`, the same rows, checked against it in
+tests/test_default_path_imports.py) so that the default run imports neither flwr-datasets nor ``datasets``.
 ``iid`` is a seeded shuffle cut into contiguous near-equal pieces, exactly what flwr-datasets'
 (unseeded) ``IidPartitioner`` does to a shuffled dataset, without building one Dataset per client.
 ``natural`` keeps the source's own clients (sorted ids -> clients 0..N-1). ``flwr`` runs any
