@@ -214,3 +214,17 @@ def test_sampled_top_entries_are_exact_on_every_path():
         part = torch.zeros(len(pick), n, dtype=torch.bool)
         part[top_entries(rows[pick], k)] = True
         assert torch.equal(part, expected[pick])
+
+
+def test_shared_entries_send_the_shared_part_and_keep_the_senders_local_entries():
+    from sim.compress.feedback import SharedEntries
+
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    every = SharedEntries(None, 4)
+    assert every.size == 4 and every.part(x) is x and every.put(x, x + 1).equal(x + 1)
+    some = SharedEntries(torch.tensor([True, False, True, False]), 4)
+    assert some.size == 2
+    assert some.part(x).equal(torch.tensor([[1.0, 3.0], [5.0, 7.0]]))
+    assert some.part(x[0]).equal(torch.tensor([1.0, 3.0]))  # a [P] model (FL's broadcast) too
+    put = some.put(x, torch.zeros(2, 2))
+    assert put.equal(torch.tensor([[0.0, 2.0, 0.0, 4.0], [0.0, 6.0, 0.0, 8.0]])) and x[0, 0] == 1.0  # base unchanged

@@ -17,6 +17,32 @@ from sim.seeding import torch_generators
 
 from .compressors import Compressor, Generators
 
+#: where a run's checkpoint keeps the residuals (FL's strategy state and the gossip loops' carried tensors)
+RESIDUALS_KEY = "compress_residuals"
+
+
+class SharedEntries:
+    """The entries a message carries: all of them (``shared=None``) or a rule's shared ones (local layers stay home).
+
+    FL uploads and gossip messages both compress ``part(x)`` only and put the decoded part back over the
+    sender's own local entries, so the index is built once per run here rather than by each.
+    """
+
+    def __init__(self, shared: torch.Tensor | None, num_values: int):
+        self.index = None if shared is None else torch.nonzero(shared).squeeze(1)
+        self.size = num_values if self.index is None else len(self.index)
+
+    def part(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.index is None else x[..., self.index.to(x.device)]
+
+    def put(self, base: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        """``base`` with its sent entries replaced by ``part`` (``part`` itself when every entry is sent)."""
+        if self.index is None:
+            return part
+        out = base.clone()
+        out[..., self.index.to(base.device)] = part
+        return out
+
 
 def compress_streams(seed: int, keys: tuple, round_: int, senders: torch.Tensor) -> list[torch.Generator]:
     """One generator per sender: ``torch_generator(seed, "compress", *keys, round_, sender)``.

@@ -22,12 +22,12 @@ import torch
 
 from .compressors import Compressor
 from .config import CompressConfig
-from .feedback import ErrorFeedback, compress_streams
+from .feedback import RESIDUALS_KEY, ErrorFeedback, SharedEntries, compress_streams
 
 if TYPE_CHECKING:
     from sim.experiment import Experiment
 
-KEY = "compress_residuals"
+KEY = RESIDUALS_KEY
 
 
 class FLCompression:
@@ -44,8 +44,8 @@ class FLCompression:
         element_size: int = 4,
     ):
         self.seed = seed
-        self.index = None if shared is None else torch.nonzero(shared).squeeze(1)
-        sent = num_params if self.index is None else len(self.index)
+        self.entries = SharedEntries(shared, num_params)
+        sent = self.entries.size
         self.up = ErrorFeedback(compressor, conf.error_feedback)
         self.down = ErrorFeedback(compressor, conf.error_feedback) if conf.downlink else None
         self.upload_bytes = compressor.message_bytes(sent)
@@ -75,31 +75,21 @@ class FLCompression:
         """The state to checkpoint: the strategy's state with the residuals."""
         return {**state, KEY: dict(self.memory)}
 
-    def _part(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.index is None else x[..., self.index]
-
-    def _put(self, base: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-        if self.index is None:
-            return part
-        out = base.clone()
-        out[..., self.index] = part
-        return out
-
     def upload(
         self, models: torch.Tensor, client_ids: torch.Tensor, reference: torch.Tensor, round_: int
     ) -> torch.Tensor:
         """``[K, P]``: the models the server decodes from the K clients' compressed updates."""
-        ref = self._part(reference)
+        ref = self.entries.part(reference)
         gens = compress_streams(self.seed, ("up",), round_, client_ids)
-        sent, self.memory["up"] = self.up.apply(self._part(models) - ref, self.memory["up"], client_ids, gens)
-        return self._put(models, ref + sent)
+        sent, self.memory["up"] = self.up.apply(self.entries.part(models) - ref, self.memory["up"], client_ids, gens)
+        return self.entries.put(models, ref + sent)
 
     def broadcast(self, new: torch.Tensor, old: torch.Tensor, round_: int) -> torch.Tensor:
         """``[P]``: the global model after the broadcast (``new`` itself without ``compress.downlink``)."""
         if self.down is None:
             return new
-        ref = self._part(old)
+        ref = self.entries.part(old)
         gens = compress_streams(self.seed, ("down",), round_, torch.zeros(1, dtype=torch.int64))
-        delta = (self._part(new) - ref).unsqueeze(0)
+        delta = (self.entries.part(new) - ref).unsqueeze(0)
         sent, self.memory["down"] = self.down.apply(delta, self.memory["down"], torch.zeros(1, dtype=torch.int64), gens)
-        return self._put(new, ref + sent[0])
+        return self.entries.put(new, ref + sent[0])

@@ -120,10 +120,6 @@ class ChocoGossip:
         compressor = CompressConfig.from_config(exp.cfg.get("compress")).build()
         return cls(rule, compressor, int(exp.cfg.seed), exp.data.num_clients)
 
-    def message_bytes(self, num_values: int, element_size: int) -> int:
-        """One ``q_i``: the compressor's encoded size, or the exact float vector without one."""
-        return num_values * element_size if self.compressor is None else self.compressor.message_bytes(num_values)
-
     def start(self, params: torch.Tensor) -> None:
         self.hat = torch.zeros_like(params) if self.rule.hat_init == "zeros" else params.clone()
 

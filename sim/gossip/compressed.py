@@ -21,11 +21,12 @@ import torch
 
 from sim.compress import CompressConfig, ErrorFeedback, compress_streams
 from sim.compress.config import refuse_model_sized_extras
+from sim.compress.feedback import RESIDUALS_KEY, SharedEntries
 from sim.errors import ConfigError
 
-from .choco import ChocoGossip, check_choco_run, find_choco
+from .choco import check_choco_run, find_choco
 
-KEY = "compress_residuals"
+KEY = RESIDUALS_KEY
 
 __all__ = ["KEY", "ModelCodec", "check_gossip_compress_run", "message_bytes"]
 
@@ -57,12 +58,9 @@ def message_bytes(exp: Any) -> int:
     """
     shared = exp.strategy.shared_mask(exp.layout)
     p = exp.layout.size if shared is None else int(shared.sum())
-    size = exp.initial_params.element_size()
-    choco = ChocoGossip.for_run(exp)
-    if choco is not None:
-        return choco.message_bytes(p, size)
+    # under CHOCO a message is its q_i, encoded by the same compress= compressor (sim/gossip/choco.py)
     compressor = CompressConfig.from_config(exp.cfg.get("compress")).build()
-    return p * size if compressor is None else compressor.message_bytes(p)
+    return p * exp.initial_params.element_size() if compressor is None else compressor.message_bytes(p)
 
 
 class ModelCodec:
@@ -76,9 +74,8 @@ class ModelCodec:
         self.feedback = ErrorFeedback(compressor, conf.error_feedback)
         self.seed = seed
         # only the shared entries are sent and compressed (local layers stay home); residuals are [N, shared]
-        self.index = None if shared is None else torch.nonzero(shared).squeeze(1)
-        sent = num_values if self.index is None else len(self.index)
-        self.residuals = self.feedback.init_memory(num_nodes, sent) if conf.error_feedback else None
+        self.entries = SharedEntries(shared, num_values)
+        self.residuals = self.feedback.init_memory(num_nodes, self.entries.size) if conf.error_feedback else None
 
     @classmethod
     def for_run(cls, exp: Any) -> ModelCodec | None:
@@ -92,14 +89,8 @@ class ModelCodec:
     def encode(self, models: torch.Tensor, senders: torch.Tensor, stream: str, key: int) -> torch.Tensor:
         """``[K, P]``: the decoded messages of ``senders`` (unique), their residuals updated."""
         gens = compress_streams(self.seed, (stream,), key, senders) if self.feedback.compressor.random else None
-        if self.index is None:
-            decoded, self.residuals = self.feedback.apply(models, self.residuals, senders, gens)
-            return decoded
-        index = self.index.to(models.device)
-        part, self.residuals = self.feedback.apply(models[:, index], self.residuals, senders, gens)
-        decoded = models.clone()  # the local entries are not sent: a merge keeps the receiver's own (info.reference)
-        decoded[:, index] = part
-        return decoded
+        part, self.residuals = self.feedback.apply(self.entries.part(models), self.residuals, senders, gens)
+        return self.entries.put(models, part)  # local entries are not sent: a merge keeps the receiver's own
 
     def carried(self) -> dict[str, torch.Tensor]:
         return {} if self.residuals is None else {KEY: self.residuals}
