@@ -241,11 +241,14 @@ def _raise_hydra_error(message: str, args: list[str]) -> None:
     """Any other composition error as one ConfigError, without Hydra's advice to append keys with ``+``."""
     message = re.sub(r"To append to your config use \+\S+", "", message).strip()
     named = re.search(r"(?:override|Key) '([^']+)'", message)
-    field = named.group(1) if named else "command line"
+    field = named.group(1).split("=", 1)[0].lstrip("+~") if named else "command line"  # a parse error names key=value
     value = next(
         (a.split("=", 1)[1] for a in args if a.lstrip("+~").split("=", 1)[0] == field and "=" in a), " ".join(args)
     )
-    raise ConfigError(field, value, "an existing config key or option (see python -m sim --cfg job)", message) from None
+    allowed = "an existing config key or option (see python -m sim --cfg job)"
+    if message.startswith("Error parsing override"):
+        allowed = "a value in Hydra's override grammar (quote one with special characters: key='value')"
+    raise ConfigError(field, value, allowed, message) from None
 
 
 def _discard_output_dir(out_dir: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from sim.cli import preflight
+from sim.errors import ConfigError
 from sim.layout import Layout
 from strategies.base import AggregationInfo
 from strategies.client_state import PERSONAL, personal_rows, store_rows, sum_stats
@@ -37,3 +40,10 @@ def test_the_local_mask_is_copied_once_per_device_and_follows_a_new_layout():
     info = AggregationInfo(torch.tensor([0, 1]), torch.tensor([1, 1]), 1, 2, big, torch.zeros(big.size))
     merged, _ = rule.aggregate(models, info, {})
     assert torch.equal(merged, (~rule._mask(cpu)).float())
+
+
+def test_an_unquoted_regex_that_hydra_cannot_parse_names_the_key_and_the_value():
+    with pytest.raises(ConfigError) as info:
+        preflight(["strategy=fedper", "strategy.local=re:(", "rounds=1"])
+    assert (info.value.field, info.value.value) == ("strategy.local", "re:("), str(info.value)
+    assert "key='value'" in str(info.value)
